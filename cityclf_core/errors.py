@@ -1,0 +1,37 @@
+"""User-facing errors.
+
+Every error a user can cause (a bad file, a wrong option, a missing model) is a
+:class:`CityClfError` whose message names the input and says what to do. The CLI
+prints these without a traceback; the ComfyUI nodes let them reach the UI as the
+node's error text. Anything else escaping is a bug in this package.
+"""
+
+from __future__ import annotations
+
+
+class CityClfError(Exception):
+    """Base class: a problem with the user's input, files or options."""
+
+
+class WeightsError(CityClfError):
+    """A head or CLIP weight file that is missing, unreadable or not what it claims."""
+
+
+class ImageError(CityClfError):
+    """An image file or tensor that cannot be scored."""
+
+
+class ConfigError(CityClfError):
+    """A config file or option that is invalid or contradictory."""
+
+
+class DownloadError(CityClfError):
+    """A model that is not on disk and could not be downloaded."""
+
+
+class StoreError(CityClfError):
+    """An embedding store that cannot be used as asked."""
+
+
+class Interrupted(CityClfError):
+    """The user stopped the work (Ctrl-C, or ComfyUI's cancel)."""

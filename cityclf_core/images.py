@@ -1,0 +1,225 @@
+"""Image files in, [H, W, 3] uint8 tensors out -- or a clear reason why not.
+
+Decoding follows what the reference CLIP processor sees: EXIF orientation
+applied, transparency composited onto white, 16-bit images scaled (not clipped)
+to 8 bits, CMYK and palette images converted, the first frame of animations.
+Corrupt, truncated and non-image files, unreadable files and decompression
+bombs raise :class:`ImageError` naming the file; dataset jobs report and skip.
+
+Very large images are reduced while decoding (JPEG DCT scaling, else an integer
+box reduction) to no less than 1536 px on the short side -- the most any crop
+policy uses -- so a 100-megapixel scan does not need gigabytes of memory.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+import torch
+
+from .crops import MAX_SIDE
+from .errors import ImageError
+
+IMAGE_EXTENSIONS = frozenset(
+    {".png", ".jpg", ".jpeg", ".jfif", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".avif", ".heic", ".jxl"}
+)
+#: Pillow's own decompression-bomb error threshold (2 x Image.MAX_IMAGE_PIXELS).
+DEFAULT_MAX_PIXELS = 178_956_970
+#: Images above this many pixels are reduced while decoding (short side kept >= MAX_SIDE).
+REDUCE_ABOVE_PIXELS = 40_000_000
+
+
+@dataclass
+class DecodedImage:
+    path: Path
+    pixels: torch.Tensor  # [H, W, 3] uint8, EXIF-rotated
+    size: tuple[int, int]  # (width, height) as stored in the file, before any reduction
+    notes: list[str] = field(default_factory=list)
+
+
+def _to_rgb_array(img) -> tuple[np.ndarray, list[str]]:
+    """Any Pillow mode -> HxWx3 uint8, with a note for conversions that lose something."""
+    from PIL import Image
+
+    notes: list[str] = []
+    mode = img.mode
+    if mode == "RGB":
+        return np.array(img, dtype=np.uint8), notes
+    if mode.startswith("I;16") or mode == "I":
+        arr = np.array(img).astype(np.float64)
+        if mode == "I" and arr.max(initial=0) <= 255:
+            scaled = arr
+        else:
+            scaled = arr / 257.0  # 0..65535 -> 0..255
+            notes.append("16-bit reduced to 8-bit")
+        gray = np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=2), notes
+    if mode == "F":
+        arr = np.array(img, dtype=np.float64)
+        arr = arr * 255.0 if arr.max(initial=0) <= 1.0 else arr
+        gray = np.clip(np.rint(arr), 0, 255).astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=2), notes
+    has_alpha = "A" in img.getbands() or "transparency" in img.info
+    if has_alpha:
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        if rgba.getextrema()[3][0] < 255:
+            notes.append("transparency composited onto white")
+        return np.array(Image.alpha_composite(white, rgba).convert("RGB"), dtype=np.uint8), notes
+    return np.array(img.convert("RGB"), dtype=np.uint8), notes
+
+
+def decode_image(
+    path: str | os.PathLike,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    reduce_above: int = REDUCE_ABOVE_PIXELS,
+) -> DecodedImage:
+    """Decode one image file; raise ImageError with the reason if it cannot be scored."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    path = Path(path)
+    notes: list[str] = []
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(path)
+    except FileNotFoundError:
+        raise ImageError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise ImageError(f"{path}: is a folder, not an image") from None
+    except PermissionError:
+        raise ImageError(f"{path}: cannot read it (permission denied)") from None
+    except Image.DecompressionBombError as e:
+        raise ImageError(f"{path}: too many pixels, refused as a possible decompression bomb ({e})") from None
+    except UnidentifiedImageError:
+        raise ImageError(f"{path}: not an image, or a format Pillow cannot read") from None
+    except OSError as e:
+        if e.errno is not None:  # the file system said no
+            raise ImageError(f"{path}: cannot read it ({e.strerror or e})") from None
+        raise ImageError(f"{path}: truncated or corrupt image file ({e})") from None
+    with img:
+        width, height = img.size
+        if width < 1 or height < 1:
+            raise ImageError(f"{path}: image of {width}x{height} pixels has nothing to score")
+        if width * height > max_pixels:
+            raise ImageError(
+                f"{path}: {width}x{height} is {width * height:,} pixels, over the limit of {max_pixels:,} "
+                "(decompression-bomb protection); raise the limit if the file is trusted"
+            )
+        frames = getattr(img, "n_frames", 1)
+        if frames > 1:
+            img.seek(0)
+            notes.append(f"animated: first of {frames} frames scored")
+        try:
+            factor = max(1, min(width, height) // MAX_SIDE) if width * height > reduce_above else 1
+            if factor > 1 and img.format == "JPEG":
+                img.draft("RGB", (width // factor, height // factor))  # DCT scaling: decodes less
+            img.load()
+            remaining = min(img.size) // MAX_SIDE if factor > 1 else 1
+            if remaining > 1:
+                img = img.reduce(remaining)
+            if img.size != (width, height):
+                notes.append(f"reduced from {width}x{height} to {img.size[0]}x{img.size[1]} while decoding")
+            orientation = _orientation(img)
+            if orientation not in (None, 1):
+                img = ImageOps.exif_transpose(img)
+                notes.append(f"EXIF orientation {orientation} applied")
+            arr, more = _to_rgb_array(img)
+        except (OSError, SyntaxError, ValueError, EOFError) as e:
+            raise ImageError(f"{path}: truncated or corrupt image data ({e})") from None
+    notes.extend(more)
+    return DecodedImage(path=path, pixels=torch.from_numpy(arr), size=(width, height), notes=notes)
+
+
+def _orientation(img) -> int | None:
+    try:
+        return img.getexif().get(0x0112)
+    except Exception:  # malformed EXIF: treated as no orientation
+        return None
+
+
+def find_images(paths: Iterable[str | os.PathLike]) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """Expand files and folders (recursively, sorted) into image files.
+
+    Returns (images, problems). A file named explicitly is kept whatever its
+    extension (decoding will say if it is not an image); in folders only known
+    image extensions are taken and hidden folders are skipped.
+    """
+    found: list[Path] = []
+    problems: list[tuple[Path, str]] = []
+    seen: set[Path] = set()
+    for raw in paths:
+        p = Path(raw).expanduser()
+        if p.is_file():
+            items = [p]
+        elif p.is_dir():
+            items = []
+            for root, dirs, files in os.walk(p, followlinks=False):
+                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+                items.extend(
+                    Path(root) / f for f in sorted(files)
+                    if Path(f).suffix.lower() in IMAGE_EXTENSIONS and not f.startswith(".")
+                )
+            if not items:
+                problems.append((p, "no image files in this folder"))
+        else:
+            problems.append((p, "no such file or folder"))
+            continue
+        for item in items:
+            key = item.resolve()
+            if key not in seen:
+                seen.add(key)
+                found.append(item)
+    return found, problems
+
+
+def iter_decoded(
+    paths: list[Path], workers: int = 2, prefetch: int = 8, **decode_kw
+) -> Iterator[tuple[Path, DecodedImage | None, str | None]]:
+    """Decode files in background threads, yielding (path, image or None, error or None) in order.
+
+    Pillow releases the GIL while decoding, so threads overlap decoding with the
+    model; at most `prefetch` decoded images wait at a time.
+    """
+
+    def job(p: Path):
+        try:
+            return p, decode_image(p, **decode_kw), None
+        except ImageError as e:
+            return p, None, str(e)
+        except MemoryError:
+            return p, None, f"{p}: not enough memory to decode it"
+
+    if workers <= 0:
+        for p in paths:
+            yield job(p)
+        return
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cityclf-decode") as pool:
+        futures = []
+        it = iter(paths)
+        for p in it:
+            futures.append(pool.submit(job, p))
+            if len(futures) >= prefetch:
+                break
+        while futures:
+            result = futures.pop(0).result()
+            nxt = next(it, None)
+            if nxt is not None:
+                futures.append(pool.submit(job, nxt))
+            yield result
+
+
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "IMAGE_EXTENSIONS",
+    "DecodedImage",
+    "decode_image",
+    "find_images",
+    "iter_decoded",
+]

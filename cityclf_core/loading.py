@@ -1,0 +1,96 @@
+"""Assembling a ScoringModel from what a user names: heads, and the CLIP to run them on.
+
+Encoders are cached per (folder, device, dtype) for the life of the process, so
+a long-running host (ComfyUI, a notebook) loads each CLIP once however many
+times it builds a model, and heads that share a CLIP share one encoder object --
+and so one CLIP pass.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+from dataclasses import replace
+from pathlib import Path
+
+from .catalogue import VIT_L14_336, default_models_dir, default_policy, paired_clip, resolve_head
+from .encoders import Encoder, TransformersClipEncoder, locate_clip, pick_device, pick_dtype
+from .heads import Head
+from .pipeline import ScoringModel
+
+_ENCODERS: "OrderedDict[tuple, Encoder]" = OrderedDict()
+_ENCODERS_LOCK = threading.Lock()
+MAX_CACHED_ENCODERS = 2
+
+
+def clip_source_for(head: Head, clip: str | None, pairing: str = "best") -> str:
+    """The CLIP a head runs on: the user's choice, else its catalogue pairing, else ViT-L/14-336."""
+    if clip:
+        return str(clip)
+    paired = paired_clip(head, pairing)
+    return (paired or VIT_L14_336).repo_id
+
+
+def load_encoder(
+    source: str | os.PathLike,
+    device: str | None = "auto",
+    dtype: str | None = "auto",
+    allow_download: bool = False,
+    download_dir: str | os.PathLike | None = None,
+) -> TransformersClipEncoder:
+    """A transformers CLIP encoder, loaded once per (folder, device, dtype) and then reused."""
+    dev = pick_device(device)
+    dt = pick_dtype(dtype, dev)
+    folder, name = locate_clip(source, allow_download=allow_download, download_dir=download_dir)
+    key = (os.path.realpath(folder), str(dev), str(dt))
+    with _ENCODERS_LOCK:
+        if key in _ENCODERS:
+            _ENCODERS.move_to_end(key)
+            return _ENCODERS[key]
+    encoder = TransformersClipEncoder.from_folder(Path(folder), name=name, device=dev, dtype=dt)
+    with _ENCODERS_LOCK:
+        _ENCODERS[key] = encoder
+        while len(_ENCODERS) > MAX_CACHED_ENCODERS:
+            _ENCODERS.popitem(last=False)
+    return encoder
+
+
+def clear_encoder_cache() -> None:
+    with _ENCODERS_LOCK:
+        _ENCODERS.clear()
+
+
+def load_scoring_model(
+    models: list[str | os.PathLike],
+    clip: str | os.PathLike | None = None,
+    device: str | None = "auto",
+    dtype: str | None = "auto",
+    pairing: str = "best",
+    allow_download: bool = True,
+    models_dir: str | os.PathLike | None = None,
+    search_dirs: list[str | os.PathLike] = (),
+    clip_download_dir: str | os.PathLike | None = None,
+    tile_size: int | None = None,
+) -> ScoringModel:
+    """Heads by file or catalogue name, each on `clip` or on the CLIP it is paired with.
+
+    Catalogue heads missing locally are downloaded into `models_dir` (with
+    `allow_download`); CLIPs named by hub id likewise, into the Hugging Face cache
+    or `clip_download_dir`.
+    """
+    models_dir = Path(models_dir) if models_dir else default_models_dir()
+    dirs = [*search_dirs, models_dir]
+    model = ScoringModel()
+    for name in models:
+        head = resolve_head(name, search_dirs=dirs, download_dir=models_dir, allow_download=allow_download)
+        encoder = load_encoder(clip_source_for(head, clip, pairing), device, dtype,
+                               allow_download=allow_download, download_dir=clip_download_dir)
+        policy = default_policy(head, encoder.image_size, pairing)
+        if tile_size and policy.tiling:
+            policy = replace(policy, tile_size=tile_size)
+        model.add(head, encoder, policy)
+    return model
+
+
+__all__ = ["clear_encoder_cache", "clip_source_for", "load_encoder", "load_scoring_model"]

@@ -1,0 +1,109 @@
+"""CityClassifier Predict: IMAGE batches (or lists of sizes) -> per-image score, label and JSON."""
+
+from __future__ import annotations
+
+import json
+
+from ..cityclf_core import COMBINES, ConfigError, image_list
+from . import comfy_bridge as bridge
+from .common import CATEGORY, MODEL_TYPE, TILING_CHOICES, first
+
+
+def pick_head(model, head: str | None) -> str:
+    names = model.names
+    if not head:
+        return names[0]
+    if head in names:
+        return head
+    matches = [n for n in names if n.lower().startswith(head.lower())]
+    if len(matches) == 1:
+        return matches[0]
+    raise ConfigError(f"the model has no head {head!r}; its heads are: {', '.join(names)}")
+
+
+def summary_line(index: int, result: dict) -> str:
+    parts = []
+    for name, r in result.items():
+        if r.is_score:
+            parts.append(f"{name}: {r.score:.3f} ({r.label})")
+        else:
+            parts.append(f"{name}: {r.label} (not-pass {r.score:.2f})")
+    return f"#{index}: " + "; ".join(parts)
+
+
+class CityClfPredict:
+    """Scores every image of the input (batch or list) with every head of the model in one CLIP pass."""
+
+    INPUT_IS_LIST = True
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model": (MODEL_TYPE, {"tooltip": "Head(s) from a Load CityClassifier node."}),
+                "images": ("IMAGE", {
+                    "tooltip": "Images to score: a batch, or a list of images of different sizes. "
+                               "Every image is scored, not only the first."}),
+                "tiling": (TILING_CHOICES, {
+                    "default": "auto",
+                    "tooltip": "auto: per head, as the reference (classifiers use five tiles of 2x the CLIP size on "
+                               "images whose short side is larger; score models the whole image). on/off: force it."}),
+                "combine": (list(COMBINES), {
+                    "default": "mean",
+                    "tooltip": "How the five tiles' probabilities are combined, per class. max flags an artifact "
+                               "found in any tile; mean is the reference default."}),
+                "never_upscale": ("BOOLEAN", {
+                    "default": False,
+                    "tooltip": "The reference resizes the short side to 1536 whenever the long side is over 1536, "
+                               "which enlarges e.g. 1000x2000 to 1536x3072. On: only ever shrink."}),
+            },
+            "optional": {
+                "head": ("STRING", {
+                    "default": "",
+                    "tooltip": "Which head gives the score and label outputs (name or its start). Empty: the first. "
+                               "The JSON output always has every head."}),
+                "score_class": ("STRING", {
+                    "default": "",
+                    "tooltip": "For a classifier: the class whose probability is the score (e.g. JPEG). Empty: the "
+                               "probability of any non-pass class (1 - Pass)."}),
+                "batch_size": ("INT", {
+                    "default": 0, "min": 0, "max": 1024,
+                    "tooltip": "Views per CLIP forward; 0 picks one for the device (64 on GPU, 8 on CPU). "
+                               "Lower it if the GPU runs out of memory."}),
+            },
+        }
+
+    RETURN_TYPES = ("FLOAT", "STRING", "STRING")
+    RETURN_NAMES = ("score", "label", "json")
+    OUTPUT_IS_LIST = (True, True, True)
+    OUTPUT_TOOLTIPS = (
+        "One score in 0..1 per image, in input order: a score head's score, or a classifier's probability of "
+        "its non-pass classes (or of score_class). Feed it to Gate or Sort.",
+        "One label per image: the classifier's most likely class, or the score as a percentage.",
+        "One JSON object per image with every head's score, label and class probabilities.",
+    )
+    FUNCTION = "predict"
+    CATEGORY = CATEGORY
+    DESCRIPTION = "Scores and classifies images with CityClassifiers heads, with five-crop tiling."
+
+    def predict(self, model, images, tiling="auto", combine="mean", never_upscale=False, head=None,
+                score_class=None, batch_size=None):
+        model = first(model)
+        tiling, combine = first(tiling, "auto"), first(combine, "mean")
+        upscale = not first(never_upscale, False)
+        head_name = pick_head(model, (first(head, "") or "").strip())
+        score_class = (first(score_class, "") or "").strip()
+        batch_size = int(first(batch_size, 0) or 0) or None
+
+        flat = image_list(images)
+        if not flat:
+            return {"ui": {"text": ["no images"]}, "result": ([], [], [])}
+        bar = bridge.progress_bar(len(flat))
+        results = model.score(flat, tiling=tiling, combine=combine, upscale=upscale, batch_size=batch_size,
+                              on_progress=bridge.progress_callback(bar))
+        chosen = [r[head_name] for r in results]
+        scores = [c.value_of(score_class) if score_class else c.score for c in chosen]
+        labels = [c.label for c in chosen]
+        payload = [json.dumps({n: r.to_dict() for n, r in res.items()}, ensure_ascii=False) for res in results]
+        text = [summary_line(i, r) for i, r in enumerate(results)]
+        return {"ui": {"text": text}, "result": (scores, labels, payload)}
