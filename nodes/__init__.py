@@ -5,17 +5,29 @@ Node ids are stored in users' workflows: they are prefixed `CityClf` and never r
 
 from __future__ import annotations
 
+from .gate import CityClfGate
 from .loader import CityClfLoader
 from .predict import CityClfPredict
+from .show import CityClfShow
+from .sort import CityClfSort
+from .tags import CityClfTag
 
 NODE_CLASS_MAPPINGS = {
     "CityClfLoader": CityClfLoader,
     "CityClfPredict": CityClfPredict,
+    "CityClfGate": CityClfGate,
+    "CityClfSort": CityClfSort,
+    "CityClfTag": CityClfTag,
+    "CityClfShow": CityClfShow,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
     "CityClfLoader": "Load CityClassifier",
     "CityClfPredict": "CityClassifier Predict",
+    "CityClfGate": "CityClassifier Gate",
+    "CityClfSort": "CityClassifier Sort / Top-K",
+    "CityClfTag": "CityClassifier Tag",
+    "CityClfShow": "CityClassifier Show Scores",
 }
 
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]

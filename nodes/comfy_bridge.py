@@ -206,6 +206,15 @@ def blocker():
     return ExecutionBlocker(None)
 
 
+def message_blocker(message: str):
+    """An execution blocker that fails the nodes fed from it with `message` (a wiring mistake)."""
+    try:
+        from comfy_execution.graph_utils import ExecutionBlocker
+    except ImportError:
+        return Blocked(message)
+    return ExecutionBlocker(message)
+
+
 def is_blocked(value) -> bool:
     if isinstance(value, Blocked):
         return True

@@ -31,7 +31,15 @@ def load_pack():
     """Import the repo root as the ComfyUI pack `cityclf_pack` (as ComfyUI would, by path)."""
     if "cityclf_pack" in sys.modules:
         return sys.modules["cityclf_pack"]
-    sys.modules["cityclf_pack.cityclf_core"] = cityclf_core  # one copy of the library in the process
+    # one copy of the library in the process: the pack's relative imports find these modules
+    import pkgutil
+
+    for info in pkgutil.iter_modules(cityclf_core.__path__):
+        if info.name != "__main__":
+            importlib.import_module(f"cityclf_core.{info.name}")
+    for name, module in list(sys.modules.items()):
+        if name == "cityclf_core" or name.startswith("cityclf_core."):
+            sys.modules[f"cityclf_pack.{name}"] = module
     spec = importlib.util.spec_from_file_location(
         "cityclf_pack", ROOT / "__init__.py", submodule_search_locations=[str(ROOT)]
     )

@@ -1,0 +1,69 @@
+"""Drawing scores and labels onto images, readable at any size.
+
+Text sits in a translucent dark band along the bottom (or top) edge, in a font
+sized to the image (about 1/22 of its shorter side, 9 px at the least); lines
+that do not fit are shortened with an ellipsis rather than spilling off the image.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+import torch
+
+MIN_FONT = 9
+
+
+@lru_cache(maxsize=32)
+def font(size: int):
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)  # Pillow >= 10.1: a scalable built-in font
+    except TypeError:  # older Pillow: the fixed bitmap font
+        return ImageFont.load_default()
+
+
+def _fit(draw, text: str, fnt, width: int) -> str:
+    if draw.textlength(text, font=fnt) <= width:
+        return text
+    while text and draw.textlength(text + "…", font=fnt) > width:
+        text = text[:-1]
+    return text + "…" if text else ""
+
+
+def caption(img, lines: list[str], position: str = "bottom", size: int | None = None):
+    """A copy of PIL image `img` with `lines` drawn in a band at `position` ('bottom' or 'top')."""
+    from PIL import Image, ImageDraw
+
+    base = img.convert("RGBA")
+    w, h = base.size
+    size = size or max(MIN_FONT, round(min(w, h) / 22))
+    fnt = font(size)
+    pad = max(2, size // 4)
+    line_h = size + pad
+    lines = [line for line in lines if line][: max(1, (h - pad) // line_h)]
+    overlay = Image.new("RGBA", base.size, (0, 0, 0, 0))
+    draw = ImageDraw.Draw(overlay)
+    band_h = line_h * len(lines) + pad
+    top = h - band_h if position == "bottom" else 0
+    draw.rectangle([0, top, w, top + band_h], fill=(0, 0, 0, 150))
+    for i, line in enumerate(lines):
+        text = _fit(draw, line, fnt, w - 2 * pad)
+        draw.text((pad, top + pad + i * line_h), text, font=fnt, fill=(255, 255, 255, 255))
+    return Image.alpha_composite(base, overlay).convert("RGB")
+
+
+def caption_tensor(image: torch.Tensor, lines: list[str], position: str = "bottom") -> torch.Tensor:
+    """[H, W, C] float image in [0, 1] -> the same with `lines` drawn on it (3 channels)."""
+    from PIL import Image
+
+    arr = (image[..., :3].detach().float().clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8)
+    if arr.shape[-1] == 1:
+        arr = np.repeat(arr, 3, axis=-1)
+    out = caption(Image.fromarray(arr), lines, position)
+    return torch.from_numpy(np.asarray(out, dtype=np.float32) / 255.0)
+
+
+__all__ = ["caption", "caption_tensor", "font"]

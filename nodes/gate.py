@@ -1,0 +1,126 @@
+"""CityClassifier Gate: split images by an absolute score rule into passed and failed.
+
+An empty side is blocked (ComfyUI's execution blocker): nodes fed from it are
+skipped without an error, the other side and the rest of the prompt still run,
+and no placeholder image is made. "fail when none pass" stops the prompt instead.
+"""
+
+from __future__ import annotations
+
+import json
+
+from ..cityclf_core import ConfigError
+from . import comfy_bridge as bridge
+from .batches import check_count, finite, flat_floats, images_in, latent_items, mask_items, stack_latents, stack_runs
+from .common import CATEGORY, first
+
+RULES = ["at least", "at most", "between"]
+NO_LATENT = "the Gate's latent input is not connected; connect the LATENT these images were decoded from"
+NO_MASK = "the Gate's mask input is not connected; connect a MASK with one mask per image"
+
+
+def passes(rule: str, score: float, threshold: float, upper: float) -> bool:
+    if not finite(score):
+        return False
+    if rule == "at least":
+        return score >= threshold
+    if rule == "at most":
+        return score <= threshold
+    if rule == "between":
+        return threshold <= score <= upper
+    raise ConfigError(f"unknown rule {rule!r}; choose one of {', '.join(RULES)}")
+
+
+def describe_rule(rule: str, threshold: float, upper: float) -> str:
+    return f"between {threshold:g} and {upper:g}" if rule == "between" else f"{rule} {threshold:g}"
+
+
+def split_outputs(images, latents, masks, indices):
+    """(images, latent, mask) outputs for the chosen indices; blocked when there are none."""
+    if not indices:
+        return bridge.blocker(), bridge.blocker(), bridge.blocker()
+    imgs = stack_runs([images[i] for i in indices])
+    lat = stack_latents([latents[i] for i in indices]) if latents is not None else bridge.message_blocker(NO_LATENT)
+    msk = stack_runs([masks[i] for i in indices]) if masks is not None else bridge.message_blocker(NO_MASK)
+    return imgs, lat, msk
+
+
+class CityClfGate:
+    """Passes images whose score meets a rule; the rest go to the failed outputs."""
+
+    INPUT_IS_LIST = True
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "images": ("IMAGE", {"tooltip": "The images that were scored (a batch or a list)."}),
+                "scores": ("FLOAT", {
+                    "forceInput": True,
+                    "tooltip": "One score per image, in the same order: the Predict node's score output."}),
+                "rule": (RULES, {
+                    "default": "at least",
+                    "tooltip": "Which images pass: score at least / at most the threshold, or between threshold "
+                               "and upper. Thresholds are absolute, in the score's own units, never relative "
+                               "to the batch."}),
+                "threshold": ("FLOAT", {
+                    "default": 0.5, "min": -1e9, "max": 1e9, "step": 0.01,
+                    "tooltip": "The score an image must reach (at least), stay under (at most), or the lower "
+                               "bound (between). Aesthetic scores: 0.5 is 'above average' in the model's brackets."}),
+                "upper": ("FLOAT", {
+                    "default": 1.0, "min": -1e9, "max": 1e9, "step": 0.01,
+                    "tooltip": "The upper bound for 'between' (inclusive); ignored by the other rules."}),
+                "fail_when_none_pass": ("BOOLEAN", {
+                    "default": False,
+                    "tooltip": "Off: when no image passes, the passed outputs are blocked and nodes fed from them "
+                               "are skipped quietly. On: stop the prompt with an error instead."}),
+            },
+            "optional": {
+                "latent": ("LATENT", {
+                    "tooltip": "Optional: the latents of these images (same batch size); they follow their images."}),
+                "mask": ("MASK", {"tooltip": "Optional: one mask per image; each follows its image."}),
+            },
+        }
+
+    RETURN_TYPES = ("IMAGE", "IMAGE", "LATENT", "LATENT", "MASK", "MASK", "STRING", "STRING", "INT", "INT")
+    RETURN_NAMES = ("passed", "failed", "passed_latent", "failed_latent", "passed_mask", "failed_mask",
+                    "passed_indices", "failed_indices", "passed_count", "failed_count")
+    OUTPUT_IS_LIST = (True, True, True, True, True, True, False, False, False, False)
+    OUTPUT_TOOLTIPS = (
+        "Images that passed, in input order (blocked when none did).",
+        "Images that failed, in input order (blocked when none did).",
+        "The latents of the passed images.",
+        "The latents of the failed images.",
+        "The masks of the passed images.",
+        "The masks of the failed images.",
+        "Indices (0-based, in the input) of the passed images, as a JSON list.",
+        "Indices of the failed images, as a JSON list.",
+        "How many images passed.",
+        "How many images failed.",
+    )
+    FUNCTION = "gate"
+    CATEGORY = CATEGORY
+    DESCRIPTION = "Keeps images whose score meets an absolute rule; blocks an empty side instead of failing."
+
+    def gate(self, images, scores, rule="at least", threshold=0.5, upper=1.0, fail_when_none_pass=False,
+             latent=None, mask=None):
+        rule, threshold, upper = first(rule), float(first(threshold)), float(first(upper))
+        if rule == "between" and upper < threshold:
+            raise ConfigError(f"rule 'between': upper ({upper:g}) is below threshold ({threshold:g})")
+        items = images_in(images)
+        values = flat_floats(scores)
+        check_count(len(items), len(values), "scores")
+        latents = latent_items(latent, len(items))
+        masks = mask_items(mask, len(items))
+        passed = [i for i, s in enumerate(values) if passes(rule, s, threshold, upper)]
+        failed = [i for i in range(len(items)) if i not in set(passed)]
+        if not passed and first(fail_when_none_pass, False) and items:
+            best = max((v for v in values if finite(v)), default=float("nan"))
+            raise ConfigError(f"no image passed the gate ({describe_rule(rule, threshold, upper)}); "
+                              f"the best score was {best:.4g}")
+        p_img, p_lat, p_mask = split_outputs(items, latents, masks, passed)
+        f_img, f_lat, f_mask = split_outputs(items, latents, masks, failed)
+        text = [f"{len(passed)} of {len(items)} passed ({describe_rule(rule, threshold, upper)}): {passed}"]
+        return {"ui": {"text": text},
+                "result": (p_img, f_img, p_lat, f_lat, p_mask, f_mask, json.dumps(passed), json.dumps(failed),
+                           len(passed), len(failed))}
