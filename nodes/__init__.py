@@ -6,6 +6,7 @@ Node ids are stored in users' workflows: they are prefixed `CityClf` and never r
 from __future__ import annotations
 
 from .gate import CityClfGate
+from .load_images import CityClfLoadImages
 from .loader import CityClfLoader
 from .predict import CityClfPredict
 from .show import CityClfShow
@@ -19,6 +20,7 @@ NODE_CLASS_MAPPINGS = {
     "CityClfSort": CityClfSort,
     "CityClfTag": CityClfTag,
     "CityClfShow": CityClfShow,
+    "CityClfLoadImages": CityClfLoadImages,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
@@ -28,6 +30,7 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "CityClfSort": "CityClassifier Sort / Top-K",
     "CityClfTag": "CityClassifier Tag",
     "CityClfShow": "CityClassifier Show Scores",
+    "CityClfLoadImages": "CityClassifier Load Images (folder)",
 }
 
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]

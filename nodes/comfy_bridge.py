@@ -225,6 +225,14 @@ def is_blocked(value) -> bool:
     return isinstance(value, ExecutionBlocker)
 
 
+def input_dir() -> str:
+    if in_comfy():
+        import folder_paths
+
+        return folder_paths.get_input_directory()
+    return os.getcwd()
+
+
 def temp_dir() -> str:
     if in_comfy():
         import folder_paths

@@ -237,3 +237,50 @@ def two_head_json():
     return [json.dumps({"A-v1": {"arch": "score", "score": 0.71, "label": "71%", "views": 1},
                         "B-v1": {"arch": "class", "score": 0.2, "label": "Pass", "views": 5,
                                  "probs": {"Pass": 0.8, "JPEG": 0.2}}})]
+
+
+# ---------------------------------------------------------------- load images
+
+
+def test_load_images_lists_sizes_paths_and_skips_bad_files(nodes, tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / "set"
+    (folder / "sub").mkdir(parents=True)
+    Image.fromarray(illustration(40, 30, 1)).save(folder / "b.png")
+    Image.fromarray(illustration(64, 64, 2)).save(folder / "a.jpg")
+    Image.fromarray(illustration(20, 50, 3)).save(folder / "sub" / "c.png")
+    (folder / "broken.png").write_bytes(b"nope")
+    (folder / "notes.txt").write_text("not an image")
+    node = nodes.CityClfLoadImages()
+    out = node.load(folder=str(folder), recursive=False, limit=0, skip=0)
+    images, paths, count = out["result"]
+    assert [p.split("/")[-1] for p in paths] == ["a.jpg", "b.png"] and count == 2
+    assert [tuple(i.shape) for i in images] == [(1, 64, 64, 3), (1, 30, 40, 3)]
+    assert any("broken.png" in line for line in out["ui"]["text"])
+    rec = node.load(folder=str(folder), recursive=True, limit=3, skip=1)["result"]  # b, broken, sub/c
+    assert [p.split("/")[-1] for p in rec[1]] == ["b.png", "c.png"]
+    before = node.IS_CHANGED(str(folder), False, 0, 0)
+    Image.fromarray(illustration(10, 10)).save(folder / "d.png")
+    assert node.IS_CHANGED(str(folder), False, 0, 0) != before
+    with pytest.raises(ConfigError, match="does not exist"):
+        node.load(folder=str(tmp_path / "missing"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="no readable images"):
+        node.load(folder=str(tmp_path / "empty"))
+
+
+def test_loaded_list_flows_through_predict_and_gate(nodes, tiny_clip_dir, tmp_path):
+    from PIL import Image
+
+    for i, (w, h) in enumerate([(40, 30), (90, 120), (200, 100)]):
+        Image.fromarray(illustration(w, h, i)).save(tmp_path / f"{i}.png")
+    images, paths, _ = nodes.CityClfLoadImages().load(folder=str(tmp_path))["result"]
+    model = nodes.CityClfLoader().load(head="TestCompression-v1.safetensors", clip=str(tiny_clip_dir))[0]
+    scores = nodes.CityClfPredict().predict(model=[model], images=images, tiling=["auto"], combine=["mean"],
+                                            never_upscale=[False])["result"][0]
+    assert len(scores) == 3
+    threshold = sorted(scores)[1]
+    out = gate(nodes, images, scores, threshold=threshold)
+    assert out[8] == 2 and [tuple(t.shape[1:3]) for t in out[0]] == [
+        tuple(images[i].shape[1:3]) for i in json.loads(out[6])]
