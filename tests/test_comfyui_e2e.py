@@ -1,0 +1,275 @@
+"""End to end in a real, headless ComfyUI: the pack loads, its nodes run over HTTP.
+
+Runs when COMFYUI_DIR points at a ComfyUI checkout with its requirements
+installed (e.g. built by ../shared/tools/comfyui-setup.sh, which makes
+COMFYUI_DIR/venv); skipped otherwise. ComfyUI is started on the CPU with this
+repo on an extra custom_nodes path and tiny test models on an extra
+`cityclassifiers` model path (extra_model_paths.yaml), nothing copied into it:
+
+    COMFYUI_DIR=/tmp/comfyui python -m pytest tests/test_comfyui_e2e.py
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import ROOT, illustration
+
+COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
+pytestmark = pytest.mark.skipif(
+    not COMFYUI_DIR,
+    reason="set COMFYUI_DIR to a ComfyUI checkout with its requirements installed to run the end-to-end tests "
+           "(see ../shared/tools/comfyui-setup.sh)",
+)
+FRONTEND_ONLY = {"Note", "MarkdownNote", "PrimitiveNode", "Reroute"}
+
+
+def comfy_python(folder: Path) -> str:
+    for candidate in (os.environ.get("COMFYUI_PYTHON"), folder / "venv" / "bin" / "python"):
+        if candidate and Path(candidate).exists():
+            return str(candidate)
+    return sys.executable
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Comfy:
+    def __init__(self, url: str, log: Path):
+        self.url, self.log = url, log
+
+    def get(self, path: str):
+        with urllib.request.urlopen(self.url + path, timeout=30) as r:
+            return json.loads(r.read())
+
+    def post_prompt(self, prompt: dict) -> tuple[int, dict]:
+        body = json.dumps({"prompt": prompt, "client_id": uuid.uuid4().hex}).encode()
+        req = urllib.request.Request(self.url + "/prompt", data=body, headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read() or b"{}")
+
+    def run(self, prompt: dict, timeout: float = 300) -> dict:
+        status, reply = self.post_prompt(prompt)
+        assert status == 200, f"prompt refused: {reply}"
+        pid = reply["prompt_id"]
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            history = self.get(f"/history/{pid}")
+            if pid in history and history[pid].get("status", {}).get("completed") is not None:
+                entry = history[pid]
+                if entry["status"].get("status_str") in ("success", "error"):
+                    return entry
+            time.sleep(0.5)
+        raise AssertionError(f"prompt {pid} did not finish in {timeout}s; log tail:\n{self.tail()}")
+
+    def tail(self, n: int = 60) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory, tiny_clip_dir, score_head_path, class_head_path):
+    base = tmp_path_factory.mktemp("comfy-e2e")
+    (base / "custom_nodes").mkdir()
+    (base / "custom_nodes" / "cityclf").symlink_to(ROOT, target_is_directory=True)
+    heads = base / "models" / "cityclassifiers"
+    (heads / "clip").mkdir(parents=True)
+    for p in (score_head_path, class_head_path):
+        shutil.copy(p, heads / p.name)
+        shutil.copy(p.with_name(p.stem + ".config.json"), heads / (p.stem + ".config.json"))
+    shutil.copytree(tiny_clip_dir, heads / "clip" / "tiny-clip")
+    (base / "extra_model_paths.yaml").write_text(
+        f"cityclf_test:\n    base_path: {base}\n    custom_nodes: custom_nodes\n"
+        f"    cityclassifiers: models/cityclassifiers\n"
+    )
+    for d in ("output", "input", "temp"):
+        (base / d).mkdir()
+    return base
+
+
+@pytest.fixture(scope="module")
+def comfy(workspace):
+    folder = Path(COMFYUI_DIR)
+    assert (folder / "main.py").is_file(), f"COMFYUI_DIR={folder} has no main.py"
+    port = free_port()
+    log = workspace / "server.log"
+    cmd = [comfy_python(folder), "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
+           "--disable-auto-launch", "--extra-model-paths-config", str(workspace / "extra_model_paths.yaml"),
+           "--output-directory", str(workspace / "output"), "--input-directory", str(workspace / "input"),
+           "--temp-directory", str(workspace / "temp")]
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, cwd=folder, stdout=out, stderr=subprocess.STDOUT)
+    server = Comfy(f"http://127.0.0.1:{port}", log)
+    deadline = time.time() + 240
+    while True:
+        try:
+            server.get("/system_stats")
+            break
+        except (urllib.error.URLError, ConnectionError, OSError):
+            if proc.poll() is not None or time.time() > deadline:
+                proc.kill()
+                pytest.fail(f"ComfyUI did not start; log tail:\n{server.tail()}")
+            time.sleep(1)
+    yield server
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@pytest.fixture(scope="module")
+def object_info(comfy):
+    return comfy.get("/object_info")
+
+
+def test_every_node_of_the_pack_is_registered(comfy, object_info, pack):
+    from importlib import import_module
+
+    ours = set(import_module("cityclf_pack.nodes").NODE_CLASS_MAPPINGS)
+    assert ours <= set(object_info), f"missing: {ours - set(object_info)}\n{comfy.tail()}"
+    assert "IMPORT FAILED" not in "\n".join(l for l in comfy.log.read_text().splitlines() if "cityclf" in l)
+    loader = object_info["CityClfLoader"]["input"]["required"]
+    assert "TestCompression-v1.safetensors" in loader["head"][0]  # from the extra_model_paths.yaml folder
+    assert any(c.endswith("tiny-clip") for c in loader["clip"][0])
+    assert object_info["CityClfPredict"]["output_is_list"] == [True, True, True]
+
+
+def empty_image(color: int, batch: int, w=96, h=80) -> dict:
+    return {"class_type": "EmptyImage", "inputs": {"width": w, "height": h, "batch_size": batch, "color": color}}
+
+
+def expected_tensor(color: int, batch: int, w=96, h=80) -> torch.Tensor:
+    rgb = [((color >> 16) & 0xFF) / 0xFF, ((color >> 8) & 0xFF) / 0xFF, (color & 0xFF) / 0xFF]
+    return torch.tensor(rgb, dtype=torch.float32).view(1, 1, 1, 3).expand(batch, h, w, 3).clone()
+
+
+COLORS = [(0xE04020, 2), (0x2040E0, 1), (0x30C060, 1)]
+
+
+def gate_prompt(workspace, threshold: float, fail_when_none: bool = False) -> dict:
+    clip = str(workspace / "models" / "cityclassifiers" / "clip" / "tiny-clip")
+    prompt = {
+        "1": {"class_type": "CityClfLoader", "inputs": {
+            "head": "TestAesthetics-v1.safetensors", "clip": clip, "pairing": "best", "precision": "auto",
+            "download_missing": False}},
+        "10": empty_image(*COLORS[0]), "11": empty_image(*COLORS[1]), "12": empty_image(*COLORS[2]),
+        "13": {"class_type": "ImageBatch", "inputs": {"image1": ["10", 0], "image2": ["11", 0]}},
+        "2": {"class_type": "ImageBatch", "inputs": {"image1": ["13", 0], "image2": ["12", 0]}},
+        "3": {"class_type": "CityClfPredict", "inputs": {
+            "model": ["1", 0], "images": ["2", 0], "tiling": "auto", "combine": "mean", "never_upscale": False}},
+        "4": {"class_type": "CityClfGate", "inputs": {
+            "images": ["2", 0], "scores": ["3", 0], "rule": "at least", "threshold": threshold, "upper": 1.0,
+            "fail_when_none_pass": fail_when_none}},
+        "5": {"class_type": "SaveImage", "inputs": {"images": ["4", 0], "filename_prefix": "passed"}},
+        "6": {"class_type": "SaveImage", "inputs": {"images": ["4", 1], "filename_prefix": "failed"}},
+        "7": {"class_type": "PreviewAny", "inputs": {"source": ["4", 8]}},
+        "8": {"class_type": "PreviewAny", "inputs": {"source": ["3", 2]}},
+    }
+    return prompt
+
+
+@pytest.fixture(scope="module")
+def expected_scores(encoder, score_head):
+    from cityclf_core import ScoringModel
+
+    images = torch.cat([expected_tensor(c, b) for c, b in COLORS])
+    results = ScoringModel().add(score_head, encoder).score(images)
+    return [r[score_head.name].score for r in results]
+
+
+def test_score_gate_save_over_http(comfy, workspace, expected_scores):
+    ordered = sorted(set(round(s, 6) for s in expected_scores))
+    assert len(ordered) >= 2, expected_scores
+    threshold = (ordered[0] + ordered[1]) / 2  # the lowest score fails, the others pass
+    entry = comfy.run(gate_prompt(workspace, threshold))
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    outputs = entry["outputs"]
+    n_pass = sum(s >= threshold for s in expected_scores)
+    assert len(outputs["5"]["images"]) == n_pass
+    assert len(outputs["6"]["images"]) == len(expected_scores) - n_pass
+    assert outputs["7"]["text"] == [str(n_pass)]
+    payloads = [json.loads(t) for t in outputs["8"]["text"]]  # one JSON per image, from the predict node
+    got = [p["TestAesthetics-v1"]["score"] for p in payloads]
+    assert got == pytest.approx(expected_scores, abs=1e-4)  # the server computed what the library computes
+    for item in outputs["5"]["images"]:
+        assert (workspace / "output" / item["subfolder"] / item["filename"]).is_file()
+
+
+def test_nothing_passes_blocks_quietly(comfy, workspace, expected_scores):
+    entry = comfy.run(gate_prompt(workspace, threshold=2.0))
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    outputs = entry["outputs"]
+    assert "5" not in outputs  # SaveImage on the empty side never ran: no black placeholder, no error
+    assert len(outputs["6"]["images"]) == len(expected_scores)
+    assert outputs["7"]["text"] == ["0"]
+
+
+def test_fail_when_none_pass_stops_the_prompt(comfy, workspace):
+    entry = comfy.run(gate_prompt(workspace, threshold=2.0, fail_when_none=True))
+    assert entry["status"]["status_str"] == "error"
+    messages = json.dumps(entry["status"].get("messages", []))
+    assert "no image passed the gate" in messages
+
+
+def test_folder_of_mixed_sizes_tags_sidecars_over_http(comfy, workspace):
+    from PIL import Image
+
+    folder = workspace / "input" / "dataset"
+    folder.mkdir()
+    for i, (w, h) in enumerate([(40, 30), (120, 90), (200, 140)]):
+        Image.fromarray(illustration(w, h, i)).save(folder / f"img{i}.png")
+    (folder / "img0.txt").write_text("1girl, solo\n")
+    clip = str(workspace / "models" / "cityclassifiers" / "clip" / "tiny-clip")
+    prompt = {
+        "1": {"class_type": "CityClfLoader", "inputs": {
+            "head": "TestAesthetics-v1.safetensors", "clip": clip, "pairing": "best", "precision": "auto",
+            "download_missing": False}},
+        "2": {"class_type": "CityClfLoader", "inputs": {
+            "head": "TestCompression-v1.safetensors", "clip": clip, "pairing": "best", "precision": "auto",
+            "download_missing": False, "add_to": ["1", 0]}},
+        "3": {"class_type": "CityClfLoadImages", "inputs": {"folder": "dataset", "recursive": False, "limit": 0,
+                                                            "skip": 0}},
+        "4": {"class_type": "CityClfTag", "inputs": {
+            "model": ["2", 0], "images": ["3", 0], "thresholds": "0.3", "score_bucket": "decile", "tag_names": "",
+            "separator": ", ", "tiling": "auto", "combine": "mean", "write_sidecars": True, "paths": ["3", 1]}},
+    }
+    entry = comfy.run(prompt)
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    text = entry["outputs"]["4"]["text"]
+    assert len(text) == 4 and text[-1].startswith("sidecars: 3 updated")
+    first = (folder / "img0.txt").read_text()
+    assert first.startswith("1girl, solo, testaesthetics_")
+    snapshot = [(folder / f"img{i}.txt").read_text() for i in range(3)]
+    prompt["4"]["inputs"]["separator"] = ",  "  # change an input so ComfyUI runs the node again
+    entry = comfy.run(prompt)
+    assert entry["outputs"]["4"]["text"][-1].startswith("sidecars: 0 updated")
+    assert [(folder / f"img{i}.txt").read_text() for i in range(3)] == snapshot
+
+
+def test_example_workflows_have_no_missing_nodes(comfy, object_info):
+    templates = comfy.get("/workflow_templates")
+    ours = next((names for pack, names in templates.items() if pack == "cityclf"), None)
+    files = sorted((ROOT / "example_workflows").glob("*.json"))
+    assert files and sorted(ours or []) == sorted(f.stem for f in files)
+    for f in files:
+        workflow = json.loads(f.read_text())
+        missing = {n["type"] for n in workflow["nodes"]} - set(object_info) - FRONTEND_ONLY
+        assert not missing, f"{f.name}: missing node types {missing}"
