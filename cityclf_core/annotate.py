@@ -25,7 +25,8 @@ def font(size: int):
         return ImageFont.load_default()
 
 
-def _fit(draw, text: str, fnt, width: int) -> str:
+def fit_text(draw, text: str, fnt, width: int) -> str:
+    """`text`, shortened with an ellipsis until it fits in `width` pixels."""
     if draw.textlength(text, font=fnt) <= width:
         return text
     while text and draw.textlength(text + "…", font=fnt) > width:
@@ -50,7 +51,7 @@ def caption(img, lines: list[str], position: str = "bottom", size: int | None = 
     top = h - band_h if position == "bottom" else 0
     draw.rectangle([0, top, w, top + band_h], fill=(0, 0, 0, 150))
     for i, line in enumerate(lines):
-        text = _fit(draw, line, fnt, w - 2 * pad)
+        text = fit_text(draw, line, fnt, w - 2 * pad)
         draw.text((pad, top + pad + i * line_h), text, font=fnt, fill=(255, 255, 255, 255))
     return Image.alpha_composite(base, overlay).convert("RGB")
 
@@ -66,4 +67,4 @@ def caption_tensor(image: torch.Tensor, lines: list[str], position: str = "botto
     return torch.from_numpy(np.asarray(out, dtype=np.float32) / 255.0)
 
 
-__all__ = ["caption", "caption_tensor", "font"]
+__all__ = ["caption", "caption_tensor", "fit_text", "font"]

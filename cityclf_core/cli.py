@@ -2,12 +2,19 @@
 
     cityclf score PATH... --model NAME_OR_FILE [--model ...] [--clip ID_OR_DIR]
                   [--tiling | --no-tiling] [--combine mean|median|max|min] [--format table|jsonl|csv]
+                  [--store DB] [--min SPEC] [--max SPEC] [--top N] [--copy TO | --move TO] [--write-tags]
+    cityclf score --store DB --model ...        score stored embeddings, no CLIP loaded
+    cityclf embed PATH... --store DB --model ...  compute and keep embeddings (resumable)
+    cityclf query --store DB [--min ...] [--top N] [--copy TO] ...   stored scores, no models
+    cityclf grid --store DB --out sheet.png [--histogram hist.png]
+    cityclf export --store DB --out embeddings.npz
+    cityclf store-info --store DB
     cityclf models          the known releases and their CLIP pairings
     cityclf demo            build tiny models and sample images, then score them (no internet needed)
 
-Exit status: 0 when every input was scored, 1 when any input failed (each is
-reported on stderr, and the rest are still scored), 2 for a usage or model error,
-130 when interrupted.
+Exit status: 0 when every input was scored, 1 when any input was skipped (each
+is reported on stderr, the rest are still processed), 2 for a usage or model
+error, 130 when interrupted (a store keeps everything finished: rerun to go on).
 """
 
 from __future__ import annotations
@@ -20,8 +27,8 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .crops import COMBINES
-from .errors import CityClfError, ImageError
+from .crops import COMBINES, CropPolicy
+from .errors import CityClfError, ConfigError, ImageError
 from .images import DEFAULT_MAX_PIXELS, find_images, iter_decoded
 from .progress import ProgressBar
 
@@ -69,7 +76,7 @@ class ResultWriter:
 
     def _table(self, path: str, results: dict) -> None:
         if not self._header_done:
-            self.stream.write("\t".join(["path", *self.heads]) + "\n")
+            self.stream.write("\t".join(["path", *results]) + "\n")
             self._header_done = True
         cells = [path]
         for r in results.values():
@@ -77,12 +84,34 @@ class ResultWriter:
         self.stream.write("\t".join(cells) + "\n")
 
 
-# ---------------------------------------------------------------- commands
+class Problems:
+    """Skipped inputs: reported on stderr as they happen, optionally written to --report."""
+
+    def __init__(self, bar: ProgressBar | None = None):
+        self.items: list[tuple[str, str]] = []
+        self.bar = bar
+
+    def add(self, path, reason: str) -> None:
+        self.items.append((str(path), reason))
+        line = f"cityclf: skipped {path}: {reason}"
+        (self.bar.write(line) if self.bar else print(line, file=sys.stderr))
+
+    def write_report(self, path: str | None) -> None:
+        if path:
+            with open(path, "w", encoding="utf-8") as f:
+                for p, why in self.items:
+                    f.write(json.dumps({"path": p, "error": why}, ensure_ascii=False) + "\n")
+
+    def __len__(self) -> int:
+        return len(self.items)
 
 
-def _add_model_options(p: argparse.ArgumentParser) -> None:
+# ---------------------------------------------------------------- options
+
+
+def _add_model_options(p: argparse.ArgumentParser, required: bool = True) -> None:
     g = p.add_argument_group("models")
-    g.add_argument("--model", "-m", action="append", required=True, metavar="NAME_OR_FILE",
+    g.add_argument("--model", "-m", action="append", required=required, metavar="NAME_OR_FILE",
                    help="a head: a .safetensors file, or a release name such as CCAnime-Compression-v1.5 "
                         "(downloaded into --models-dir if missing). Repeat for several heads.")
     g.add_argument("--clip", metavar="ID_OR_DIR",
@@ -118,69 +147,345 @@ def _add_crop_options(p: argparse.ArgumentParser) -> None:
                    help=f"skip images with more pixels (decompression-bomb guard; default {DEFAULT_MAX_PIXELS:,})")
 
 
+def _add_selection_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("selecting and acting on images")
+    g.add_argument("--min", action="append", default=[], metavar="SPEC",
+                   help="keep images scoring at least this: 0.6 (the first head), HEAD=0.6, or HEAD:CLASS=0.6 "
+                        "(a class probability). Repeat to combine (all must hold).")
+    g.add_argument("--max", action="append", default=[], metavar="SPEC", help="keep images scoring at most this")
+    g.add_argument("--top", type=int, metavar="N", help="keep the N best by --sort-by")
+    g.add_argument("--bottom", type=int, metavar="N", help="keep the N worst by --sort-by")
+    g.add_argument("--sort-by", metavar="HEAD[:CLASS]", help="the head (or class) --top/--bottom use (default: first)")
+    a = g.add_mutually_exclusive_group()
+    a.add_argument("--copy", metavar="TO", help="copy the kept images under TO, keeping their sub-folders")
+    a.add_argument("--move", metavar="TO", help="move the kept images under TO, keeping their sub-folders")
+    g.add_argument("--on-conflict", choices=("rename", "skip", "error"), default="rename",
+                   help="when a file exists at the destination: rename (name-1.png, default), skip, or error. "
+                        "Existing files are never overwritten.")
+    g.add_argument("--dry-run", action="store_true", help="print what --copy/--move/--write-tags would do, do nothing")
+    g.add_argument("--write-tags", action="store_true",
+                   help="update caption sidecars (image.txt) with tags, as the Tag node does: earlier tags of "
+                        "these heads are replaced, other text is kept")
+    g.add_argument("--tag-thresholds", default="0.5", metavar="T",
+                   help="class probability for a tag: 0.5, or per head 'HEAD = 0.6; * = 0.5'")
+    g.add_argument("--tag-bucket", choices=("none", "decile", "percent"), default="decile",
+                   help="score heads add a bucket tag: aesthetic_70 (decile, default) or aesthetic_72 (percent)")
+    g.add_argument("--tag-names", default="", metavar="MAP",
+                   help="rename tags: 'CCAnime-Compression:JPEG = jpeg; CityAesthetics = aes'")
+
+
+def _add_output_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--format", choices=FORMATS, default="table",
+                   help="table (default), jsonl (one object per image and head), or csv (one row per image)")
+    p.add_argument("--report", metavar="FILE", help="write skipped inputs and why, as JSONL")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+
+
 def _progress_enabled(args) -> bool | None:
-    return False if args.no_progress else None
+    return False if getattr(args, "no_progress", False) else None
 
 
-def cmd_score(args) -> int:
+def _load_model(args):
     from .loading import load_scoring_model
 
-    files, problems = find_images(args.paths)
-    failed = 0
-    for path, reason in problems:
-        print(f"cityclf: {path}: {reason}", file=sys.stderr)
-        failed += 1
-    model = load_scoring_model(
+    return load_scoring_model(
         args.model, clip=args.clip, device=args.device, dtype=args.dtype, pairing=args.pairing,
         allow_download=not args.offline, models_dir=args.models_dir, tile_size=args.tile_size,
     )
-    writer = ResultWriter(args.format, model.names, sys.stdout)
+
+
+# ---------------------------------------------------------------- score / embed
+
+
+def cmd_score(args) -> int:
+    if not args.paths and not args.store:
+        raise ConfigError("give images (files or folders) to score, or --store DB to score stored embeddings")
+    if args.store:
+        return _score_with_store(args)
+    files, missing = find_images(args.paths)
     bar = ProgressBar(len(files), "img", enabled=_progress_enabled(args), label="scoring")
+    problems = Problems(bar)
+    for path, reason in missing:
+        problems.add(path, reason)
+    model = _load_model(args)
+    rows = []
+    stream = not _needs_all_rows(args)
+    writer = ResultWriter(args.format, model.names, sys.stdout)
     block: list = []
     block_size = max(1, (args.batch_size or 8) // 2)
-    scored = 0
 
     def flush() -> None:
-        nonlocal failed, scored
         if not block:
             return
         base = bar.done
         pixels = [d.pixels for _, d in block]
         names = [str(p) for p, _ in block]
+        opts = dict(tiling=args.tiling, combine=args.combine, upscale=args.upscale, batch_size=args.batch_size)
         try:
-            results = model.score(pixels, tiling=args.tiling, combine=args.combine, upscale=args.upscale,
-                                  batch_size=args.batch_size, names=names,
+            results = model.score(pixels, names=names, **opts,
                                   on_progress=lambda d, t: bar.set(base + len(block) * d / max(t, 1)))
             pairs = list(zip(names, results))
         except ImageError:  # find the culprit, score the rest
             pairs = []
             for name, px in zip(names, pixels):
                 try:
-                    pairs.append((name, model.score([px], tiling=args.tiling, combine=args.combine,
-                                                    upscale=args.upscale, batch_size=args.batch_size,
-                                                    names=[name])[0]))
+                    pairs.append((name, model.score([px], names=[name], **opts)[0]))
                 except ImageError as e:
-                    bar.write(f"cityclf: skipped {name}: {e}")
-                    failed += 1
+                    problems.add(name, str(e))
         for name, result in pairs:
-            writer.write(name, result)
-            scored += 1
+            if stream:
+                writer.write(name, result)
+            rows.append((name, result))
         bar.set(base + len(block))
         block.clear()
 
     with bar:
         for path, decoded, error in iter_decoded(files, workers=args.workers, max_pixels=args.max_pixels):
             if error:
-                bar.write(f"cityclf: skipped {error}")
+                problems.add(path, error.split(": ", 1)[-1] if error.startswith(str(path)) else error)
                 bar.update(1)
-                failed += 1
                 continue
             block.append((path, decoded))
             if len(block) >= block_size:
                 flush()
         flush()
-    print(f"cityclf: scored {scored} image(s)" + (f", {failed} failed" if failed else ""), file=sys.stderr)
-    return 1 if failed or not scored else 0
+    return _finish(args, rows, problems, roots=args.paths, writer=None if stream else writer)
+
+
+def _needs_all_rows(args) -> bool:
+    return bool(args.min or args.max or args.top or args.bottom)
+
+
+def _finish(args, rows, problems: Problems, roots, writer=None, store=None) -> int:
+    """Select, print (unless already streamed), act (copy/move/tags), report; the exit status."""
+    from .jobs import Bound, copy_or_move, select
+
+    bounds = [Bound.parse(s, "min") for s in args.min] + [Bound.parse(s, "max") for s in args.max]
+    chosen = select(rows, bounds, args.top, args.bottom, args.sort_by) if _needs_all_rows(args) else rows
+    if writer is not None:
+        for path, result in chosen:
+            writer.write(path, result)
+    if args.write_tags:
+        _write_tags(args, chosen)
+    if args.copy or args.move:
+        plan = copy_or_move([p for p, _ in chosen], roots or _common_root([p for p, _ in chosen]),
+                            args.copy or args.move, move=bool(args.move), on_conflict=args.on_conflict,
+                            dry_run=args.dry_run)
+        for t in plan:
+            verb = ("would " if args.dry_run else "") + t.action
+            if t.error:
+                print(f"cityclf: {t.action if t.action == 'skip' else 'failed to ' + t.action} {t.source}: {t.error}",
+                      file=sys.stderr)
+            else:
+                print(f"cityclf: {verb} {t.source} -> {t.target}", file=sys.stderr)
+            if t.done and args.move and store is not None:
+                store.move_file(t.source, os.path.abspath(t.target))
+        if any(t.error and t.action != "skip" for t in plan):
+            problems.add("--" + ("move" if args.move else "copy"), "some files could not be transferred")
+    problems.write_report(args.report)
+    kept = f", {len(chosen)} selected" if _needs_all_rows(args) else ""
+    print(f"cityclf: scored {len(rows)} image(s){kept}" + (f", {len(problems)} skipped" if problems else ""),
+          file=sys.stderr)
+    return 1 if len(problems) or not rows else 0
+
+
+def _common_root(paths: list[str]) -> list[str]:
+    if not paths:
+        return []
+    dirs = [os.path.dirname(os.path.abspath(p)) for p in paths]
+    return [os.path.commonpath(dirs)]
+
+
+def _write_tags(args, rows) -> None:
+    from .tags import TagRules, owner, write_sidecar
+
+    rules = TagRules.from_text(args.tag_names, args.tag_thresholds, args.tag_bucket)
+    owned = owner(rules, [r for _, r in rows[:1]])
+    changed = 0
+    for path, result in rows:
+        tags = rules.tags_for(result)
+        if args.dry_run:
+            print(f"cityclf: would tag {path}: {', '.join(tags) or '(no tags)'}", file=sys.stderr)
+            continue
+        changed += write_sidecar(path, tags, owned)[1]
+    if not args.dry_run:
+        print(f"cityclf: tags: {changed} sidecar(s) updated, {len(rows) - changed} already up to date",
+              file=sys.stderr)
+
+
+def _score_with_store(args) -> int:
+    from .jobs import score_store
+    from .loading import load_stored_model
+    from .store import EmbeddingStore
+
+    problems = Problems()
+    paths = None
+    with EmbeddingStore(args.store, create=bool(args.paths)) as store:
+        if args.paths:  # embed what is missing first, with the CLIPs loaded
+            code, paths = _embed_into(args, store, problems)
+        model = load_stored_model(args.model, store, clip=args.clip, pairing=args.pairing,
+                                  allow_download=not args.offline, models_dir=args.models_dir,
+                                  tile_size=args.tile_size)
+        stream = not _needs_all_rows(args)
+        writer = ResultWriter(args.format, model.names, sys.stdout)
+        rows = []
+        for results, missing in score_store(store, model, paths, args.combine, args.tiling, args.upscale):
+            for path, why in missing:
+                problems.add(path, why)
+            with store.transaction():
+                store.put_scores(
+                    (p, name, args.combine, r.score, r.label, json.dumps(r.probs) if r.probs else None)
+                    for p, res in results for name, r in res.items())
+            for path, result in results:
+                if stream:
+                    writer.write(path, result)
+                rows.append((path, result))
+        return _finish(args, rows, problems, roots=args.paths, writer=None if stream else writer, store=store)
+
+
+def _embed_into(args, store, problems: Problems):
+    """Embed args.paths into `store` for the heads' (CLIP, policy) pairs; returns (status, absolute paths)."""
+    from .jobs import EmbedTarget, embed_files, embed_targets
+    from .loading import load_encoder
+    from .store import policy_key
+
+    files, missing = find_images(args.paths)
+    for path, reason in missing:
+        problems.add(path, reason)
+    paths = [os.path.abspath(p) for p in files]
+    if getattr(args, "model", None):
+        targets = embed_targets(_load_model(args), store, args.tiling, args.upscale)
+    else:
+        encoder = load_encoder(args.clip, args.device, args.dtype, allow_download=not args.offline)
+        policy = CropPolicy(tiling=args.tiling == "on", tile_size=args.tile_size,
+                            upscale=args.upscale).resolved(encoder.image_size)
+        row = store.register_encoder(encoder.identity, encoder.name, encoder.source, encoder.image_size,
+                                     encoder.embed_dim)
+        targets = [EmbedTarget(encoder, policy, policy_key(policy), row)]
+    bar = ProgressBar(len(paths), "img", enabled=_progress_enabled(args), label="embedding")
+    problems.bar = bar
+
+    def on_file(path, error):
+        if error:
+            problems.add(path, error)
+        bar.update(1)
+
+    with bar:
+        report = embed_files(store, targets, paths, batch_size=args.batch_size, workers=args.workers,
+                             max_pixels=args.max_pixels, on_file=on_file)
+    problems.bar = None
+    for path, note in report.notes:
+        print(f"cityclf: note {path}: {note}", file=sys.stderr)
+    print(f"cityclf: {report.summary()}", file=sys.stderr)
+    return (1 if report.failed else 0), paths
+
+
+def cmd_embed(args) -> int:
+    from .store import EmbeddingStore
+
+    if not args.model and not args.clip:
+        raise ConfigError("name the heads (--model) whose CLIP and crops to embed for, or a --clip")
+    problems = Problems()
+    with EmbeddingStore(args.store) as store:
+        _embed_into(args, store, problems)
+    problems.write_report(args.report)
+    return 1 if len(problems) else 0
+
+
+# ---------------------------------------------------------------- stored scores
+
+
+def _stored_rows(store, heads: list[str] | None, combine: str):
+    from .pipeline import HeadResult
+
+    rows = []
+    for path, per_head in store.scores(heads, combine).items():
+        results = {}
+        for name, (score, label, probs) in per_head.items():
+            if probs:
+                results[name] = HeadResult(name, "class", list(probs), list(probs.values()), score, 0)
+            else:
+                results[name] = HeadResult(name, "score", ["score"], [score], score, 0)
+        rows.append((path, results))
+    return rows
+
+
+def cmd_query(args) -> int:
+    from .store import EmbeddingStore
+
+    with EmbeddingStore(args.store, create=False) as store:
+        rows = _stored_rows(store, args.head, args.combine)
+        if not rows:
+            raise ConfigError(f"store {args.store} has no scores{' for ' + ', '.join(args.head) if args.head else ''}"
+                              "; run cityclf score --store ... --model ... first")
+        names = list(rows[0][1])
+        writer = ResultWriter(args.format, names, sys.stdout)
+        return _finish(args, rows, Problems(), roots=None, writer=writer, store=store)
+
+
+def cmd_grid(args) -> int:
+    from .grid import contact_sheet, histograms
+    from .jobs import Bound, select
+    from .store import EmbeddingStore
+
+    with EmbeddingStore(args.store, create=False) as store:
+        rows = _stored_rows(store, args.head, args.combine)
+    if not rows:
+        raise ConfigError(f"store {args.store} has no scores; run cityclf score --store ... --model ... first")
+    bounds = [Bound.parse(s, "min") for s in args.min] + [Bound.parse(s, "max") for s in args.max]
+    top = args.top if (args.top or args.bottom) else (None if bounds else 24)
+    chosen = select(rows, bounds, top, args.bottom, args.sort_by)
+    if args.out:
+        items = [(p, [_caption(name, r) for name, r in res.items()]) for p, res in chosen]
+        title = f"{'bottom' if args.bottom else 'top'} {len(items)} by {args.sort_by or list(rows[0][1])[0]}"
+        out = contact_sheet(items, args.out, thumb=args.thumb, title=title)
+        print(f"cityclf: wrote {out} ({len(items)} images)", file=sys.stderr)
+    if args.histogram:
+        names = list(rows[0][1])
+        series = {n: [res[n].score for _, res in rows if n in res] for n in names}
+        out = histograms(series, args.histogram)
+        print(f"cityclf: wrote {out}", file=sys.stderr)
+    if not args.out and not args.histogram:
+        raise ConfigError("nothing to draw: give --out SHEET.png and/or --histogram HIST.png")
+    return 0
+
+
+def _caption(name: str, r) -> str:
+    short = name.split("-v")[0]
+    return f"{short}: {r.score:.3f}" if r.is_score else f"{short}: {r.label} {r.score:.2f}"
+
+
+def cmd_export(args) -> int:
+    from .loading import clip_identity, source_name
+    from .store import EmbeddingStore
+
+    with EmbeddingStore(args.store, create=False) as store:
+        encoders = store.encoders()
+        if not encoders:
+            raise ConfigError(f"store {args.store} holds no embeddings yet")
+        if args.clip:
+            row = store.find_encoder(clip_identity(args.clip), source_name(args.clip))
+        elif len(encoders) == 1:
+            row = encoders[0]
+        else:
+            raise ConfigError("the store holds embeddings of several CLIPs; choose one with --clip: " +
+                              ", ".join(e.source for e in encoders))
+        policies = sorted({r[0] for r in store.db.execute(
+            "SELECT DISTINCT policy FROM embeddings WHERE encoder_id = ?", (row.id,))})
+        policy = args.policy or (policies[0] if len(policies) == 1 else None)
+        if policy not in policies:
+            raise ConfigError(f"choose --policy among: {', '.join(policies)}")
+        n = store.export_numpy(args.out, row, policy)
+    print(f"cityclf: wrote {args.out}: {n} images, CLIP {row.source}, {policy}", file=sys.stderr)
+    return 0
+
+
+def cmd_store_info(args) -> int:
+    from .store import EmbeddingStore
+
+    with EmbeddingStore(args.store, create=False) as store:
+        print(json.dumps(store.stats(), indent=2))
+    return 0
 
 
 def cmd_models(args) -> int:
@@ -204,6 +509,9 @@ def cmd_demo(args) -> int:
     return run_demo(Path(args.dir), progress=_progress_enabled(args))
 
 
+# ---------------------------------------------------------------- parser
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cityclf",
@@ -212,15 +520,61 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"cityclf {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("score", help="score image files and folders (walked recursively)",
-                       description="Score images with one or more heads. Folders are walked recursively.")
-    p.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders")
+    p = sub.add_parser("score", help="score image files and folders (walked recursively), or a store",
+                       description="Score images with one or more heads. Folders are walked recursively. With "
+                                   "--store, embeddings are kept (and reused), and with --store alone the stored "
+                                   "embeddings are scored without loading CLIP.")
+    p.add_argument("paths", nargs="*", metavar="PATH", help="image files or folders")
     _add_model_options(p)
     _add_crop_options(p)
-    p.add_argument("--format", choices=FORMATS, default="table",
-                   help="table (default), jsonl (one object per image and head), or csv (one row per image)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    p.add_argument("--store", metavar="DB", help="an embedding store (SQLite file): embed into it, score from it")
+    _add_selection_options(p)
+    _add_output_options(p)
     p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("embed", help="compute CLIP embeddings into a store (resumable)",
+                       description="Embed images into a store, for each CLIP and crop policy the heads need; "
+                                   "unchanged files are skipped, so a killed run continues where it stopped.")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders")
+    p.add_argument("--store", required=True, metavar="DB", help="the store file (created if missing)")
+    _add_model_options(p, required=False)
+    _add_crop_options(p)
+    p.add_argument("--report", metavar="FILE", help="write skipped files and why, as JSONL")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    p.set_defaults(func=cmd_embed)
+
+    p = sub.add_parser("query", help="select and act on stored scores (no models needed)")
+    p.add_argument("--store", required=True, metavar="DB")
+    p.add_argument("--head", action="append", metavar="NAME", help="only these heads' scores (default: all)")
+    p.add_argument("--combine", choices=COMBINES, default="mean", help="the tile combine the scores were made with")
+    _add_selection_options(p)
+    _add_output_options(p)
+    p.set_defaults(func=cmd_query)
+
+    p = sub.add_parser("grid", help="a contact sheet and score histograms from stored scores")
+    p.add_argument("--store", required=True, metavar="DB")
+    p.add_argument("--out", metavar="PNG", help="the contact sheet to write")
+    p.add_argument("--histogram", metavar="PNG", help="a histogram of each head's scores")
+    p.add_argument("--head", action="append", metavar="NAME", help="only these heads (default: all)")
+    p.add_argument("--combine", choices=COMBINES, default="mean")
+    p.add_argument("--min", action="append", default=[], metavar="SPEC", help="as for score: a band to show")
+    p.add_argument("--max", action="append", default=[], metavar="SPEC")
+    p.add_argument("--top", type=int, metavar="N", help="the N best (default: 24 unless a band is given)")
+    p.add_argument("--bottom", type=int, metavar="N", help="the N worst")
+    p.add_argument("--sort-by", metavar="HEAD[:CLASS]")
+    p.add_argument("--thumb", type=int, default=256, metavar="PX", help="thumbnail size (default 256)")
+    p.set_defaults(func=cmd_grid)
+
+    p = sub.add_parser("export", help="export stored embeddings to a numpy .npz")
+    p.add_argument("--store", required=True, metavar="DB")
+    p.add_argument("--out", required=True, metavar="NPZ")
+    p.add_argument("--clip", metavar="ID_OR_DIR", help="which CLIP's embeddings (when the store has several)")
+    p.add_argument("--policy", help="which crop policy's embeddings, e.g. whole or tiles:672:1536:up")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("store-info", help="what a store holds")
+    p.add_argument("--store", required=True, metavar="DB")
+    p.set_defaults(func=cmd_store_info)
 
     p = sub.add_parser("models", help="list the known releases, their CLIP pairings and local copies")
     p.add_argument("--models-dir", metavar="DIR")
@@ -245,7 +599,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cityclf: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("\ncityclf: interrupted", file=sys.stderr)
+        print("\ncityclf: interrupted" + (" (the store keeps everything finished; rerun to continue)"
+                                          if getattr(args, "store", None) else ""), file=sys.stderr)
         return 130
     except BrokenPipeError:  # e.g. `cityclf score ... | head`
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -178,17 +178,20 @@ def render_views(images: torch.Tensor, plan: CropPlan, clip_size: int) -> torch.
 
 def reduce_tiles(values: torch.Tensor, how: str = "mean") -> torch.Tensor:
     """[n_views, N] per-view outputs -> [N], each class reduced over the views independently."""
+    return reduce_tiles_batched(values.unsqueeze(0), how)[0]
+
+
+def reduce_tiles_batched(grid: torch.Tensor, how: str = "mean") -> torch.Tensor:
+    """[n, views, N] -> [n, N]; NaN marks a missing view (images with fewer views than others)."""
     if how not in COMBINES:
         raise ConfigError(f"unknown tile combine {how!r}; choose one of {', '.join(COMBINES)}")
-    if values.shape[0] == 1:
-        return values[0]
     if how == "mean":
-        return values.mean(dim=0)
+        return grid.nanmean(dim=1)
     if how == "median":
-        return values.median(dim=0).values
+        return grid.nanmedian(dim=1).values
     if how == "max":
-        return values.amax(dim=0)
-    return values.amin(dim=0)
+        return grid.nan_to_num(nan=float("-inf")).amax(dim=1)
+    return grid.nan_to_num(nan=float("inf")).amin(dim=1)
 
 
 __all__ = [
@@ -201,6 +204,7 @@ __all__ = [
     "CropPolicy",
     "plan_crops",
     "reduce_tiles",
+    "reduce_tiles_batched",
     "render_views",
     "short_side_size",
 ]

@@ -56,6 +56,13 @@ class Encoder:
         return f"{type(self).__name__}({self.name}, S={self.image_size}, D={self.embed_dim})"
 
 
+def as_unit_float(views: torch.Tensor) -> torch.Tensor:
+    """Views as float32 in [0, 1]: uint8 views (8-bit, as the pipeline makes them) are divided by 255."""
+    if views.dtype == torch.uint8:
+        return views.float().div_(255.0)
+    return views.float()
+
+
 def pick_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
     """'auto' is fp32 on the CPU, bf16 on GPUs that support it, else fp16."""
     if isinstance(dtype, torch.dtype):
@@ -95,6 +102,39 @@ def weights_fingerprint(tensors: dict[str, torch.Tensor], config: dict) -> str:
     return h.hexdigest()[:16]
 
 
+FINGERPRINT_KEYS = ("visual_projection.weight", "vision_model.embeddings.class_embedding",
+                    "vision_model.post_layernorm.weight")
+_SHAPE_FIELDS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                 "image_size", "patch_size", "projection_dim", "hidden_act")
+
+
+def _shape_config(cfg) -> dict:
+    return {k: getattr(cfg, k, None) for k in _SHAPE_FIELDS}
+
+
+def folder_fingerprint(folder: str | os.PathLike) -> str:
+    """The identity a TransformersClipEncoder loaded from `folder` will have, without loading the model.
+
+    Reads the vision config and three small tensors; lets the embedding store
+    find a CLIP's embeddings when scoring, with no CLIP in memory.
+    """
+    from safetensors import safe_open
+    from transformers import CLIPVisionConfig
+
+    folder = Path(folder)
+    check_clip_folder(folder)
+    with quiet_transformers():
+        cfg = CLIPVisionConfig.from_pretrained(str(folder))
+    tensors = {}
+    for shard in sorted(folder.glob("*.safetensors")):
+        with safe_open(str(shard), framework="pt") as f:
+            keys = set(f.keys())
+            for k in FINGERPRINT_KEYS:
+                if k in keys:
+                    tensors[k] = f.get_tensor(k)
+    return weights_fingerprint(tensors, _shape_config(cfg))
+
+
 class TransformersClipEncoder(Encoder):
     """A transformers CLIP vision model with projection."""
 
@@ -105,13 +145,9 @@ class TransformersClipEncoder(Encoder):
         self.image_size = int(cfg.image_size)
         self.embed_dim = int(cfg.projection_dim)
         self.name = name
-        shape_cfg = {k: getattr(cfg, k, None) for k in (
-            "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-            "image_size", "patch_size", "projection_dim", "hidden_act")}
         params = dict(model.named_parameters())
-        sample = {k: params[k] for k in ("visual_projection.weight", "vision_model.embeddings.class_embedding",
-                                         "vision_model.post_layernorm.weight") if k in params}
-        self.identity = f"{name}@{weights_fingerprint(sample, shape_cfg)}"
+        sample = {k: params[k] for k in FINGERPRINT_KEYS if k in params}
+        self.identity = weights_fingerprint(sample, _shape_config(cfg))
         self._mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
         self._std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
         if dtype is not None:
@@ -137,7 +173,7 @@ class TransformersClipEncoder(Encoder):
                 f"got {tuple(views.shape)}"
             )
         device, dtype = self.device, self.dtype
-        x = views.to(device, non_blocking=True).float()
+        x = as_unit_float(views.to(device, non_blocking=True))
         x = (x - self._mean.to(device)) / self._std.to(device)
         with self._lock, torch.inference_mode():
             out = self.model(pixel_values=x.to(dtype))
@@ -296,7 +332,7 @@ class ComfyClipVisionEncoder(Encoder):
         return torch.device(getattr(self.clip_vision, "load_device", "cpu"))
 
     def encode(self, views: torch.Tensor) -> torch.Tensor:
-        out = self.clip_vision.encode_image(views.movedim(1, -1), crop=True)
+        out = self.clip_vision.encode_image(as_unit_float(views).movedim(1, -1), crop=True)
         emb = out["image_embeds"]
         if self.embed_dim is None:
             self.embed_dim = int(emb.shape[-1])
@@ -328,6 +364,7 @@ __all__ = [
     "Encoder",
     "TransformersClipEncoder",
     "check_clip_folder",
+    "folder_fingerprint",
     "locate_clip",
     "pick_device",
     "pick_dtype",

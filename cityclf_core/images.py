@@ -13,6 +13,7 @@ policy uses -- so a 100-megapixel scan does not need gigabytes of memory.
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -79,8 +80,9 @@ def decode_image(
     path: str | os.PathLike,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     reduce_above: int = REDUCE_ABOVE_PIXELS,
+    data: bytes | None = None,
 ) -> DecodedImage:
-    """Decode one image file; raise ImageError with the reason if it cannot be scored."""
+    """Decode one image file (or its bytes, already read, as `data`); raise ImageError if it cannot be scored."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     path = Path(path)
@@ -88,7 +90,7 @@ def decode_image(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(path)
+            img = Image.open(io.BytesIO(data) if data is not None else path)
     except FileNotFoundError:
         raise ImageError(f"{path}: file not found") from None
     except IsADirectoryError:

@@ -49,6 +49,7 @@ def load_encoder(
             _ENCODERS.move_to_end(key)
             return _ENCODERS[key]
     encoder = TransformersClipEncoder.from_folder(Path(folder), name=name, device=dev, dtype=dt)
+    encoder.source = source_name(source)  # how an embedding store records where it came from
     with _ENCODERS_LOCK:
         _ENCODERS[key] = encoder
         while len(_ENCODERS) > MAX_CACHED_ENCODERS:
@@ -93,4 +94,58 @@ def load_scoring_model(
     return model
 
 
-__all__ = ["clear_encoder_cache", "clip_source_for", "load_encoder", "load_scoring_model"]
+
+
+def clip_identity(source: str) -> str | None:
+    """The identity of the CLIP at `source` (a folder, or a hub id already on disk), without loading it."""
+    from .encoders import folder_fingerprint
+    from .errors import CityClfError
+
+    try:
+        folder, _ = locate_clip(source, allow_download=False)
+        return folder_fingerprint(folder)
+    except (CityClfError, OSError, ValueError):
+        return None
+
+
+def load_stored_model(
+    models: list[str | os.PathLike],
+    store,
+    clip: str | os.PathLike | None = None,
+    pairing: str = "best",
+    allow_download: bool = True,
+    models_dir: str | os.PathLike | None = None,
+    search_dirs: list[str | os.PathLike] = (),
+    tile_size: int | None = None,
+) -> ScoringModel:
+    """Heads bound to the CLIPs recorded in `store`, for scoring stored embeddings with no CLIP loaded.
+
+    Each head's CLIP is found by identity (fingerprinted from its files when they
+    are on this machine) or else by the source it was recorded from.
+    """
+    from .jobs import StoredEncoder
+
+    models_dir = Path(models_dir) if models_dir else default_models_dir()
+    model = ScoringModel()
+    encoders: dict[int, StoredEncoder] = {}
+    for name in models:
+        head = resolve_head(name, search_dirs=[*search_dirs, models_dir], download_dir=models_dir,
+                            allow_download=allow_download)
+        source = clip_source_for(head, clip, pairing)
+        row = store.find_encoder(clip_identity(source), source_name(source))
+        encoder = encoders.setdefault(row.id, StoredEncoder(row))
+        policy = default_policy(head, encoder.image_size, pairing)
+        if tile_size and policy.tiling:
+            policy = replace(policy, tile_size=tile_size)
+        model.add(head, encoder, policy)
+    return model
+
+
+def source_name(source: str | os.PathLike) -> str:
+    """How a CLIP source is recorded in a store: a folder's absolute path, or the hub id."""
+    p = Path(source).expanduser()
+    return str(p.resolve()) if p.exists() else str(source)
+
+
+__all__ = ["clear_encoder_cache", "clip_identity", "clip_source_for", "load_encoder", "load_scoring_model",
+           "load_stored_model", "source_name"]

@@ -24,7 +24,15 @@ from typing import Callable, Iterable, Iterator, Sequence
 import torch
 
 from .catalogue import default_policy
-from .crops import COMBINES, WHOLE_IMAGE, CropPlan, CropPolicy, plan_crops, reduce_tiles, render_views
+from .crops import (
+    COMBINES,
+    WHOLE_IMAGE,
+    CropPlan,
+    CropPolicy,
+    plan_crops,
+    reduce_tiles_batched,
+    render_views,
+)
 from .encoders import Encoder
 from .errors import ConfigError, ImageError, WeightsError
 from .heads import Head
@@ -269,55 +277,83 @@ def iter_plan_embeddings(
     names: Sequence[str] | None = None,
 ) -> Iterator[tuple[int, torch.Tensor]]:
     """Like iter_embeddings, for (image, crop plan) jobs: yields (job index, embeddings) in order."""
-    if batch_size < 1:
-        raise ConfigError(f"batch size must be at least 1, not {batch_size}")
+    chunks = ChunkedEncoder(encoder, batch_size, on_views)
     S = encoder.image_size
-    device = encoder.device
-    queue: list[torch.Tensor] = []  # rendered views not yet encoded, in job order
-    queued = 0
-    pending: deque[_Pending] = deque()  # jobs whose embeddings are not all back yet
+    for idx, (image, plan) in enumerate(jobs):
+        where = names[idx] if names and idx < len(names) else f"image {idx}"
+        x = to_bchw(image, chunks.device, where)
+        views = render_views(x, plan, S)
+        del x
+        yield from chunks.add(idx, views)
+    yield from chunks.flush()
 
-    def encode(n: int) -> None:
-        nonlocal queue, queued
-        views = torch.cat(queue, dim=0) if len(queue) > 1 else queue[0]
+
+class ChunkedEncoder:
+    """Queues views per item and encodes them in chunks of `batch_size`, whatever the item sizes.
+
+    `add(key, views)` returns the (key, [n, D] float32 CPU embeddings) of every item
+    completed by the chunks it triggered, in the order items were added; `flush()`
+    encodes what is left. Views may be float in [0, 1] or uint8.
+    """
+
+    def __init__(self, encoder: Encoder, batch_size: int, on_views: Callable[[int], None] | None = None):
+        if batch_size < 1:
+            raise ConfigError(f"batch size must be at least 1, not {batch_size}")
+        self.encoder, self.batch_size, self.on_views = encoder, batch_size, on_views
+        self.device = encoder.device
+        self._queue: list[torch.Tensor] = []  # views not yet encoded, in item order
+        self._queued = 0
+        self._pending: deque[_Pending] = deque()  # items whose embeddings are not all back yet
+
+    @property
+    def queued(self) -> int:
+        return self._queued
+
+    def add(self, key, views: torch.Tensor) -> list[tuple[object, torch.Tensor]]:
+        self._queue.append(views)
+        self._pending.append(_Pending(key, int(views.shape[0])))
+        self._queued += int(views.shape[0])
+        done = []
+        while self._queued >= self.batch_size:
+            self._encode(self.batch_size)
+            done += self._finished()
+        return done
+
+    def flush(self) -> list[tuple[object, torch.Tensor]]:
+        done = []
+        while self._queued:
+            self._encode(min(self._queued, self.batch_size))
+            done += self._finished()
+        return done + self._finished()
+
+    def _encode(self, n: int) -> None:
+        views = torch.cat(self._queue, dim=0) if len(self._queue) > 1 else self._queue[0]
         batch, rest = views[:n], views[n:]
-        emb = encoder.encode(batch)
+        emb = self.encoder.encode(batch)
         if emb.ndim != 2 or emb.shape[0] != batch.shape[0]:
-            raise WeightsError(f"CLIP {encoder.name} returned embeddings of shape {tuple(emb.shape)}")
-        queue, queued = ([rest] if rest.shape[0] else []), int(rest.shape[0])
+            raise WeightsError(f"CLIP {self.encoder.name} returned embeddings of shape {tuple(emb.shape)}")
+        self._queue, self._queued = ([rest] if rest.shape[0] else []), int(rest.shape[0])
         pos = 0
-        for entry in pending:  # views were queued in job order, so rows go back in order
+        for entry in self._pending:  # views were queued in item order, so rows go back in order
             take = min(entry.needed - entry.have, emb.shape[0] - pos)
             if take > 0:
                 entry.parts.append(emb[pos : pos + take])
                 entry.have += take
                 pos += take
-        if on_views:
-            on_views(int(batch.shape[0]))
+        if self.on_views:
+            self.on_views(int(batch.shape[0]))
 
-    def finished() -> Iterator[tuple[int, torch.Tensor]]:
-        while pending and pending[0].have == pending[0].needed:
-            entry = pending.popleft()
-            yield entry.index, torch.cat(entry.parts, dim=0).float().cpu()
-
-    for idx, (image, plan) in enumerate(jobs):
-        where = names[idx] if names and idx < len(names) else f"image {idx}"
-        x = to_bchw(image, device, where)
-        queue.append(render_views(x, plan, S))
-        del x
-        pending.append(_Pending(idx, plan.count))
-        queued += plan.count
-        while queued >= batch_size:
-            encode(batch_size)
-            yield from finished()
-    while queued:
-        encode(min(queued, batch_size))
-        yield from finished()
+    def _finished(self) -> list[tuple[object, torch.Tensor]]:
+        done = []
+        while self._pending and self._pending[0].have == self._pending[0].needed:
+            entry = self._pending.popleft()
+            done.append((entry.index, torch.cat(entry.parts, dim=0).float().cpu()))
+        return done
 
 
 @dataclass
 class _Pending:
-    index: int
+    index: object
     needed: int
     have: int = 0
     parts: list = field(default_factory=list)
@@ -326,36 +362,76 @@ class _Pending:
 # ---------------------------------------------------------------- heads out
 
 
-def apply_heads(
-    bindings: Sequence[HeadBinding], embeddings: Sequence[torch.Tensor], combine: str = "mean"
-) -> list[dict[str, HeadResult]]:
-    """Run every head on per-image embeddings ([n_i, D] each) and reduce over the views."""
+def reduce_segments(values: torch.Tensor, counts: Sequence[int], combine: str) -> torch.Tensor:
+    """[sum(counts), N] per-view values -> [len(counts), N], each class reduced over its image's views.
+
+    Vectorised (views padded with NaN to the largest count), so reducing a million
+    images costs a few tensor operations, not a Python loop.
+    """
     if combine not in COMBINES:
         raise ConfigError(f"unknown combine {combine!r}; choose one of {', '.join(COMBINES)}")
-    results: list[dict[str, HeadResult]] = [{} for _ in embeddings]
-    if not embeddings:
-        return results
-    counts = [int(e.shape[0]) for e in embeddings]
-    stacked = torch.cat(list(embeddings), dim=0)
+    n = len(counts)
+    if n == 0:
+        return values.new_zeros((0, values.shape[1]))
+    counts_t = torch.as_tensor(counts, dtype=torch.long)
+    if int(counts_t.min()) == int(counts_t.max()):  # one view count for all: a plain reshape
+        grid = values.reshape(n, int(counts_t[0]), values.shape[1])
+        return reduce_tiles_batched(grid, combine)
+    width = int(counts_t.max())
+    rows = torch.repeat_interleave(torch.arange(n), counts_t)
+    starts = torch.cumsum(counts_t, 0) - counts_t
+    cols = torch.arange(values.shape[0]) - torch.repeat_interleave(starts, counts_t)
+    grid = values.new_full((n, width, values.shape[1]), float("nan"))
+    grid[rows, cols] = values
+    return reduce_tiles_batched(grid, combine)
+
+
+@dataclass
+class HeadScores:
+    """One head's results for many images, as arrays: values [n, N], positive [n], views [n]."""
+
+    binding: HeadBinding
+    values: torch.Tensor
+    positive: torch.Tensor
+    views: torch.Tensor
+
+    def result(self, i: int) -> HeadResult:
+        head = self.binding.head
+        return HeadResult(head=self.binding.name, arch=head.arch, labels=head.labels,
+                          values=self.values[i].tolist(), positive=float(self.positive[i]),
+                          views=int(self.views[i]))
+
+
+def head_scores(
+    bindings: Sequence[HeadBinding], stacked: torch.Tensor, counts: Sequence[int], combine: str = "mean"
+) -> list[HeadScores]:
+    """Every head on [sum(counts), D] stacked embeddings, reduced per image: arrays, no per-image objects."""
+    out = []
+    counts_t = torch.as_tensor(list(counts), dtype=torch.long)
     for b in bindings:
         if stacked.shape[1] != b.head.features:
             raise WeightsError(
                 f"head {b.name} takes {b.head.features}-d embeddings, but CLIP {b.encoder.name} gives "
                 f"{stacked.shape[1]}-d ones; pair it with a CLIP of embedding size {b.head.features}"
             )
-        out = b.head.predict(stacked)  # [sum n_i, N] float32
-        positive = out[:, 0] if b.head.is_score else 1.0 - out[:, 0]
-        for i, (vals, pos) in enumerate(zip(out.split(counts), positive.split(counts))):
-            reduced = reduce_tiles(vals, combine)
-            results[i][b.name] = HeadResult(
-                head=b.name,
-                arch=b.head.arch,
-                labels=b.head.labels,
-                values=[float(v) for v in reduced],
-                positive=float(reduce_tiles(pos[:, None], combine)[0]),
-                views=counts[i],
-            )
-    return results
+        per_view = b.head.predict(stacked)  # [sum n_i, N] float32
+        positive = per_view[:, :1] if b.head.is_score else 1.0 - per_view[:, :1]
+        reduced = reduce_segments(torch.cat([per_view, positive], dim=1), counts, combine)
+        out.append(HeadScores(b, reduced[:, :-1], reduced[:, -1], counts_t))
+    return out
+
+
+def apply_heads(
+    bindings: Sequence[HeadBinding], embeddings: Sequence[torch.Tensor], combine: str = "mean"
+) -> list[dict[str, HeadResult]]:
+    """Run every head on per-image embeddings ([n_i, D] each) and reduce over the views."""
+    if combine not in COMBINES:
+        raise ConfigError(f"unknown combine {combine!r}; choose one of {', '.join(COMBINES)}")
+    if not embeddings:
+        return []
+    counts = [int(e.shape[0]) for e in embeddings]
+    scores = head_scores(bindings, torch.cat(list(embeddings), dim=0), counts, combine)
+    return [{s.binding.name: s.result(i) for s in scores} for i in range(len(embeddings))]
 
 
 def score_images(
@@ -432,9 +508,13 @@ __all__ = [
     "TILING_MODES",
     "Group",
     "HeadBinding",
+    "ChunkedEncoder",
     "HeadResult",
+    "HeadScores",
     "ScoringModel",
     "apply_heads",
+    "head_scores",
+    "reduce_segments",
     "default_batch_size",
     "effective_policy",
     "image_list",

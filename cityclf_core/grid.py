@@ -1,0 +1,100 @@
+"""Pictures of a scored dataset: a contact sheet and score histograms, drawn with Pillow alone."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Sequence
+
+from .annotate import fit_text, font
+from .errors import ImageError
+from .images import decode_image
+
+BG = (24, 24, 27)
+FG = (235, 235, 235)
+MUTED = (150, 150, 160)
+BAR = (86, 156, 214)
+
+
+def contact_sheet(items: Sequence[tuple[str, list[str]]], out: str | os.PathLike, thumb: int = 256,
+                  columns: int | None = None, title: str = "") -> Path:
+    """A PNG grid of thumbnails with caption lines under each: items are (image path, lines)."""
+    from PIL import Image, ImageDraw
+
+    if not items:
+        raise ImageError("nothing to draw: no images were selected")
+    columns = columns or min(len(items), max(1, round(math.sqrt(len(items) * 1.6))))
+    rows = math.ceil(len(items) / columns)
+    size = max(11, thumb // 18)
+    fnt, small = font(size), font(max(9, size - 2))
+    n_lines = max(len(lines) for _, lines in items) + 1  # + the file name
+    cap_h = n_lines * (size + 4) + 6
+    pad = 8
+    title_h = size + 16 if title else 0
+    sheet = Image.new("RGB", (pad + columns * (thumb + pad), title_h + pad + rows * (thumb + cap_h + pad)), BG)
+    draw = ImageDraw.Draw(sheet)
+    if title:
+        draw.text((pad, 8), title, font=fnt, fill=FG)
+    for i, (path, lines) in enumerate(items):
+        x = pad + (i % columns) * (thumb + pad)
+        y = title_h + pad + (i // columns) * (thumb + cap_h + pad)
+        try:
+            img = Image.fromarray(decode_image(path).pixels.numpy())
+            img.thumbnail((thumb, thumb))
+            sheet.paste(img, (x + (thumb - img.width) // 2, y + (thumb - img.height) // 2))
+        except ImageError:
+            draw.rectangle([x, y, x + thumb, y + thumb], outline=MUTED)
+            draw.text((x + 6, y + 6), "unreadable", font=small, fill=MUTED)
+        ty = y + thumb + 4
+        for line in lines:
+            draw.text((x, ty), fit_text(draw, line, fnt, thumb), font=fnt, fill=FG)
+            ty += size + 4
+        draw.text((x, ty), fit_text(draw, os.path.basename(path), small, thumb), font=small, fill=MUTED)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(out)
+    return out
+
+
+def histograms(series: dict[str, Sequence[float]], out: str | os.PathLike, bins: int = 20,
+               width: int = 720, panel_height: int = 220) -> Path:
+    """One histogram panel per head (scores in 0..1), stacked, as a PNG."""
+    from PIL import Image, ImageDraw
+
+    if not series:
+        raise ImageError("nothing to draw: no scores")
+    fnt, small = font(14), font(11)
+    left, right, top, bottom = 56, 16, 28, 28
+    img = Image.new("RGB", (width, panel_height * len(series)), BG)
+    draw = ImageDraw.Draw(img)
+    for p, (name, values) in enumerate(series.items()):
+        y0 = p * panel_height
+        vals = [v for v in values if v == v]
+        counts = [0] * bins
+        for v in vals:
+            counts[min(bins - 1, max(0, int(v * bins)))] += 1
+        peak = max(counts) or 1
+        plot_w, plot_h = width - left - right, panel_height - top - bottom
+        mean = sum(vals) / len(vals) if vals else float("nan")
+        draw.text((left, y0 + 6), f"{name}  (n={len(vals)}, mean {mean:.3f})", font=fnt, fill=FG)
+        base = y0 + top + plot_h
+        for b, c in enumerate(counts):
+            x0 = left + b * plot_w / bins
+            h = plot_h * c / peak
+            draw.rectangle([x0 + 1, base - h, x0 + plot_w / bins - 1, base], fill=BAR)
+        draw.line([left, base, left + plot_w, base], fill=MUTED)
+        draw.line([left, y0 + top, left, base], fill=MUTED)
+        for t in range(0, 11, 2):
+            x = left + plot_w * t / 10
+            draw.line([x, base, x, base + 4], fill=MUTED)
+            draw.text((x - 8, base + 6), f"{t / 10:.1f}", font=small, fill=MUTED)
+        draw.text((8, y0 + top - 2), str(peak), font=small, fill=MUTED)
+        draw.text((8, base - 12), "0", font=small, fill=MUTED)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    img.save(out)
+    return out
+
+
+__all__ = ["contact_sheet", "histograms"]
