@@ -352,6 +352,11 @@ def _embed_into(args, store, problems: Problems):
     files, missing = find_images(args.paths)
     for path, reason in missing:
         problems.add(path, reason)
+    if getattr(args, "shard", None):
+        from .jobs import in_shard, parse_shard
+
+        shard = parse_shard(args.shard)
+        files = [f for f in files if in_shard(f, args.paths, shard)]
     paths = [os.path.abspath(p) for p in files]
     if getattr(args, "model", None):
         targets = embed_targets(_load_model(args), store, args.tiling, args.upscale)
@@ -390,6 +395,17 @@ def cmd_embed(args) -> int:
         _embed_into(args, store, problems)
     problems.write_report(args.report)
     return 1 if len(problems) else 0
+
+
+def cmd_merge(args) -> int:
+    from .jobs import merge_stores
+    from .store import EmbeddingStore
+
+    with EmbeddingStore(args.store) as store:
+        added = merge_stores(store, args.sources)
+    print(f"cityclf: merged {len(args.sources)} store(s) into {args.store}: " +
+          ", ".join(f"{n} {what}" for what, n in added.items()), file=sys.stderr)
+    return 0
 
 
 # ---------------------------------------------------------------- stored scores
@@ -539,9 +555,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store", required=True, metavar="DB", help="the store file (created if missing)")
     _add_model_options(p, required=False)
     _add_crop_options(p)
+    p.add_argument("--shard", metavar="K/N", help="embed only shard K of N (0-based): a stable split by path, for "
+                                                  "running one job per machine into separate stores; see merge")
     p.add_argument("--report", metavar="FILE", help="write skipped files and why, as JSONL")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.set_defaults(func=cmd_embed)
+
+    p = sub.add_parser("merge", help="merge stores (e.g. one per shard) into one")
+    p.add_argument("sources", nargs="+", metavar="DB", help="stores to merge in")
+    p.add_argument("--store", required=True, metavar="DB", help="the store to merge into (created if missing)")
+    p.set_defaults(func=cmd_merge)
 
     p = sub.add_parser("query", help="select and act on stored scores (no models needed)")
     p.add_argument("--store", required=True, metavar="DB")

@@ -30,6 +30,7 @@ from .errors import WeightsError
 from .weights import read_json, read_safetensors
 
 ARCHS = ("score", "class")
+PREDICT_ROWS = 4096  # embeddings per head forward
 
 #: The 16 tensors of a released head, in the order the reference model defines them.
 STATE_DICT_KEYS = tuple(
@@ -268,7 +269,10 @@ class Head:
             )
         param = next(self.net.parameters())
         x = embeddings.to(device=param.device, dtype=torch.float32)
-        return self.net(x).float().cpu()
+        if x.shape[0] <= PREDICT_ROWS:
+            return self.net(x).float().cpu()
+        # in blocks: the activations of a block stay in cache (measurably faster on CPUs)
+        return torch.cat([self.net(block).float().cpu() for block in x.split(PREDICT_ROWS)])
 
     def to(self, device) -> "Head":
         self.net.to(device)

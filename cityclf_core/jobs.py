@@ -316,6 +316,60 @@ def score_store(
         yield results, sorted(missing.items())
 
 
+# ---------------------------------------------------------------- shards
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """'2/8' -> (2, 8): the third of eight shards (K counts from 0)."""
+    try:
+        k, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise ConfigError(f"--shard {text!r}: expected K/N, e.g. 0/4 for the first of four shards") from None
+    if n < 1 or not 0 <= k < n:
+        raise ConfigError(f"--shard {text!r}: K must be in 0..N-1")
+    return k, n
+
+
+def in_shard(path: str | os.PathLike, roots: Sequence[str | os.PathLike], shard: tuple[int, int]) -> bool:
+    """Whether `path` belongs to shard K of N: a stable hash of its path relative to its input root.
+
+    Relative paths make the split the same on every machine, wherever the
+    dataset is mounted; each shard embeds into its own store (see merge_stores).
+    """
+    k, n = shard
+    rel = os.path.basename(path)
+    p = os.path.abspath(path)
+    for root in sorted((os.path.abspath(r) for r in roots), key=len, reverse=True):
+        if p.startswith(root.rstrip(os.sep) + os.sep):
+            rel = os.path.relpath(p, root)
+            break
+    digest = hashlib.sha1(rel.replace(os.sep, "/").encode()).digest()
+    return int.from_bytes(digest[:8], "big") % n == k
+
+
+def merge_stores(target: EmbeddingStore, sources: Sequence[str | os.PathLike]) -> dict[str, int]:
+    """Copy every encoder, embedding, file and score of `sources` into `target` (existing rows win)."""
+    added = {"embeddings": 0, "files": 0, "scores": 0}
+    for src in sources:
+        with EmbeddingStore(src, create=False, readonly=True) as other:
+            ids = {}
+            for e in other.encoders():
+                ids[e.id] = target.register_encoder(e.identity, e.name, e.source, e.image_size, e.embed_dim).id
+            with target.transaction():
+                db = target.db
+                before = {t: db.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in added}
+                for content, enc_id, policy, views, data in other.db.execute("SELECT * FROM embeddings"):
+                    db.execute("INSERT OR IGNORE INTO embeddings VALUES (?,?,?,?,?)",
+                               (content, ids[enc_id], policy, views, data))
+                db.executemany("INSERT OR IGNORE INTO files VALUES (?,?,?,?,?,?,?,?,?,?)",
+                               other.db.execute("SELECT * FROM files"))
+                db.executemany("INSERT OR IGNORE INTO scores VALUES (?,?,?,?,?,?,?)",
+                               other.db.execute("SELECT * FROM scores"))
+                for t in added:
+                    added[t] += db.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] - before[t]
+    return added
+
+
 # ---------------------------------------------------------------- selection
 
 
@@ -484,6 +538,9 @@ __all__ = [
     "destination",
     "embed_files",
     "embed_targets",
+    "in_shard",
+    "merge_stores",
+    "parse_shard",
     "score_store",
     "select",
 ]

@@ -187,3 +187,29 @@ def test_kill_and_resume(tmp_path, tiny_clip_dir, sig):
     assert rerun.returncode == 0, rerun.stderr
     assert f"{n} file(s), {n - done} embedded, {done} already in the store" in rerun.stderr
     assert _count(db, "SELECT COUNT(*) FROM embeddings") == n
+
+
+def test_shards_split_the_same_way_everywhere_and_merge_back(tmp_path, tiny_clip_dir, score_head_path, capsys):
+    from cityclf_core.jobs import in_shard
+
+    paths = write_images(tmp_path / "a" / "imgs", 12)
+    moved = [p.replace(str(tmp_path / "a"), str(tmp_path / "b")) for p in paths]
+    for k in range(3):  # the split depends on paths relative to the input root, not where it is mounted
+        assert [in_shard(p, [tmp_path / "a"], (k, 3)) for p in paths] == \
+               [in_shard(p, [tmp_path / "b"], (k, 3)) for p in moved]
+    assert sum(in_shard(p, [tmp_path / "a"], (k, 3)) for p in paths for k in range(3)) == 12
+    stores = []
+    for k in range(3):
+        db = tmp_path / f"shard{k}.db"
+        assert main(["embed", str(tmp_path / "a"), "--store", str(db), "-m", str(score_head_path), "--clip",
+                     str(tiny_clip_dir), "--shard", f"{k}/3", "--no-progress"]) == 0
+        stores.append(str(db))
+    assert main(["merge", *stores, "--store", str(tmp_path / "all.db")]) == 0
+    with EmbeddingStore(tmp_path / "all.db") as merged:
+        assert len(merged.files()) == 12 and merged.count_embeddings() == 12 and len(merged.encoders()) == 1
+    capsys.readouterr()
+    assert main(["embed", str(tmp_path / "a"), "--store", str(tmp_path / "all.db"), "-m", str(score_head_path),
+                 "--clip", str(tiny_clip_dir), "--no-progress"]) == 0
+    assert "0 embedded, 12 already in the store" in capsys.readouterr().err
+    assert main(["embed", str(tmp_path / "a"), "--store", str(tmp_path / "x.db"), "--clip", str(tiny_clip_dir),
+                 "--shard", "3/3"]) == 2
