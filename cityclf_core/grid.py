@@ -97,4 +97,51 @@ def histograms(series: dict[str, Sequence[float]], out: str | os.PathLike, bins:
     return out
 
 
-__all__ = ["contact_sheet", "histograms"]
+def line_chart(top: dict[str, Sequence[tuple[float, float]]], bottom: dict[str, Sequence[tuple[float, float]]],
+               out: str | os.PathLike, title: str = "", width: int = 760, panel_height: int = 260) -> Path:
+    """Two stacked line-chart panels (e.g. losses above, a validation metric below) as a PNG."""
+    from PIL import Image, ImageDraw
+
+    colours = [(86, 156, 214), (230, 150, 70), (120, 200, 120), (220, 100, 140)]
+    fnt, small = font(14), font(11)
+    left, right, top_pad, bottom_pad = 64, 20, 34, 30
+    panels = [p for p in (top, bottom) if any(len(v) for v in p.values())]
+    img = Image.new("RGB", (width, max(1, len(panels)) * panel_height + 24), BG)
+    draw = ImageDraw.Draw(img)
+    if title:
+        draw.text((left, 4), title, font=fnt, fill=FG)
+    for p, series in enumerate(panels):
+        y0 = 24 + p * panel_height
+        points = [pt for v in series.values() for pt in v if pt[1] == pt[1]]
+        if not points:
+            continue
+        xs, ys = [x for x, _ in points], [y for _, y in points]
+        x_lo, x_hi = min(xs), max(xs) if max(xs) > min(xs) else min(xs) + 1
+        y_lo, y_hi = min(ys), max(ys) if max(ys) > min(ys) else min(ys) + 1
+        plot_w, plot_h = width - left - right, panel_height - top_pad - bottom_pad
+        fx = lambda x: left + plot_w * (x - x_lo) / (x_hi - x_lo)  # noqa: E731
+        fy = lambda y: y0 + top_pad + plot_h * (1 - (y - y_lo) / (y_hi - y_lo))  # noqa: E731
+        base = y0 + top_pad + plot_h
+        draw.line([left, base, left + plot_w, base], fill=MUTED)
+        draw.line([left, y0 + top_pad, left, base], fill=MUTED)
+        draw.text((4, y0 + top_pad - 6), f"{y_hi:.3g}", font=small, fill=MUTED)
+        draw.text((4, base - 8), f"{y_lo:.3g}", font=small, fill=MUTED)
+        draw.text((left, base + 6), f"{x_lo:g}", font=small, fill=MUTED)
+        draw.text((left + plot_w - 40, base + 6), f"{x_hi:g}", font=small, fill=MUTED)
+        lx = left + 8
+        for i, (name, values) in enumerate(series.items()):
+            colour = colours[i % len(colours)]
+            pts = [(fx(x), fy(y)) for x, y in values if y == y]
+            if len(pts) > 1:
+                draw.line(pts, fill=colour, width=2)
+            elif pts:
+                draw.ellipse([pts[0][0] - 2, pts[0][1] - 2, pts[0][0] + 2, pts[0][1] + 2], fill=colour)
+            draw.text((lx, y0 + 8), name, font=small, fill=colour)
+            lx += int(draw.textlength(name, font=small)) + 18
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    img.save(out)
+    return out
+
+
+__all__ = ["contact_sheet", "histograms", "line_chart"]

@@ -28,7 +28,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 import torch
 
-from .crops import CropPolicy, plan_crops, render_views
+from .crops import CropPlan, CropPolicy, plan_crops, render_views
 from .encoders import Encoder
 from .errors import ConfigError, ImageError, StoreError
 from .images import DEFAULT_MAX_PIXELS, decode_image
@@ -41,12 +41,22 @@ from .store import EmbeddingStore, EncoderRow, policy_key
 
 @dataclass
 class EmbedTarget:
-    """One (CLIP, crop policy) pair the heads need, with its row in the store."""
+    """One (CLIP, crop policy) pair the heads need, with its row in the store.
+
+    `planner(height, width, content)` overrides the policy's crop plan (training
+    uses it for seeded random crops); `key` names the views in the store.
+    """
 
     encoder: Encoder
     policy: CropPolicy
     key: str
     row: EncoderRow
+    planner: Callable[[int, int, str], CropPlan] | None = None
+
+    def plan(self, height: int, width: int, content: str) -> CropPlan:
+        if self.planner is not None:
+            return self.planner(height, width, content)
+        return plan_crops(height, width, self.policy, self.encoder.image_size)
 
 
 @dataclass
@@ -165,7 +175,7 @@ def embed_files(
             x = decoded.pixels
             for i in needed:
                 t = targets[i]
-                plan = plan_crops(int(x.shape[0]), int(x.shape[1]), t.policy, t.encoder.image_size)
+                plan = t.plan(int(x.shape[0]), int(x.shape[1]), item.content)
                 views = render_views(to_bchw(x, None, path), plan, t.encoder.image_size)
                 views = views.mul_(255).round_().to(torch.uint8)  # exact: views are 8-bit already
                 item.views[i] = views.pin_memory() if pin else views
