@@ -1,8 +1,8 @@
 """ComfyUI entry point of the CityClassifiers node pack.
 
 ComfyUI imports this folder as a package (named by its path) and reads
-NODE_CLASS_MAPPINGS. Outside ComfyUI -- plain Python, pytest, `pip install`
-users of the `cityclf` command -- importing it registers nothing and needs
+NODE_CLASS_MAPPINGS. Outside ComfyUI -- plain Python, pytest, people who only
+use the `cityclf` command -- importing it registers nothing and needs
 nothing from ComfyUI: the library lives in `cityclf_core/`, the nodes in `nodes/`.
 """
 

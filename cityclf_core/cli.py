@@ -599,6 +599,11 @@ def cmd_synth(args) -> int:
         except ValueError:
             raise ConfigError(f"--{what} takes a range like 10-60") from None
 
+    if args.generate:
+        from .samples import make_clean_images
+
+        make_clean_images(args.clean, args.generate, seed=args.seed)
+        print(f"cityclf: {args.generate} generated clean picture(s) in {args.clean}", file=sys.stderr)
     report = synthesize(args.clean, args.out, task=args.task, per_image=args.per_image, seed=args.seed,
                         quality=span(args.quality, "quality"), shift=span(args.shift, "shift"))
     for path, why in report.skipped:
@@ -752,6 +757,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quality", default="10-60", metavar="LO-HI", help="JPEG/WEBP quality range (default 10-60)")
     p.add_argument("--shift", default="1-5", metavar="LO-HI", help="red/blue shift in pixels (default 1-5)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--generate", type=int, metavar="N",
+                   help="first draw N clean sample pictures into CLEAN_DIR (for trying it out without a dataset)")
     p.set_defaults(func=cmd_synth)
 
     p = sub.add_parser("store-info", help="what a store holds")

@@ -208,7 +208,25 @@ def make_sample_images(folder: str | os.PathLike, count: int = 6, seed: int = 0)
     return written
 
 
+def make_clean_images(folder: str | os.PathLike, count: int, seed: int = 0) -> list[Path]:
+    """`count` clean (lossless PNG) illustrations of assorted sizes, for `cityclf synth --generate`."""
+    from PIL import Image
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rnd = random.Random(seed)
+    written = []
+    for i in range(count):
+        path = folder / f"clean_{seed}_{i:04d}.png"
+        if not path.exists():
+            w, h = rnd.choice([(384, 384), (448, 320), (320, 480), (512, 384), (640, 448)])
+            Image.fromarray(draw_illustration(w, h, seed * 100_000 + i)).save(path)
+        written.append(path)
+    return written
+
+
 __all__ = [
+    "make_clean_images",
     "build_head",
     "calibrate_head",
     "build_tiny_clip",
