@@ -16,10 +16,11 @@ from __future__ import annotations
 import io
 import os
 import warnings
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -181,6 +182,37 @@ def find_images(paths: Iterable[str | os.PathLike]) -> tuple[list[Path], list[tu
     return found, problems
 
 
+def ordered_map(fn: Callable, items: Iterable, workers: int = 2, prefetch: int = 8) -> Iterator:
+    """fn(item) for each item, computed in `workers` threads, yielded in input order.
+
+    At most `prefetch` results wait ahead of the consumer; stopping early (an
+    exception, Ctrl-C, closing the generator) cancels what has not started.
+    """
+    if workers <= 0:
+        for item in items:
+            yield fn(item)
+        return
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cityclf-worker")
+    try:
+        futures: deque = deque()
+        it = iter(items)
+        for item in it:
+            futures.append(pool.submit(fn, item))
+            if len(futures) >= max(1, prefetch):
+                break
+        while futures:
+            result = futures.popleft().result()
+            nxt = next(it, _END)
+            if nxt is not _END:
+                futures.append(pool.submit(fn, nxt))
+            yield result
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+_END = object()
+
+
 def iter_decoded(
     paths: list[Path], workers: int = 2, prefetch: int = 8, **decode_kw
 ) -> Iterator[tuple[Path, DecodedImage | None, str | None]]:
@@ -198,23 +230,7 @@ def iter_decoded(
         except MemoryError:
             return p, None, f"{p}: not enough memory to decode it"
 
-    if workers <= 0:
-        for p in paths:
-            yield job(p)
-        return
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cityclf-decode") as pool:
-        futures = []
-        it = iter(paths)
-        for p in it:
-            futures.append(pool.submit(job, p))
-            if len(futures) >= prefetch:
-                break
-        while futures:
-            result = futures.pop(0).result()
-            nxt = next(it, None)
-            if nxt is not None:
-                futures.append(pool.submit(job, nxt))
-            yield result
+    return ordered_map(job, paths, workers, prefetch)
 
 
 __all__ = [
@@ -224,4 +240,5 @@ __all__ = [
     "decode_image",
     "find_images",
     "iter_decoded",
+    "ordered_map",
 ]

@@ -20,7 +20,6 @@ import math
 import os
 import shutil
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -31,8 +30,17 @@ import torch
 from .crops import CropPlan, CropPolicy, plan_crops, render_views
 from .encoders import Encoder
 from .errors import ConfigError, ImageError, StoreError
-from .images import DEFAULT_MAX_PIXELS, decode_image
-from .pipeline import ChunkedEncoder, Group, HeadResult, ScoringModel, default_batch_size, head_scores, to_bchw
+from .images import DEFAULT_MAX_PIXELS, decode_image, ordered_map
+from .pipeline import (
+    ChunkedEncoder,
+    Group,
+    HeadResult,
+    ScoringModel,
+    default_batch_size,
+    head_scores,
+    resolve_head_name,
+    to_bchw,
+)
 from .store import EmbeddingStore, EncoderRow, policy_key
 
 
@@ -189,10 +197,13 @@ def embed_files(
 
     # sqlite3 connections are not shared across threads: workers look files up through their own
     local = threading.local()
+    readers: list[EmbeddingStore] = []
 
     def store_file(path: str):
         if not hasattr(local, "store"):
             local.store = EmbeddingStore(store.path, create=False, readonly=True)
+            with known_lock:
+                readers.append(local.store)
         return local.store.file(path)
 
     size = batch_size or (default_batch_size(targets[0].encoder.device) if targets else 8)
@@ -247,27 +258,16 @@ def embed_files(
         if any(done):
             write(done)
 
-    pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="cityclf-prepare")
     try:
-        ahead = prefetch or max(4, 2 * workers)
-        futures = []
-        paths = [str(p) for p in paths]
-        it = iter(enumerate(paths))
-        for index, path in it:
-            futures.append(pool.submit(prepare, index, path))
-            if len(futures) >= ahead:
-                break
-        while futures:
-            item = futures.pop(0).result()
-            nxt = next(it, None)
-            if nxt is not None:
-                futures.append(pool.submit(prepare, *nxt))
+        for item in ordered_map(lambda job: prepare(*job), enumerate(str(p) for p in paths), max(1, workers),
+                                prefetch or max(4, 2 * workers)):
             finish(item)
         final = [c.flush() for c in chunkers]
         if any(final):
             write(final)
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        for reader in readers:
+            reader.close()
     return report
 
 
@@ -411,17 +411,6 @@ def value_of(results: dict[str, HeadResult], head: str | None, label: str | None
     name = resolve_head_name(list(results), head)
     r = results[name]
     return r.value_of(label) if label else r.score
-
-
-def resolve_head_name(names: list[str], head: str | None) -> str:
-    if head is None:
-        return names[0]
-    if head in names:
-        return head
-    matches = [n for n in names if n.lower().startswith(head.lower())]
-    if len(matches) == 1:
-        return matches[0]
-    raise ConfigError(f"no head {head!r} among: {', '.join(names)}")
 
 
 def select(rows: list[tuple[str, dict[str, HeadResult]]], bounds: Sequence[Bound] = (), top: int | None = None,

@@ -173,6 +173,10 @@ class ScoringModel:
             groups.setdefault(key, Group(b.encoder, policy)).bindings.append(b)
         return list(groups.values())
 
+    def head_name(self, head: str | None) -> str:
+        """A head's full name from its name or the start of it; None: the first head."""
+        return resolve_head_name(self.names, head)
+
     def describe(self) -> list[str]:
         return [
             f"{b.name} ({b.head.arch}) on {b.encoder.name} (S={b.encoder.image_size}), {b.policy.describe()}"
@@ -181,6 +185,18 @@ class ScoringModel:
 
     def score(self, images, **kwargs) -> list[dict[str, HeadResult]]:
         return score_images(self, images, **kwargs)
+
+
+def resolve_head_name(names: list[str], head: str | None) -> str:
+    """`head` as given, or the one name it starts (case-insensitively); None or '' gives the first."""
+    if not head:
+        return names[0]
+    if head in names:
+        return head
+    matches = [n for n in names if n.lower().startswith(head.lower())]
+    if len(matches) == 1:
+        return matches[0]
+    raise ConfigError(f"no head {head!r}; the heads are: {', '.join(names)}")
 
 
 def effective_policy(policy: CropPolicy, tiling: str, upscale: bool) -> CropPolicy:
@@ -515,6 +531,7 @@ __all__ = [
     "apply_heads",
     "head_scores",
     "reduce_segments",
+    "resolve_head_name",
     "default_batch_size",
     "effective_policy",
     "image_list",

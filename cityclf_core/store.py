@@ -123,7 +123,9 @@ class EmbeddingStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         uri = f"file:{self.path}?mode=ro" if readonly else str(self.path)
         try:
-            self.db = sqlite3.connect(uri, uri=readonly, timeout=60, isolation_level=None)
+            # a read-only connection belongs to one worker thread but is closed by the thread that made the pool
+            self.db = sqlite3.connect(uri, uri=readonly, timeout=60, isolation_level=None,
+                                      check_same_thread=not readonly)
             self.db.execute("PRAGMA busy_timeout = 60000")
             if not readonly:
                 self.db.execute("PRAGMA journal_mode = WAL")

@@ -4,21 +4,9 @@ from __future__ import annotations
 
 import json
 
-from ..cityclf_core import COMBINES, ConfigError, image_list
+from ..cityclf_core import COMBINES, image_list
 from . import comfy_bridge as bridge
 from .common import CATEGORY, MODEL_TYPE, TILING_CHOICES, first
-
-
-def pick_head(model, head: str | None) -> str:
-    names = model.names
-    if not head:
-        return names[0]
-    if head in names:
-        return head
-    matches = [n for n in names if n.lower().startswith(head.lower())]
-    if len(matches) == 1:
-        return matches[0]
-    raise ConfigError(f"the model has no head {head!r}; its heads are: {', '.join(names)}")
 
 
 def summary_line(index: int, result: dict) -> str:
@@ -91,7 +79,7 @@ class CityClfPredict:
         model = first(model)
         tiling, combine = first(tiling, "auto"), first(combine, "mean")
         upscale = not first(never_upscale, False)
-        head_name = pick_head(model, (first(head, "") or "").strip())
+        head_name = model.head_name((first(head, "") or "").strip())
         score_class = (first(score_class, "") or "").strip()
         batch_size = int(first(batch_size, 0) or 0) or None
 
