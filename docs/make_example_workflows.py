@@ -197,6 +197,16 @@ def loader(w: Workflow, head: str, clip, pos, add_to=None):
     return ld
 
 
+def generate_and_score(w: Workflow, batch: int):
+    """Generation, then CityAesthetics (on its ViT-L/14) scoring the decoded images: (VAE decode, Predict)."""
+    images, _ = generation(w, batch=batch)
+    ld = loader(w, "CityAesthetics-Anime-v1.8", clip_vision(w, 224, (1130, 120)), (1130, 220))
+    predict = w.add("CityClfPredict", (1500, 0), {}, (320, 260))
+    w.link(ld, "model", predict, "model")
+    w.link(images, "IMAGE", predict, "images")
+    return images, predict
+
+
 def gate_workflow() -> dict:
     w = Workflow()
     w.add("Note", (0, -220), {"text": (
@@ -204,14 +214,10 @@ def gate_workflow() -> dict:
         "Pick any anime checkpoint in the loader. The aesthetic head and its CLIP (ViT-L/14) are listed in the "
         "workflow, so ComfyUI offers to download them.\nWhen nothing passes, Save is skipped quietly.")},
         (700, 140))
-    images, _ = generation(w, batch=4)
-    ld = loader(w, "CityAesthetics-Anime-v1.8", clip_vision(w, 224, (1130, 120)), (1130, 220))
-    predict = w.add("CityClfPredict", (1500, 0), {}, (320, 260))
+    images, predict = generate_and_score(w, batch=4)
     gate = w.add("CityClfGate", (1860, 0), {"rule": "at least", "threshold": 0.6}, (320, 330))
     save = w.add("SaveImage", (2220, 0), {"filename_prefix": "cityclf/passed"}, (400, 420))
     rejected = w.add("PreviewImage", (2220, 460), {}, (400, 300), title="Rejected")
-    w.link(ld, "model", predict, "model")
-    w.link(images, "IMAGE", predict, "images")
     w.link(images, "IMAGE", gate, "images")
     w.link(predict, "score", gate, "scores")
     w.link(gate, "passed", save, "images")
@@ -250,15 +256,11 @@ def best_of_n_workflow() -> dict:
     w.add("Note", (0, -220), {"text": (
         "Best of N: generate 8, score them with CityAesthetics, keep the best 2 and save them, with their "
         "scores drawn on a preview. Change top_k and the batch size as you like.")}, (700, 120))
-    images, _ = generation(w, batch=8)
-    ld = loader(w, "CityAesthetics-Anime-v1.8", clip_vision(w, 224, (1130, 120)), (1130, 220))
-    predict = w.add("CityClfPredict", (1500, 0), {}, (320, 260))
+    images, predict = generate_and_score(w, batch=8)
     sort = w.add("CityClfSort", (1860, 0), {"order": "best first", "top_k": 2}, (320, 200))
     save = w.add("SaveImage", (2220, 0), {"filename_prefix": "cityclf/best"}, (400, 420))
     show = w.add("CityClfShow", (1860, 260), {}, (320, 300))
     preview = w.add("PreviewImage", (2220, 460), {}, (400, 300), title="Best, with scores")
-    w.link(ld, "model", predict, "model")
-    w.link(images, "IMAGE", predict, "images")
     w.link(images, "IMAGE", sort, "images")
     w.link(predict, "score", sort, "scores")
     w.link(sort, "images", save, "images")
