@@ -114,12 +114,13 @@ def clip_download_dir() -> str | None:
 # ---------------------------------------------------------------- devices and memory
 
 
-def clip_device() -> torch.device:
+def clip_devices() -> tuple[torch.device, torch.device]:
+    """(where a CLIP runs, where it waits between runs), as ComfyUI places text and vision encoders."""
     if in_comfy():
         import comfy.model_management as mm
 
-        return mm.text_encoder_device()
-    return torch.device("cpu")
+        return mm.text_encoder_device(), mm.text_encoder_offload_device()
+    return torch.device("cpu"), torch.device("cpu")
 
 
 def manage_encoder(encoder) -> None:
@@ -133,12 +134,11 @@ def manage_encoder(encoder) -> None:
     import comfy.model_management as mm
     import comfy.model_patcher
 
-    load_device = mm.text_encoder_device()
-    offload_device = mm.text_encoder_offload_device()
+    load_device, offload_device = clip_devices()
     if load_device == offload_device:
         return
     holder = _Holder(encoder.model, offload_device)
-    encoder.model.to(offload_device)
+    encoder.model.to(offload_device)  # loaded there already; kept as a guard
     patcher = comfy.model_patcher.ModelPatcher(holder, load_device=load_device, offload_device=offload_device)
     encoder.patcher = patcher
     encoder.prepare = lambda: mm.load_models_gpu([patcher])

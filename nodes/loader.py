@@ -87,8 +87,9 @@ class CityClfLoader:
             encoder = ComfyClipVisionEncoder(clip_vision)
         else:
             source = clip_source_for(loaded, None if clip == AUTO_CLIP else clip, pairing)
-            device = bridge.clip_device()
-            encoder = load_encoder(source, device=str(device), dtype=pick_dtype(precision, device),
+            run_on, wait_on = bridge.clip_devices()
+            # loaded where it waits; ComfyUI's model manager moves it to run_on for each run
+            encoder = load_encoder(source, device=str(wait_on), dtype=pick_dtype(precision, run_on),
                                    allow_download=download_missing, download_dir=bridge.clip_download_dir())
             bridge.manage_encoder(encoder)
         model = ScoringModel(add_to.bindings if add_to is not None else ())

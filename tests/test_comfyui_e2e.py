@@ -273,3 +273,33 @@ def test_example_workflows_have_no_missing_nodes(comfy, object_info):
         workflow = json.loads(f.read_text())
         missing = {n["type"] for n in workflow["nodes"]} - set(object_info) - FRONTEND_ONLY
         assert not missing, f"{f.name}: missing node types {missing}"
+
+
+def test_scores_show_on_the_node_in_the_browser(comfy):
+    """The pack's web extension loads in ComfyUI's frontend and shows a node's reported scores."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="needs Playwright's Python package")
+    chromium = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+    if not Path(chromium).exists():
+        pytest.skip(f"needs a Chromium at {chromium} (set CHROMIUM)")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"])
+        page = browser.new_page()
+        errors = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(comfy.url)
+        page.wait_for_function("() => window.app && window.app.graph", timeout=120_000)
+        page.wait_for_timeout(2000)
+        names = page.evaluate("() => window.app.extensions.map(e => e.name)")
+        shown = page.evaluate("""() => {
+            const node = LiteGraph.createNode('CityClfPredict'); window.app.graph.add(node);
+            node.onExecuted({text: ['#0: A-v1: 0.700 (70%)', '#1: A-v1: 0.200 (20%)']});
+            const w = node.widgets.find(w => w.name === 'cityclf_results');
+            return {text: w ? w.element.value : null, serialized: node.serialize().widgets_values.length,
+                    widgets: node.widgets.length};
+        }""")
+        browser.close()
+    assert "cityclf.ShowResults" in names
+    assert shown["text"] == "#0: A-v1: 0.700 (70%)\n#1: A-v1: 0.200 (20%)"
+    assert shown["serialized"] == shown["widgets"] - 1  # the results box is not saved into workflows
+    assert not [e for e in errors if "cityclf" in e.lower()]
