@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import os
 import sys
 import tempfile
 import time
@@ -36,7 +35,7 @@ from cityclf_core.jobs import StoredEncoder, embed_files, embed_targets, score_s
 from cityclf_core.loading import load_encoder  # noqa: E402
 from cityclf_core.pipeline import head_scores  # noqa: E402
 from cityclf_core.samples import build_head, draw_illustration  # noqa: E402
-from cityclf_core.store import EmbeddingStore, policy_key  # noqa: E402
+from cityclf_core.store import EmbeddingStore  # noqa: E402
 
 
 def head_flops(features=768, hidden=1024, outputs=1) -> float:

@@ -28,7 +28,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -256,7 +255,7 @@ def main():
           f"five tiles); {views} CLIP views for ours")
     print(f"matrix multiply 4096^3: fp32 {rate32:.0f} GFLOP/s, bf16 {rate16:.0f} GFLOP/s; "
           f"CLIP forward {flops / 1e9:.1f} GFLOP per view\n")
-    print(f"| pipeline | images/s | vs reference | CLIP share of matmul peak | time outside CLIP | max deviation |")
+    print("| pipeline | images/s | vs reference | CLIP share of matmul peak | time outside CLIP | max deviation |")
     print("|---|---|---|---|---|---|")
     for name, ips, share, outside, dev in rows:
         ref_label = "(fp32 vs this reference)" if name.startswith("ours, fp32") else (

@@ -48,7 +48,6 @@ from .errors import (
     ConfigError,
     DownloadError,
     ImageError,
-    Interrupted,
     StoreError,
     WeightsError,
 )
@@ -93,7 +92,6 @@ __all__ = [
     "HeadNet",
     "HeadResult",
     "ImageError",
-    "Interrupted",
     "Release",
     "ScoringModel",
     "StoreError",

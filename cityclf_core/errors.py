@@ -32,6 +32,3 @@ class DownloadError(CityClfError):
 class StoreError(CityClfError):
     """An embedding store that cannot be used as asked."""
 
-
-class Interrupted(CityClfError):
-    """The user stopped the work (Ctrl-C, or ComfyUI's cancel)."""

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import json
 import math
 import os
 import shutil
@@ -522,9 +521,6 @@ def _transfer(src: Path, dst: Path, move: bool) -> None:
     if move:
         os.unlink(src)
 
-
-def results_json(results: dict[str, HeadResult]) -> str:
-    return json.dumps({n: r.to_dict() for n, r in results.items()}, ensure_ascii=False)
 
 
 __all__ = [

@@ -57,11 +57,6 @@ def load_encoder(
     return encoder
 
 
-def clear_encoder_cache() -> None:
-    with _ENCODERS_LOCK:
-        _ENCODERS.clear()
-
-
 def load_scoring_model(
     models: list[str | os.PathLike],
     clip: str | os.PathLike | None = None,
@@ -147,5 +142,5 @@ def source_name(source: str | os.PathLike) -> str:
     return str(p.resolve()) if p.exists() else str(source)
 
 
-__all__ = ["clear_encoder_cache", "clip_identity", "clip_source_for", "load_encoder", "load_scoring_model",
+__all__ = ["clip_identity", "clip_source_for", "load_encoder", "load_scoring_model",
            "load_stored_model", "source_name"]

@@ -145,22 +145,12 @@ class ScoringModel:
             name, n = f"{binding.name}#{n}", n + 1
         self.bindings.append(dataclasses.replace(binding, name=name))
 
-    def __add__(self, other: "ScoringModel") -> "ScoringModel":
-        return ScoringModel([*self.bindings, *other.bindings])
-
     def __len__(self) -> int:
         return len(self.bindings)
 
     @property
     def names(self) -> list[str]:
         return [b.name for b in self.bindings]
-
-    @property
-    def encoders(self) -> list[Encoder]:
-        seen: dict[str, Encoder] = {}
-        for b in self.bindings:
-            seen.setdefault(b.encoder.identity, b.encoder)
-        return list(seen.values())
 
     def groups(self, tiling: str = "auto", upscale: bool = True) -> list[Group]:
         """Heads grouped by (encoder, effective crop policy), in first-seen order."""

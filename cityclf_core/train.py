@@ -378,7 +378,6 @@ def load_image_dataset(cfg: TrainConfig, root: Path, store, encoder, on_file=Non
     images large enough (the whole image otherwise); score heads the whole image.
     Validation views: exactly what inference uses (five tiles for classes).
     """
-    from .catalogue import default_policy
     from .jobs import EmbedTarget, embed_files
     from .store import policy_key
 

@@ -8,6 +8,7 @@ manager, the CPU, a stand-in blocker.
 
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 
@@ -17,6 +18,7 @@ MODEL_FOLDER = "cityclassifiers"  # models/cityclassifiers: heads, and clip/ for
 CLIP_SUBFOLDER = "clip"
 
 
+@functools.lru_cache(maxsize=1)
 def in_comfy() -> bool:
     try:
         import comfy.model_management  # noqa: F401
@@ -213,16 +215,6 @@ def message_blocker(message: str):
     except ImportError:
         return Blocked(message)
     return ExecutionBlocker(message)
-
-
-def is_blocked(value) -> bool:
-    if isinstance(value, Blocked):
-        return True
-    try:
-        from comfy_execution.graph_utils import ExecutionBlocker
-    except ImportError:
-        return False
-    return isinstance(value, ExecutionBlocker)
 
 
 def input_dir() -> str:

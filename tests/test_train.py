@@ -17,7 +17,6 @@ from cityclf_core.cli import main
 from cityclf_core.store import EmbeddingStore
 from cityclf_core.synth import shift_channels, synthesize
 from cityclf_core.train import (
-    Dataset,
     Example,
     class_metrics,
     load_config,
