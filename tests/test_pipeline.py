@@ -217,3 +217,66 @@ def test_unknown_options(encoder, class_head):
         model.score(torch.rand(1, 40, 40, 3), combine="average")
     with pytest.raises(ConfigError, match="no heads"):
         ScoringModel().score(torch.rand(1, 40, 40, 3))
+
+
+def test_hub_clip_downloads_only_when_allowed(tmp_path, tiny_clip_dir, monkeypatch):
+    """A hub id is looked up locally first and fetched only with allow_download (a local fake stands in for the hub)."""
+    import shutil
+
+    import huggingface_hub
+
+    from cityclf_core import DownloadError
+    from cityclf_core.encoders import locate_clip
+
+    calls = []
+
+    def fake_snapshot(repo_id, local_files_only=False, local_dir=None, allow_patterns=None, **kw):
+        calls.append((repo_id, local_files_only))
+        target = tmp_path / "hub" / repo_id.replace("/", "--")
+        if local_files_only and not target.exists():
+            raise huggingface_hub.errors.LocalEntryNotFoundError("not in the cache")
+        if not target.exists():
+            assert "model.safetensors" in allow_patterns and "*.bin" not in allow_patterns  # only safetensors
+            shutil.copytree(tiny_clip_dir, target)
+        return str(target)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot)
+    with pytest.raises(DownloadError, match="not on this machine and downloads are off"):
+        locate_clip("someone/tiny-clip", allow_download=False)
+    folder, name = locate_clip("someone/tiny-clip", allow_download=True)
+    assert name == "tiny-clip" and (folder / "config.json").is_file()
+    assert calls == [("someone/tiny-clip", True), ("someone/tiny-clip", True), ("someone/tiny-clip", False)]
+    calls.clear()
+    assert locate_clip("someone/tiny-clip")[0] == folder and calls == [("someone/tiny-clip", True)]  # cached now
+    enc = TransformersClipEncoder.load("someone/tiny-clip")
+    assert enc.image_size == 32
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(DownloadError, match="downloads are off"):
+        locate_clip("someone/other-clip", allow_download=True)
+    with pytest.raises(Exception, match="neither a folder nor a hub id"):
+        locate_clip("not a/valid/id")
+
+
+def test_clip_folders_that_are_not_what_they_claim(tmp_path, tiny_clip_dir):
+    import shutil
+
+    from cityclf_core.encoders import check_clip_folder, locate_clip
+
+    pickled = tmp_path / "pickled"
+    shutil.copytree(tiny_clip_dir, pickled)
+    (pickled / "model.safetensors").rename(pickled / "pytorch_model.bin")
+    with pytest.raises(WeightsError, match="no .safetensors weights.*pytorch_model.bin.*never loaded"):
+        check_clip_folder(pickled)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(WeightsError, match="has no config.json"):
+        check_clip_folder(empty)
+    page = tmp_path / "clip.safetensors"
+    page.write_text("<html><body>not weights</body></html>")
+    with pytest.raises(WeightsError, match="saved web page"):
+        locate_clip(page)
+    lfs = tmp_path / "lfs"
+    shutil.copytree(tiny_clip_dir, lfs)
+    (lfs / "model.safetensors").write_text("version https://git-lfs.github.com/spec/v1\noid sha256:abc\nsize 10\n")
+    with pytest.raises(WeightsError, match="Git LFS pointer"):
+        TransformersClipEncoder.load(lfs)
