@@ -547,14 +547,14 @@ def save_checkpoint(path: Path, net, opt, sched, gen: torch.Generator, state: di
     """Everything to resume, as safetensors (tensors) + JSON metadata: no pickles."""
     from safetensors.torch import save_file
 
-    tensors = {f"model.{k}": v.detach().contiguous() for k, v in net.state_dict().items()}
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
     if best is not None:
-        tensors.update({f"best.{k}": v.detach().contiguous() for k, v in best.items()})
+        tensors.update({f"best.{k}": v.detach().cpu().contiguous() for k, v in best.items()})
     opt_state = opt.state_dict()
     names = [n for n, _ in net.named_parameters()]
     for idx, st in opt_state["state"].items():
         for key, value in st.items():
-            tensors[f"optim.{names[idx]}.{key}"] = torch.as_tensor(value).detach().contiguous().float()
+            tensors[f"optim.{names[idx]}.{key}"] = torch.as_tensor(value).detach().cpu().contiguous().float()
     tensors["rng.generator"] = gen.get_state()
     tensors["rng.torch"] = torch.get_rng_state()
     meta = {"state": json.dumps(state), "scheduler": json.dumps(sched.state_dict(), default=float),
