@@ -272,7 +272,9 @@ def _finish(args, rows, problems: Problems, roots, writer=None, store=None) -> i
     if args.write_tags:
         _write_tags(args, chosen)
     if args.copy or args.move:
-        plan = copy_or_move([p for p, _ in chosen], roots or _common_root([p for p, _ in chosen]),
+        # folders are kept relative to the inputs given, else to the common folder of everything scored
+        # (not of the selection, which would make the layout depend on what was selected)
+        plan = copy_or_move([p for p, _ in chosen], roots or _common_root([p for p, _ in rows]),
                             args.copy or args.move, move=bool(args.move), on_conflict=args.on_conflict,
                             dry_run=args.dry_run)
         for t in plan:
