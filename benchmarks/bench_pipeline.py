@@ -33,7 +33,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from cityclf_core import CropPolicy, Encoder, ScoringModel, TransformersClipEncoder, load_head  # noqa: E402
+from cityclf_core import CropPolicy, ScoringModel, TransformersClipEncoder, load_head  # noqa: E402
+from cityclf_core.encoders import TimedEncoder  # noqa: E402
 from cityclf_core.images import iter_decoded  # noqa: E402
 from cityclf_core.samples import build_head, draw_illustration  # noqa: E402
 
@@ -82,30 +83,6 @@ def clip_flops_per_view(cfg) -> float:
     T = P + 1
     per_layer = 2 * T * (4 * D * D + 2 * D * F) + 2 * 2 * T * T * D
     return L * per_layer + 2 * P * 3 * cfg.patch_size**2 * D + 2 * D * cfg.projection_dim
-
-
-class TimedEncoder(Encoder):
-    """Measures time spent in the CLIP forward."""
-
-    def __init__(self, inner):
-        self.inner = inner
-        for k in ("image_size", "embed_dim", "identity", "name"):
-            setattr(self, k, getattr(inner, k))
-        self.seconds, self.views = 0.0, 0
-
-    @property
-    def device(self):
-        return self.inner.device
-
-    def encode(self, views):
-        dev = self.inner.device
-        sync(dev)
-        t = time.perf_counter()
-        out = self.inner.encode(views)
-        sync(dev)
-        self.seconds += time.perf_counter() - t
-        self.views += int(views.shape[0])
-        return out
 
 
 def build_clip(folder: Path, quick: bool) -> Path:

@@ -339,6 +339,38 @@ class ComfyClipVisionEncoder(Encoder):
         return emb.float()
 
 
+class TimedEncoder(Encoder):
+    """Wraps an encoder and counts the views it encoded and the seconds spent in its forward.
+
+    For "how busy was the model" in dataset jobs and benchmarks; on a GPU it
+    synchronises around each forward so the time is the forward's own.
+    """
+
+    def __init__(self, inner: Encoder):
+        self.inner = inner
+        for k in ("image_size", "embed_dim", "identity", "name"):
+            setattr(self, k, getattr(inner, k))
+        self.seconds, self.views = 0.0, 0
+
+    @property
+    def device(self) -> torch.device:
+        return self.inner.device
+
+    def encode(self, views: torch.Tensor) -> torch.Tensor:
+        import time
+
+        cuda = self.inner.device.type == "cuda"
+        if cuda:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        out = self.inner.encode(views)
+        if cuda:
+            torch.cuda.synchronize()
+        self.seconds += time.perf_counter() - start
+        self.views += int(views.shape[0])
+        return out
+
+
 def _comfy_embed_dim(clip_vision) -> int | None:
     proj = getattr(getattr(clip_vision, "model", None), "visual_projection", None)
     out = getattr(proj, "out_features", None)
@@ -362,6 +394,7 @@ __all__ = [
     "OPENAI_CLIP_STD",
     "ComfyClipVisionEncoder",
     "Encoder",
+    "TimedEncoder",
     "TransformersClipEncoder",
     "check_clip_folder",
     "folder_fingerprint",

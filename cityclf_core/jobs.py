@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from .crops import CropPlan, CropPolicy, plan_crops, render_views
-from .encoders import Encoder
+from .encoders import Encoder, TimedEncoder
 from .errors import ConfigError, ImageError, StoreError
 from .images import DEFAULT_MAX_PIXELS, decode_image, ordered_map
 from .pipeline import (
@@ -112,30 +112,6 @@ class _Prepared:
     unchanged: bool = False  # same path, size and mtime as stored, all embeddings present
 
 
-class _Timed(Encoder):
-    """Counts the time spent in the CLIP forward (for 'how busy was the model')."""
-
-    def __init__(self, inner: Encoder, report: EmbedReport):
-        self.inner, self.report = inner, report
-        for k in ("image_size", "embed_dim", "identity", "name"):
-            setattr(self, k, getattr(inner, k))
-
-    @property
-    def device(self):
-        return self.inner.device
-
-    def encode(self, views):
-        import time
-
-        t = time.perf_counter()
-        out = self.inner.encode(views)
-        if out.is_cuda:
-            torch.cuda.synchronize()
-        self.report.forward_seconds += time.perf_counter() - t
-        self.report.views += int(views.shape[0])
-        return out
-
-
 def embed_files(
     store: EmbeddingStore,
     targets: list[EmbedTarget],
@@ -206,7 +182,8 @@ def embed_files(
         return local.store.file(path)
 
     size = batch_size or (default_batch_size(targets[0].encoder.device) if targets else 8)
-    chunkers = [ChunkedEncoder(_Timed(t.encoder, report), size) for t in targets]
+    timers = [TimedEncoder(t.encoder) for t in targets]
+    chunkers = [ChunkedEncoder(timer, size) for timer in timers]
     waiting: dict[int, tuple[_Prepared, set[int], dict[int, np.ndarray]]] = {}
 
     def write(done_per_target: list[list[tuple[int, torch.Tensor]]]) -> None:
@@ -267,6 +244,8 @@ def embed_files(
     finally:
         for reader in readers:
             reader.close()
+        report.views = sum(t.views for t in timers)
+        report.forward_seconds = sum(t.seconds for t in timers)
     return report
 
 

@@ -271,26 +271,30 @@ def iter_embeddings(
     each chunk with the number of views it encoded.
     """
     S = encoder.image_size
-    jobs = ((x, plan_crops(int(x.shape[0]), int(x.shape[1]), policy, S)) for x in images)
-    return iter_plan_embeddings(encoder, jobs, batch_size, on_views, names)
+    planned = ((x, [plan_crops(int(x.shape[0]), int(x.shape[1]), policy, S)]) for x in images)
+    for (index, _), emb in iter_plan_embeddings(encoder, planned, batch_size, on_views, names):
+        yield index, emb
 
 
 def iter_plan_embeddings(
     encoder: Encoder,
-    jobs: Iterable[tuple[torch.Tensor, CropPlan]],
+    planned: Iterable[tuple[torch.Tensor, Sequence[CropPlan]]],
     batch_size: int = 8,
     on_views: Callable[[int], None] | None = None,
     names: Sequence[str] | None = None,
-) -> Iterator[tuple[int, torch.Tensor]]:
-    """Like iter_embeddings, for (image, crop plan) jobs: yields (job index, embeddings) in order."""
+) -> Iterator[tuple[tuple[int, CropPlan], torch.Tensor]]:
+    """For (image, its crop plans): yields ((image index, plan), embeddings) in order.
+
+    Each image is converted once, whatever the number of its plans.
+    """
     chunks = ChunkedEncoder(encoder, batch_size, on_views)
     S = encoder.image_size
-    for idx, (image, plan) in enumerate(jobs):
+    for idx, (image, plans) in enumerate(planned):
         where = names[idx] if names and idx < len(names) else f"image {idx}"
         x = to_bchw(image, chunks.device, where)
-        views = render_views(x, plan, S)
+        for plan in plans:
+            yield from chunks.add((idx, plan), render_views(x, plan, S))
         del x
-        yield from chunks.add(idx, views)
     yield from chunks.flush()
 
 
@@ -471,9 +475,8 @@ def score_images(
               for x in flat]
         for key, gs in by_encoder.items()
     }
-    jobs = {key: [(i, p) for i, per_group in enumerate(ps) for p in dict.fromkeys(per_group)]
-            for key, ps in plans.items()}
-    total = sum(p.count for js in jobs.values() for _, p in js)
+    unique = {key: [list(dict.fromkeys(per_group)) for per_group in ps] for key, ps in plans.items()}
+    total = sum(p.count for us in unique.values() for per_image in us for p in per_image)
     done = 0
     if on_progress:
         on_progress(0, total)
@@ -490,12 +493,7 @@ def score_images(
         if encoder.prepare is not None:
             encoder.prepare()
         size = batch_size or default_batch_size(encoder.device)
-        job_list = jobs[key]
-        job_names = [names[i] if names and i < len(names) else f"image {i}" for i, _ in job_list]
-        embedded = {
-            job_list[j]: emb
-            for j, emb in iter_plan_embeddings(encoder, ((flat[i], p) for i, p in job_list), size, tick, job_names)
-        }
+        embedded = dict(iter_plan_embeddings(encoder, zip(flat, unique[key]), size, tick, names))
         for gi, g in enumerate(enc_groups):
             embeddings = [embedded[(i, plans[key][i][gi])] for i in range(len(flat))]
             for merged, part in zip(results, apply_heads(g.bindings, embeddings, combine)):
