@@ -29,7 +29,7 @@ from pathlib import Path
 from . import __version__
 from .crops import COMBINES, CropPolicy
 from .errors import CityClfError, ConfigError, ImageError
-from .images import DEFAULT_MAX_PIXELS, find_images, iter_decoded
+from .images import DEFAULT_MAX_PIXELS, find_images, iter_decoded, reason_for
 from .progress import ProgressBar
 
 FORMATS = ("table", "jsonl", "csv")
@@ -246,7 +246,7 @@ def iter_scored(args, model, files, problems: Problems, bar: ProgressBar):
 
     for path, decoded, error in iter_decoded(files, workers=args.workers, max_pixels=args.max_pixels):
         if error:
-            problems.add(path, error.split(": ", 1)[-1] if error.startswith(str(path)) else error)
+            problems.add(path, reason_for(path, error))
             bar.update(1)
             continue
         block.append((path, decoded))
@@ -327,11 +327,12 @@ def _score_with_store(args) -> int:
     problems = Problems()
     paths = None
     with EmbeddingStore(args.store, create=bool(args.paths)) as store:
-        if args.paths:  # embed what is missing first, with the CLIPs loaded
-            code, paths = _embed_into(args, store, problems)
-        model = load_stored_model(args.model, store, clip=args.clip, pairing=args.pairing,
-                                  allow_download=not args.offline, models_dir=args.models_dir,
-                                  tile_size=args.tile_size)
+        if args.paths:  # embed what is missing first, with the CLIPs loaded; score with that same model
+            paths, model = _embed_into(args, store, problems)
+        else:  # no CLIP needed: the heads are bound to the CLIPs recorded in the store
+            model = load_stored_model(args.model, store, clip=args.clip, pairing=args.pairing,
+                                      allow_download=not args.offline, models_dir=args.models_dir,
+                                      tile_size=args.tile_size)
         stream = not _needs_all_rows(args)
         writer = ResultWriter(args.format, model.names, sys.stdout)
         rows = []
@@ -350,7 +351,7 @@ def _score_with_store(args) -> int:
 
 
 def _embed_into(args, store, problems: Problems):
-    """Embed args.paths into `store` for the heads' (CLIP, policy) pairs; returns (status, absolute paths)."""
+    """Embed args.paths into `store` for the heads' (CLIP, policy) pairs; returns (absolute paths, model or None)."""
     from .jobs import EmbedTarget, embed_files, embed_targets
     from .loading import load_encoder
     from .store import policy_key
@@ -364,8 +365,10 @@ def _embed_into(args, store, problems: Problems):
         shard = parse_shard(args.shard)
         files = [f for f in files if in_shard(f, args.paths, shard)]
     paths = [os.path.abspath(p) for p in files]
+    model = None
     if getattr(args, "model", None):
-        targets = embed_targets(_load_model(args), store, args.tiling, args.upscale)
+        model = _load_model(args)
+        targets = embed_targets(model, store, args.tiling, args.upscale)
     else:
         encoder = load_encoder(args.clip, args.device, args.dtype, allow_download=not args.offline)
         policy = CropPolicy(tiling=args.tiling == "on", tile_size=args.tile_size,
@@ -388,7 +391,7 @@ def _embed_into(args, store, problems: Problems):
     for path, note in report.notes:
         print(f"cityclf: note {path}: {note}", file=sys.stderr)
     print(f"cityclf: {report.summary()}", file=sys.stderr)
-    return (1 if report.failed else 0), paths
+    return paths, model
 
 
 def cmd_embed(args) -> int:

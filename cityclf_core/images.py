@@ -147,6 +147,12 @@ def _orientation(img) -> int | None:
         return None
 
 
+def reason_for(path: str | os.PathLike, message: str) -> str:
+    """An ImageError's message without its leading path: for reports that name the path themselves."""
+    prefix = f"{path}: "
+    return message[len(prefix):] if message.startswith(prefix) else message
+
+
 def find_images(paths: Iterable[str | os.PathLike]) -> tuple[list[Path], list[tuple[Path, str]]]:
     """Expand files and folders (recursively, sorted) into image files.
 
@@ -241,4 +247,5 @@ __all__ = [
     "find_images",
     "iter_decoded",
     "ordered_map",
+    "reason_for",
 ]

@@ -29,7 +29,7 @@ import torch
 from .crops import CropPlan, CropPolicy, plan_crops, render_views
 from .encoders import Encoder, TimedEncoder
 from .errors import ConfigError, ImageError, StoreError
-from .images import DEFAULT_MAX_PIXELS, decode_image, ordered_map
+from .images import DEFAULT_MAX_PIXELS, decode_image, ordered_map, reason_for
 from .pipeline import (
     ChunkedEncoder,
     Group,
@@ -163,7 +163,7 @@ def embed_files(
                 views = views.mul_(255).round_().to(torch.uint8)  # exact: views are 8-bit already
                 item.views[i] = views.pin_memory() if pin else views
         except ImageError as e:
-            item.error = str(e).split(": ", 1)[-1] if str(e).startswith(path) else str(e)
+            item.error = reason_for(path, str(e))
         except OSError as e:
             item.error = f"cannot read it ({e.strerror or e})"
         except MemoryError:
@@ -287,7 +287,7 @@ def score_store(
         per_path: dict[str, dict[str, HeadResult]] = {p: {} for p in part}
         missing: dict[str, str] = {}
         for g in groups:
-            row = store.find_encoder(g.encoder.identity, g.encoder.name)
+            row = store.find_encoder(g.encoder.identity, getattr(g.encoder, "source", g.encoder.name))
             key = policy_key(g.policy)
             found, counts, stacked, absent = store.read_embeddings(part, row, key)
             for p in absent:
