@@ -31,7 +31,8 @@ sys.path[:0] = [str(ROOT), str(Path(__file__).resolve().parent)]
 from bench_pipeline import build_clip, machine, matmul_rate  # noqa: E402
 
 from cityclf_core import CropPolicy, ScoringModel, load_head  # noqa: E402
-from cityclf_core.jobs import StoredEncoder, embed_files, embed_targets, score_store  # noqa: E402
+from cityclf_core.dataset import clip_passes, embed_files, score_store  # noqa: E402
+from cityclf_core.store import StoredEncoder  # noqa: E402
 from cityclf_core.loading import load_encoder  # noqa: E402
 from cityclf_core.pipeline import head_scores  # noqa: E402
 from cityclf_core.samples import build_head, draw_illustration  # noqa: E402
@@ -105,7 +106,7 @@ def from_files(work: Path, clip_dir: Path, head_path: Path, count: int, workers:
     enc.source = str(clip_dir)
     model = ScoringModel().add(load_head(head_path), enc, CropPolicy(tiling=False))
     store = EmbeddingStore(work / "files.db")
-    targets = embed_targets(model, store)
+    targets = clip_passes(model)
     t = time.perf_counter()
     report = embed_files(store, targets, paths, batch_size=batch, workers=workers)
     wall = time.perf_counter() - t

@@ -1,7 +1,8 @@
 """cityclf_core: score and classify anime images with the CityClassifiers heads on CLIP.
 
 The library behind the ComfyUI node pack and the `cityclf` command. It has no
-ComfyUI imports. One path for the data (see pipeline.py):
+ComfyUI imports. One path for the data (see pipeline.py); what a head's
+outputs mean is its kind's (kinds/):
 
     crop plan -> CLIP encoder -> embeddings -> heads -> per-view reduction -> results
 
@@ -31,7 +32,6 @@ from .catalogue import (
     resolve_head,
 )
 from .crops import (
-    COMBINES,
     FIVE_CROP,
     FIVE_CROP_NO_UPSCALE,
     MAX_SIDE,
@@ -39,9 +39,9 @@ from .crops import (
     CropPlan,
     CropPolicy,
     plan_crops,
-    reduce_tiles,
     render_views,
 )
+from .embedding import ClipPass, iter_embeddings
 from .encoders import ComfyClipVisionEncoder, Encoder, TransformersClipEncoder, pick_device, pick_dtype
 from .errors import (
     CityClfError,
@@ -52,17 +52,18 @@ from .errors import (
     WeightsError,
 )
 from .heads import Head, HeadConfig, HeadNet, load_head_file, save_head
+from .kinds import HeadKind, get_kind, kind_names, register_kind, unregister_kind
 from .images import DecodedImage, decode_image, find_images, iter_decoded
 from .pipeline import (
     TILING_MODES,
     HeadBinding,
-    HeadResult,
     ScoringModel,
     apply_heads,
     image_list,
-    iter_embeddings,
     score_images,
 )
+from .reduce import COMBINES, reduce_segments, reduce_tiles
+from .results import HeadResult
 
 __version__ = "0.1.0"
 
@@ -79,6 +80,7 @@ __all__ = [
     "WHOLE_IMAGE",
     "CityClfError",
     "ClipModel",
+    "ClipPass",
     "ComfyClipVisionEncoder",
     "ConfigError",
     "CropPlan",
@@ -89,6 +91,7 @@ __all__ = [
     "Head",
     "HeadBinding",
     "HeadConfig",
+    "HeadKind",
     "HeadNet",
     "HeadResult",
     "ImageError",
@@ -105,19 +108,24 @@ __all__ = [
     "download_release",
     "find_images",
     "find_release",
+    "get_kind",
     "identify",
     "image_list",
     "iter_decoded",
     "iter_embeddings",
+    "kind_names",
     "load_head",
     "load_head_file",
     "paired_clip",
     "pick_device",
     "pick_dtype",
     "plan_crops",
+    "reduce_segments",
     "reduce_tiles",
+    "register_kind",
     "render_views",
     "resolve_head",
     "save_head",
     "score_images",
+    "unregister_kind",
 ]

@@ -148,7 +148,7 @@ def default_policy(head: Head, clip_size: int, pairing: str = "best") -> CropPol
 
     A release run on its paired CLIP gets the pairing's policy (e.g. 512 px tiles
     for chromatic aberration on ViT-L/14); on any other CLIP, tiles are 2*S.
-    Other heads: score heads see the whole image, class heads five tiles.
+    Other heads: as their kind says (score heads the whole image, classifiers five tiles).
     """
     release = head.release
     if release is not None:
@@ -156,7 +156,7 @@ def default_policy(head: Head, clip_size: int, pairing: str = "best") -> CropPol
             if p is not None and p.clip.image_size == clip_size:
                 return p.policy
         return CropPolicy(tiling=release.pairing.policy.tiling)
-    return CropPolicy(tiling=not head.is_score)
+    return CropPolicy(tiling=head.kind.tiles_by_default)
 
 
 def paired_clip(head: Head, pairing: str = "best") -> ClipModel | None:
@@ -221,7 +221,7 @@ def download_release(
             "it was deleted. Try again, or download it by hand from " + release.url
         )
     os.replace(got, target)
-    if release.config.arch == "class":
+    if release.config.labels is not None:  # the file alone does not name its classes
         sidecar = config_path_for(target)
         if not sidecar.exists():
             import json

@@ -34,7 +34,6 @@ MAX_SIDE = 1536
 #: Above this many pixels an intermediate resize is done on a window around each crop only.
 MAX_RESIZE_PIXELS = 48_000_000
 
-COMBINES = ("mean", "median", "max", "min")
 
 
 @dataclass(frozen=True)
@@ -57,6 +56,15 @@ class CropPolicy:
         if not self.tiling:
             return CropPolicy(tiling=False)
         return CropPolicy(True, self.tile_size or 2 * clip_size, self.max_side, self.upscale)
+
+    @property
+    def key(self) -> str:
+        """A stable text key for a resolved policy, as stores record it: 'whole' or 'tiles:672:1536:up'."""
+        if not self.tiling:
+            return "whole"
+        if self.tile_size is None:
+            raise ConfigError("internal: a crop policy must be resolved (tile size known) before it has a key")
+        return f"tiles:{self.tile_size}:{self.max_side}:{'up' if self.upscale else 'noup'}"
 
     def describe(self) -> str:
         if not self.tiling:
@@ -176,26 +184,7 @@ def render_views(images: torch.Tensor, plan: CropPlan, clip_size: int) -> torch.
     return views.clamp_(0.0, 1.0).mul_(255.0).round_().div_(255.0).to(torch.float32)
 
 
-def reduce_tiles(values: torch.Tensor, how: str = "mean") -> torch.Tensor:
-    """[n_views, N] per-view outputs -> [N], each class reduced over the views independently."""
-    return reduce_tiles_batched(values.unsqueeze(0), how)[0]
-
-
-def reduce_tiles_batched(grid: torch.Tensor, how: str = "mean") -> torch.Tensor:
-    """[n, views, N] -> [n, N]; NaN marks a missing view (images with fewer views than others)."""
-    if how not in COMBINES:
-        raise ConfigError(f"unknown tile combine {how!r}; choose one of {', '.join(COMBINES)}")
-    if how == "mean":
-        return grid.nanmean(dim=1)
-    if how == "median":
-        return grid.nanmedian(dim=1).values
-    if how == "max":
-        return grid.nan_to_num(nan=float("-inf")).amax(dim=1)
-    return grid.nan_to_num(nan=float("inf")).amin(dim=1)
-
-
 __all__ = [
-    "COMBINES",
     "FIVE_CROP",
     "FIVE_CROP_NO_UPSCALE",
     "MAX_SIDE",
@@ -203,8 +192,6 @@ __all__ = [
     "CropPlan",
     "CropPolicy",
     "plan_crops",
-    "reduce_tiles",
-    "reduce_tiles_batched",
     "render_views",
     "short_side_size",
 ]

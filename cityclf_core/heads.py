@@ -11,7 +11,7 @@ state dicts load unchanged and files we write load in the reference code::
     down.1        Linear 128->64, Dropout(0.1), LeakyReLU(0.01)
     down.4        Linear 64->32
     down.5        Linear 32->N
-    output        N == 1: (tanh + 1) / 2, a score in [0, 1];  N > 1: softmax
+    output        the head's kind (kinds/): score (tanh + 1) / 2 in [0, 1]; class softmax
 
 Heads always run in float32, whatever the CLIP's dtype.
 """
@@ -20,16 +20,20 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from .errors import WeightsError
+from .kinds import HeadKind, get_kind, kind_choices, kind_for_outputs, kind_names
 from .weights import read_json, read_safetensors
 
-ARCHS = ("score", "class")
+if TYPE_CHECKING:
+    from .catalogue import Release
+
 PREDICT_ROWS = 4096  # embeddings per head forward
 
 #: The 16 tensors of a released head, in the order the reference model defines them.
@@ -77,14 +81,9 @@ class HeadNet(nn.Module):
         """Pre-activation outputs [n, N]; training losses work on these."""
         return self.down(self.up(x))
 
-    def activate(self, z: torch.Tensor) -> torch.Tensor:
-        """Logits -> score in [0, 1] (N == 1) or class probabilities (N > 1)."""
-        if self.outputs == 1:
-            return (torch.tanh(z) + 1.0) / 2.0
-        return torch.softmax(z, dim=-1)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.activate(self.logits(x))
+        """The reference's forward: logits through its kind's activation (1 output: score, more: classes)."""
+        return kind_for_outputs(self.outputs).activate(self.logits(x))
 
 
 @dataclass(frozen=True)
@@ -98,17 +97,20 @@ class HeadConfig:
     features: int = 768
     hidden: int = 1024
     outputs: int = 1
+    #: keys of the sidecar beyond the released ones, kept as they are (kinds and newer versions add some)
+    extra: dict = field(default_factory=dict, compare=False)
 
     def __post_init__(self):
-        if self.arch not in ARCHS:
-            raise WeightsError(f"head {self.name!r}: arch must be 'score' or 'class', not {self.arch!r}")
-        if self.arch == "score" and self.outputs != 1:
-            raise WeightsError(f"head {self.name!r}: a score head has 1 output, this one has {self.outputs}")
-        if self.arch == "class" and self.outputs < 2:
-            raise WeightsError(f"head {self.name!r}: a class head needs at least 2 outputs, not {self.outputs}")
+        if self.arch not in kind_names():
+            raise WeightsError(f"head {self.name!r}: arch must be {kind_choices()}, not {self.arch!r}")
         for n in (self.features, self.hidden, self.outputs):
             if not isinstance(n, int) or n < 1:
                 raise WeightsError(f"head {self.name!r}: sizes must be positive integers, got {n!r}")
+        self.kind.check_config(self)
+
+    @property
+    def kind(self) -> HeadKind:
+        return get_kind(self.arch)
 
     @property
     def display_name(self) -> str:
@@ -116,11 +118,8 @@ class HeadConfig:
 
     @property
     def label_names(self) -> list[str]:
-        """One name per output: the config's labels[str(i)], else str(i) (as the reference)."""
-        if self.arch == "score":
-            return ["score"]
-        labels = self.labels or {}
-        return [str(labels.get(str(i), str(i))) for i in range(self.outputs)]
+        """One name per output, as the head's kind names them."""
+        return self.kind.label_names(self)
 
     def to_json_dict(self) -> dict:
         """The released sidecar format, keys in the released order."""
@@ -130,6 +129,7 @@ class HeadConfig:
             "arch": self.arch,
             "labels": dict(self.labels) if self.labels is not None else None,
             "model_params": {"features": self.features, "hidden": self.hidden, "outputs": self.outputs},
+            **self.extra,
         }
 
     @classmethod
@@ -148,7 +148,7 @@ class HeadConfig:
             hidden = int(params.get("hidden", 1024))
         except (TypeError, ValueError):
             raise WeightsError(f"{source}: model_params must hold integers") from None
-        arch = data.get("arch") or ("score" if outputs == 1 else "class")
+        arch = data.get("arch") or kind_for_outputs(outputs).name
         return cls(
             name=str(data.get("name") or default_name),
             rev=None if data.get("rev") is None else str(data.get("rev")),
@@ -157,7 +157,11 @@ class HeadConfig:
             features=features,
             hidden=hidden,
             outputs=outputs,
+            extra={k: v for k, v in data.items() if k not in RELEASED_KEYS},
         )
+
+
+RELEASED_KEYS = ("name", "rev", "arch", "labels", "model_params")
 
 
 def config_path_for(weights_path: str | os.PathLike) -> Path:
@@ -226,11 +230,11 @@ class Head:
     (recognised by checksum); it supplies the CLIP pairing and tile policy.
     """
 
-    net: HeadNet
+    net: nn.Module  # HeadNet for the released kinds; a kind may build its own
     config: HeadConfig
     path: Path | None = None
     sha256: str | None = None
-    release: object | None = None  # catalogue.Release, typed loosely to avoid an import cycle
+    release: Release | None = None
     display: str | None = None
 
     @property
@@ -248,8 +252,8 @@ class Head:
         return self.config.arch
 
     @property
-    def is_score(self) -> bool:
-        return self.config.arch == "score"
+    def kind(self) -> HeadKind:
+        return self.config.kind
 
     @property
     def labels(self) -> list[str]:
@@ -269,10 +273,11 @@ class Head:
             )
         param = next(self.net.parameters())
         x = embeddings.to(device=param.device, dtype=torch.float32)
+        kind = self.kind
         if x.shape[0] <= PREDICT_ROWS:
-            return self.net(x).float().cpu()
+            return kind.activate(self.net.logits(x)).float().cpu()
         # in blocks: the activations of a block stay in cache (measurably faster on CPUs)
-        return torch.cat([self.net(block).float().cpu() for block in x.split(PREDICT_ROWS)])
+        return torch.cat([kind.activate(self.net.logits(block)).float().cpu() for block in x.split(PREDICT_ROWS)])
 
     def to(self, device) -> "Head":
         self.net.to(device)
@@ -281,23 +286,21 @@ class Head:
 
 def head_from_state_dict(
     sd: dict[str, torch.Tensor], source: str, config: HeadConfig | None, default_name: str
-) -> tuple[HeadNet, HeadConfig]:
-    features, hidden, outputs = validate_state_dict(sd, source)
+) -> tuple[nn.Module, HeadConfig]:
+    """The network of `sd`, checked against its config's kind (none: a released-layout head, kind by outputs)."""
     if config is None:
-        config = HeadConfig(
-            name=default_name,
-            arch="score" if outputs == 1 else "class",
-            features=features,
-            hidden=hidden,
-            outputs=outputs,
-        )
-    elif (config.features, config.hidden, config.outputs) != (features, hidden, outputs):
-        raise WeightsError(
-            f"{source}: its config says features={config.features}, hidden={config.hidden}, "
-            f"outputs={config.outputs}, but the weights have features={features}, hidden={hidden}, "
-            f"outputs={outputs}. The config sidecar belongs to another model; fix or remove it."
-        )
-    net = HeadNet(features, hidden, outputs)
+        features, hidden, outputs = validate_state_dict(sd, source)
+        config = HeadConfig(name=default_name, arch=kind_for_outputs(outputs).name, features=features,
+                            hidden=hidden, outputs=outputs)
+    else:
+        features, hidden, outputs = config.kind.read_layout(sd, source)
+        if (config.features, config.hidden, config.outputs) != (features, hidden, outputs):
+            raise WeightsError(
+                f"{source}: its config says features={config.features}, hidden={config.hidden}, "
+                f"outputs={config.outputs}, but the weights have features={features}, hidden={hidden}, "
+                f"outputs={outputs}. The config sidecar belongs to another model; fix or remove it."
+            )
+    net = config.kind.build_net(config)
     net.load_state_dict({k: v.to(torch.float32) for k, v in sd.items()})
     net.eval()
     return net, config
@@ -334,7 +337,7 @@ def load_head_file(
     return Head(net=net, config=config, path=path)
 
 
-def save_head(net: HeadNet, config: HeadConfig, path: str | os.PathLike, overwrite: bool = False) -> Path:
+def save_head(net: nn.Module, config: HeadConfig, path: str | os.PathLike, overwrite: bool = False) -> Path:
     """Write `path` (.safetensors, released layout, float32, no metadata) and its config sidecar."""
     from safetensors.torch import save_file
 
@@ -354,7 +357,6 @@ def save_head(net: HeadNet, config: HeadConfig, path: str | os.PathLike, overwri
 
 
 __all__ = [
-    "ARCHS",
     "STATE_DICT_KEYS",
     "Head",
     "HeadConfig",

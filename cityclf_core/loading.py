@@ -118,7 +118,7 @@ def load_stored_model(
     Each head's CLIP is found by identity (fingerprinted from its files when they
     are on this machine) or else by the source it was recorded from.
     """
-    from .jobs import StoredEncoder
+    from .store import StoredEncoder
 
     models_dir = Path(models_dir) if models_dir else default_models_dir()
     model = ScoringModel()

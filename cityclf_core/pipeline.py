@@ -1,12 +1,11 @@
 """The one path from images to scores.
 
     images ([H, W, C] tensors: IMAGE batches, lists of sizes, decoded files)
-      -> crop plan per image and (encoder, crop policy) group     crops.plan_crops
-      -> views, chunked by `batch_size`, through the encoder       crops.render_views, Encoder.encode
-      -> embeddings [n_views, D] float32 per image                 iter_embeddings
-      -> every head of the group on those embeddings, float32      Head.predict
-      -> per image and head: each class reduced over the views     crops.reduce_tiles
-      -> HeadResult: score, label, probabilities
+      -> per (encoder, crop policy) group, a ClipPass: crop plans, views, CLIP   embedding.py
+      -> embeddings [n_views, D] float32 per image
+      -> every head of the group on those embeddings, float32               Head.predict
+      -> per image and head: each output reduced over the views             reduce.py
+      -> HeadResult: what the numbers mean is the head's kind               results.py, kinds/
 
 A `ScoringModel` is one or several heads, each bound to an encoder and a crop
 policy. Heads sharing an encoder and a policy share one CLIP pass; nothing is
@@ -17,25 +16,19 @@ are made image by image and encoded as soon as a chunk is full.
 from __future__ import annotations
 
 import dataclasses
-from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Sequence
 
 import torch
 
 from .catalogue import default_policy
-from .crops import (
-    COMBINES,
-    WHOLE_IMAGE,
-    CropPlan,
-    CropPolicy,
-    plan_crops,
-    reduce_tiles_batched,
-    render_views,
-)
+from .crops import WHOLE_IMAGE, CropPolicy
+from .embedding import ClipPass, default_batch_size, iter_plan_embeddings
 from .encoders import Encoder
 from .errors import ConfigError, ImageError, WeightsError
 from .heads import Head
+from .reduce import reduce_segments
+from .results import HeadResult
 
 TILING_MODES = ("auto", "on", "off")
 ProgressFn = Callable[[int, int], None]
@@ -52,59 +45,19 @@ class HeadBinding:
 
 
 @dataclass
-class HeadResult:
-    """One head's verdict on one image."""
-
-    head: str
-    arch: str
-    labels: list[str]
-    values: list[float]  # per output, reduced over the views: [score] or class probabilities
-    positive: float  # score heads: the score; class heads: views-reduced P(not class 0)
-    views: int
-
-    @property
-    def is_score(self) -> bool:
-        return self.arch == "score"
-
-    @property
-    def score(self) -> float:
-        """The score, or for a class head the probability of its non-pass classes."""
-        return self.positive
-
-    @property
-    def label(self) -> str:
-        if self.is_score:
-            return f"{int(self.positive * 100)}%"
-        return self.labels[max(range(len(self.values)), key=self.values.__getitem__)]
-
-    @property
-    def probs(self) -> dict[str, float] | None:
-        return None if self.is_score else dict(zip(self.labels, self.values))
-
-    def value_of(self, label: str) -> float:
-        """The reduced probability of class `label` (a name, or an index as text)."""
-        if self.is_score:
-            return self.positive
-        if label in self.labels:
-            return self.values[self.labels.index(label)]
-        if label.isdigit() and int(label) < len(self.values):
-            return self.values[int(label)]
-        raise ConfigError(f"head {self.head} has no class {label!r}; its classes are {', '.join(self.labels)}")
-
-    def to_dict(self) -> dict:
-        d = {"arch": self.arch, "score": self.positive, "label": self.label, "views": self.views}
-        if not self.is_score:
-            d["probs"] = self.probs
-        return d
-
-
-@dataclass
 class Group:
-    """Heads that share one CLIP pass: same encoder, same crop policy."""
+    """Heads that share one CLIP pass."""
 
-    encoder: Encoder
-    policy: CropPolicy
+    clip: ClipPass
     bindings: list[HeadBinding] = field(default_factory=list)
+
+    @property
+    def encoder(self) -> Encoder:
+        return self.clip.encoder
+
+    @property
+    def policy(self) -> CropPolicy:
+        return self.clip.policy
 
 
 class ScoringModel:
@@ -153,14 +106,16 @@ class ScoringModel:
         return [b.name for b in self.bindings]
 
     def groups(self, tiling: str = "auto", upscale: bool = True) -> list[Group]:
-        """Heads grouped by (encoder, effective crop policy), in first-seen order."""
+        """Heads grouped by CLIP pass (encoder, effective crop policy), in first-seen order."""
         if tiling not in TILING_MODES:
             raise ConfigError(f"unknown tiling mode {tiling!r}; choose one of {', '.join(TILING_MODES)}")
         groups: dict[tuple, Group] = {}
         for b in self.bindings:
             policy = effective_policy(b.policy, tiling, upscale).resolved(b.encoder.image_size)
             key = (b.encoder.identity, policy)
-            groups.setdefault(key, Group(b.encoder, policy)).bindings.append(b)
+            if key not in groups:
+                groups[key] = Group(ClipPass(b.encoder, policy))
+            groups[key].bindings.append(b)
         return list(groups.values())
 
     def head_name(self, head: str | None) -> str:
@@ -169,7 +124,7 @@ class ScoringModel:
 
     def describe(self) -> list[str]:
         return [
-            f"{b.name} ({b.head.arch}) on {b.encoder.name} (S={b.encoder.image_size}), {b.policy.describe()}"
+            f"{b.name} ({b.head.kind.name}) on {b.encoder.name} (S={b.encoder.image_size}), {b.policy.describe()}"
             for b in self.bindings
         ]
 
@@ -231,169 +186,7 @@ def image_list(images, names: Sequence[str] | None = None) -> list[torch.Tensor]
     return out
 
 
-def to_bchw(image: torch.Tensor, device: torch.device | None = None, where: str = "image") -> torch.Tensor:
-    """[H, W, C] (uint8 or float in [0, 1]) -> [1, 3, H, W] float on `device`; alpha dropped, gray expanded."""
-    x = image
-    if device is not None and x.device != device:
-        x = x.to(device, non_blocking=True)
-    if x.dtype == torch.uint8:
-        x = x.float().div_(255.0)
-    elif x.is_floating_point():
-        if x.dtype not in (torch.float32, torch.float64):
-            x = x.float()
-        if not bool(torch.isfinite(x).all()):
-            raise ImageError(f"{where} contains NaN or infinite pixel values; fix the node or file that made it")
-    else:
-        raise ImageError(f"{where}: unsupported pixel type {x.dtype}; expected float in [0, 1] or uint8")
-    c = x.shape[-1]
-    if c == 1:
-        x = x.expand(*x.shape[:-1], 3)
-    elif c == 4:
-        x = x[..., :3]
-    return x.permute(2, 0, 1).unsqueeze(0)
-
-
-# ---------------------------------------------------------------- embeddings
-
-
-def iter_embeddings(
-    encoder: Encoder,
-    policy: CropPolicy,
-    images: Iterable[torch.Tensor],
-    batch_size: int = 8,
-    on_views: Callable[[int], None] | None = None,
-    names: Sequence[str] | None = None,
-) -> Iterator[tuple[int, torch.Tensor]]:
-    """Yield (index, [n_views, D] float32 embeddings) per image, in order, encoding in chunks.
-
-    At most `batch_size` views (plus one image's worth) are held at a time, so
-    memory does not grow with the number of images. `on_views(n)` is called after
-    each chunk with the number of views it encoded.
-    """
-    S = encoder.image_size
-    planned = ((x, [plan_crops(int(x.shape[0]), int(x.shape[1]), policy, S)]) for x in images)
-    for (index, _), emb in iter_plan_embeddings(encoder, planned, batch_size, on_views, names):
-        yield index, emb
-
-
-def iter_plan_embeddings(
-    encoder: Encoder,
-    planned: Iterable[tuple[torch.Tensor, Sequence[CropPlan]]],
-    batch_size: int = 8,
-    on_views: Callable[[int], None] | None = None,
-    names: Sequence[str] | None = None,
-) -> Iterator[tuple[tuple[int, CropPlan], torch.Tensor]]:
-    """For (image, its crop plans): yields ((image index, plan), embeddings) in order.
-
-    Each image is converted once, whatever the number of its plans.
-    """
-    chunks = ChunkedEncoder(encoder, batch_size, on_views)
-    S = encoder.image_size
-    for idx, (image, plans) in enumerate(planned):
-        where = names[idx] if names and idx < len(names) else f"image {idx}"
-        x = to_bchw(image, chunks.device, where)
-        for plan in plans:
-            yield from chunks.add((idx, plan), render_views(x, plan, S))
-        del x
-    yield from chunks.flush()
-
-
-class ChunkedEncoder:
-    """Queues views per item and encodes them in chunks of `batch_size`, whatever the item sizes.
-
-    `add(key, views)` returns the (key, [n, D] float32 CPU embeddings) of every item
-    completed by the chunks it triggered, in the order items were added; `flush()`
-    encodes what is left. Views may be float in [0, 1] or uint8.
-    """
-
-    def __init__(self, encoder: Encoder, batch_size: int, on_views: Callable[[int], None] | None = None):
-        if batch_size < 1:
-            raise ConfigError(f"batch size must be at least 1, not {batch_size}")
-        self.encoder, self.batch_size, self.on_views = encoder, batch_size, on_views
-        self.device = encoder.device
-        self._queue: list[torch.Tensor] = []  # views not yet encoded, in item order
-        self._queued = 0
-        self._pending: deque[_Pending] = deque()  # items whose embeddings are not all back yet
-
-    @property
-    def queued(self) -> int:
-        return self._queued
-
-    def add(self, key, views: torch.Tensor) -> list[tuple[object, torch.Tensor]]:
-        self._queue.append(views)
-        self._pending.append(_Pending(key, int(views.shape[0])))
-        self._queued += int(views.shape[0])
-        done = []
-        while self._queued >= self.batch_size:
-            self._encode(self.batch_size)
-            done += self._finished()
-        return done
-
-    def flush(self) -> list[tuple[object, torch.Tensor]]:
-        done = []
-        while self._queued:
-            self._encode(min(self._queued, self.batch_size))
-            done += self._finished()
-        return done + self._finished()
-
-    def _encode(self, n: int) -> None:
-        views = torch.cat(self._queue, dim=0) if len(self._queue) > 1 else self._queue[0]
-        batch, rest = views[:n], views[n:]
-        emb = self.encoder.encode(batch)
-        if emb.ndim != 2 or emb.shape[0] != batch.shape[0]:
-            raise WeightsError(f"CLIP {self.encoder.name} returned embeddings of shape {tuple(emb.shape)}")
-        self._queue, self._queued = ([rest] if rest.shape[0] else []), int(rest.shape[0])
-        pos = 0
-        for entry in self._pending:  # views were queued in item order, so rows go back in order
-            take = min(entry.needed - entry.have, emb.shape[0] - pos)
-            if take > 0:
-                entry.parts.append(emb[pos : pos + take])
-                entry.have += take
-                pos += take
-        if self.on_views:
-            self.on_views(int(batch.shape[0]))
-
-    def _finished(self) -> list[tuple[object, torch.Tensor]]:
-        done = []
-        while self._pending and self._pending[0].have == self._pending[0].needed:
-            entry = self._pending.popleft()
-            done.append((entry.index, torch.cat(entry.parts, dim=0).float().cpu()))
-        return done
-
-
-@dataclass
-class _Pending:
-    index: object
-    needed: int
-    have: int = 0
-    parts: list = field(default_factory=list)
-
-
 # ---------------------------------------------------------------- heads out
-
-
-def reduce_segments(values: torch.Tensor, counts: Sequence[int], combine: str) -> torch.Tensor:
-    """[sum(counts), N] per-view values -> [len(counts), N], each class reduced over its image's views.
-
-    Vectorised (views padded with NaN to the largest count), so reducing a million
-    images costs a few tensor operations, not a Python loop.
-    """
-    if combine not in COMBINES:
-        raise ConfigError(f"unknown combine {combine!r}; choose one of {', '.join(COMBINES)}")
-    n = len(counts)
-    if n == 0:
-        return values.new_zeros((0, values.shape[1]))
-    counts_t = torch.as_tensor(counts, dtype=torch.long)
-    if int(counts_t.min()) == int(counts_t.max()):  # one view count for all: a plain reshape
-        grid = values.reshape(n, int(counts_t[0]), values.shape[1])
-        return reduce_tiles_batched(grid, combine)
-    width = int(counts_t.max())
-    rows = torch.repeat_interleave(torch.arange(n), counts_t)
-    starts = torch.cumsum(counts_t, 0) - counts_t
-    cols = torch.arange(values.shape[0]) - torch.repeat_interleave(starts, counts_t)
-    grid = values.new_full((n, width, values.shape[1]), float("nan"))
-    grid[rows, cols] = values
-    return reduce_tiles_batched(grid, combine)
 
 
 @dataclass
@@ -407,7 +200,7 @@ class HeadScores:
 
     def result(self, i: int) -> HeadResult:
         head = self.binding.head
-        return HeadResult(head=self.binding.name, arch=head.arch, labels=head.labels,
+        return HeadResult(head=self.binding.name, arch=head.kind.name, labels=head.labels,
                           values=self.values[i].tolist(), positive=float(self.positive[i]),
                           views=int(self.views[i]))
 
@@ -425,7 +218,7 @@ def head_scores(
                 f"{stacked.shape[1]}-d ones; pair it with a CLIP of embedding size {b.head.features}"
             )
         per_view = b.head.predict(stacked)  # [sum n_i, N] float32
-        positive = per_view[:, :1] if b.head.is_score else 1.0 - per_view[:, :1]
+        positive = b.head.kind.positive(per_view)
         reduced = reduce_segments(torch.cat([per_view, positive], dim=1), counts, combine)
         out.append(HeadScores(b, reduced[:, :-1], reduced[:, -1], counts_t))
     return out
@@ -435,8 +228,6 @@ def apply_heads(
     bindings: Sequence[HeadBinding], embeddings: Sequence[torch.Tensor], combine: str = "mean"
 ) -> list[dict[str, HeadResult]]:
     """Run every head on per-image embeddings ([n_i, D] each) and reduce over the views."""
-    if combine not in COMBINES:
-        raise ConfigError(f"unknown combine {combine!r}; choose one of {', '.join(COMBINES)}")
     if not embeddings:
         return []
     counts = [int(e.shape[0]) for e in embeddings]
@@ -471,8 +262,7 @@ def score_images(
         by_encoder.setdefault(g.encoder.identity, []).append(g)
     # per encoder and image: each group's crop plan; groups whose plans coincide share the views
     plans = {
-        key: [[plan_crops(int(x.shape[0]), int(x.shape[1]), g.policy, gs[0].encoder.image_size) for g in gs]
-              for x in flat]
+        key: [[g.clip.plan(int(x.shape[0]), int(x.shape[1])) for g in gs] for x in flat]
         for key, gs in by_encoder.items()
     }
     unique = {key: [list(dict.fromkeys(per_group)) for per_group in ps] for key, ps in plans.items()}
@@ -503,28 +293,17 @@ def score_images(
     return [{n: r[n] for n in order} for r in results]
 
 
-def default_batch_size(device: torch.device) -> int:
-    """Views per CLIP forward: large on a GPU; on a CPU batching gains little past a few."""
-    return 64 if device.type == "cuda" else 8
-
-
 __all__ = [
     "TILING_MODES",
     "Group",
     "HeadBinding",
-    "ChunkedEncoder",
     "HeadResult",
     "HeadScores",
     "ScoringModel",
     "apply_heads",
-    "head_scores",
-    "reduce_segments",
-    "resolve_head_name",
-    "default_batch_size",
     "effective_policy",
+    "head_scores",
     "image_list",
-    "iter_embeddings",
-    "iter_plan_embeddings",
+    "resolve_head_name",
     "score_images",
-    "to_bchw",
 ]

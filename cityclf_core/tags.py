@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import ConfigError, ImageError
-from .pipeline import HeadResult
+from .results import HeadResult
 
 BUCKETS = ("none", "decile", "percent")
 
@@ -109,21 +109,10 @@ class TagRules:
         return value if value is not None else self.thresholds.get("*", 0.5)
 
     def tags_for(self, result: dict[str, HeadResult]) -> list[str]:
+        """The tags these rules give one image's results, each head's as its kind makes them."""
         tags: list[str] = []
         for head, r in result.items():
-            if r.is_score:
-                if self.bucket == "none":
-                    continue
-                prefix = self.tag_name(head, None)
-                value = int(r.score * 10) * 10 if self.bucket == "decile" else int(r.score * 100)
-                if prefix:
-                    tags.append(f"{prefix}_{value}")
-                continue
-            limit = self.threshold(head)
-            for label, p in zip(r.labels[1:], r.values[1:]):  # class 0 is Pass
-                name = self.tag_name(head, label)
-                if name and p >= limit and name not in tags:
-                    tags.append(name)
+            tags += [t for t in r.kind.tags(head, r, self) if t not in tags]
         return tags
 
     def vocabulary(self, results: list[dict[str, HeadResult]]) -> tuple[set[str], list[re.Pattern]]:
@@ -132,12 +121,9 @@ class TagRules:
         patterns: list[re.Pattern] = []
         for result in results[:1]:
             for head, r in result.items():
-                if r.is_score:
-                    prefix = self.tag_name(head, None)
-                    if prefix:
-                        patterns.append(re.compile(rf"^{re.escape(prefix)}_\d{{1,3}}$"))
-                else:
-                    words.update(self.tag_name(head, label) for label in r.labels[1:])
+                more, pats = r.kind.tag_vocabulary(head, r, self)
+                words |= more
+                patterns += pats
         words.discard("")
         return words, patterns
 

@@ -10,13 +10,7 @@ from .common import CATEGORY, MODEL_TYPE, TILING_CHOICES, first
 
 
 def summary_line(index: int, result: dict) -> str:
-    parts = []
-    for name, r in result.items():
-        if r.is_score:
-            parts.append(f"{name}: {r.score:.3f} ({r.label})")
-        else:
-            parts.append(f"{name}: {r.label} (not-pass {r.score:.2f})")
-    return f"#{index}: " + "; ".join(parts)
+    return f"#{index}: " + "; ".join(f"{name}: {r.summary()}" for name, r in result.items())
 
 
 class CityClfPredict:

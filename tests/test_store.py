@@ -17,7 +17,7 @@ from PIL import Image
 
 from cityclf_core import ScoringModel, StoreError, TransformersClipEncoder
 from cityclf_core.cli import main
-from cityclf_core.jobs import embed_files, embed_targets, score_store
+from cityclf_core.dataset import clip_passes, embed_files, score_store
 from cityclf_core.loading import clip_identity, load_stored_model
 from cityclf_core.store import EmbeddingStore
 
@@ -41,7 +41,7 @@ def model(encoder, score_head, class_head):
 def test_embed_then_rerun_computes_nothing(tmp_path, model):
     paths = write_images(tmp_path / "imgs", 6)
     with EmbeddingStore(tmp_path / "s.db") as store:
-        targets = embed_targets(model, store)
+        targets = clip_passes(model)
         assert [t.key for t in targets] == ["whole", "tiles:64:1536:up"]
         first = embed_files(store, targets, paths)
         assert (first.embedded, first.reused, first.views) == (6, 0, 6 + 30)
@@ -53,7 +53,7 @@ def test_embed_then_rerun_computes_nothing(tmp_path, model):
 def test_changed_touched_and_duplicate_files(tmp_path, model):
     paths = write_images(tmp_path / "imgs", 3)
     with EmbeddingStore(tmp_path / "s.db") as store:
-        targets = embed_targets(model, store)
+        targets = clip_passes(model)
         embed_files(store, targets, paths)
         os.utime(paths[0], ns=(time.time_ns(), time.time_ns() + 10**9))  # touched: same bytes
         Image.fromarray(illustration(130, 90, 99)).save(paths[1])  # changed content
@@ -69,7 +69,7 @@ def test_changed_touched_and_duplicate_files(tmp_path, model):
 def test_scores_from_the_store_equal_direct_scores_without_loading_clip(tmp_path, model, monkeypatch):
     paths = write_images(tmp_path / "imgs", 5)
     with EmbeddingStore(tmp_path / "s.db") as store:
-        embed_files(store, embed_targets(model, store), paths)
+        embed_files(store, clip_passes(model), paths)
         direct = model.score([torch.from_numpy(np.array(Image.open(p))) for p in paths])
 
         def no_clip(*a, **k):
@@ -77,7 +77,7 @@ def test_scores_from_the_store_equal_direct_scores_without_loading_clip(tmp_path
 
         monkeypatch.setattr(TransformersClipEncoder, "from_folder", no_clip)
         stored_model = ScoringModel()
-        from cityclf_core.jobs import StoredEncoder
+        from cityclf_core.store import StoredEncoder
 
         row = store.encoders()[0]
         for b in model.bindings:
@@ -189,7 +189,7 @@ def test_kill_and_resume(tmp_path, tiny_clip_dir, sig):
 
 
 def test_shards_split_the_same_way_everywhere_and_merge_back(tmp_path, tiny_clip_dir, score_head_path, capsys):
-    from cityclf_core.jobs import in_shard
+    from cityclf_core.dataset import in_shard
 
     paths = write_images(tmp_path / "a" / "imgs", 12)
     moved = [p.replace(str(tmp_path / "a"), str(tmp_path / "b")) for p in paths]

@@ -1,11 +1,12 @@
-"""The embedding store: CLIP embeddings of a dataset in one SQLite file, for fast re-scoring.
+"""The SQLite embedding store: CLIP embeddings of a dataset in one file, for fast re-scoring.
 
 Layout (one file, no server; WAL journal, so readers never block the writer):
 
     encoders    id, identity (content fingerprint of the CLIP), name, source, image_size, embed_dim
     embeddings  content (sha256 of the image file), encoder_id, policy, views, data (float32 [views, D])
     files       path, size, mtime_ns, content, width, height, status ('ok' | 'failed'), error, notes
-    scores      path, head, combine, score, label, probs (JSON), updated
+    scores      path, head, combine, score, label, probs (JSON), updated, kind (the head's kind; added in
+                schema 2, NULL in older stores: read as a classifier when probs are stored, else a score)
 
 Embeddings are keyed by the file's *content*, the CLIP's identity and the crop
 policy: an unchanged file is never embedded twice (a touched one is re-hashed,
@@ -21,16 +22,16 @@ import json
 import os
 import sqlite3
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
 import numpy as np
 
-from .crops import CropPolicy
-from .errors import StoreError
+from ..crops import CropPolicy
+from ..errors import StoreError
+from .rows import EncoderRow, FileRow, PolicyInfo, StoredScore
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: scores.kind
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -79,31 +80,10 @@ CREATE TABLE IF NOT EXISTS scores (
 
 def policy_key(policy: CropPolicy) -> str:
     """A stable text key for a resolved crop policy: 'whole' or 'tiles:672:1536:up'."""
-    if not policy.tiling:
-        return "whole"
-    if policy.tile_size is None:
-        raise StoreError("internal: crop policy must be resolved (tile size known) before it is stored")
-    return f"tiles:{policy.tile_size}:{policy.max_side}:{'up' if policy.upscale else 'noup'}"
-
-
-@dataclass(frozen=True)
-class EncoderRow:
-    id: int
-    identity: str
-    name: str
-    source: str
-    image_size: int
-    embed_dim: int
-
-
-@dataclass(frozen=True)
-class FileRow:
-    path: str
-    size: int | None
-    mtime_ns: int | None
-    content: str | None
-    status: str
-    error: str | None
+    try:
+        return policy.key
+    except Exception as e:  # noqa: BLE001  (an unresolved policy)
+        raise StoreError(str(e)) from None
 
 
 class EmbeddingStore:
@@ -132,6 +112,9 @@ class EmbeddingStore:
                 self.db.execute("PRAGMA synchronous = NORMAL")
                 self.db.executescript(SCHEMA)
             self._check_version(readonly)
+            self._score_columns = {r[1] for r in self.db.execute("PRAGMA table_info(scores)")}
+            if not readonly and "kind" not in self._score_columns:
+                self._migrate_to_2()
         except sqlite3.DatabaseError as e:
             raise StoreError(f"{self.path} cannot be used as a store ({e})") from None
 
@@ -144,6 +127,17 @@ class EmbeddingStore:
             self.db.execute("INSERT OR IGNORE INTO meta VALUES ('created', ?)", (str(time.time()),))
         elif int(row[0]) > SCHEMA_VERSION:
             raise StoreError(f"{self.path} was written by a newer cityclf (schema {row[0]}); upgrade cityclf")
+
+    def _migrate_to_2(self) -> None:
+        """Schema 1 -> 2: scores record their head's kind (older rows keep NULL: see scores())."""
+        with self.transaction():
+            self.db.execute("ALTER TABLE scores ADD COLUMN kind TEXT")
+            self.db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
+        self._score_columns.add("kind")
+
+    def reader(self) -> "EmbeddingStore":
+        """A read-only handle on the same store, for another thread."""
+        return EmbeddingStore(self.path, create=False, readonly=True)
 
     def close(self) -> None:
         self.db.close()
@@ -282,23 +276,31 @@ class EmbeddingStore:
 
     # ------------------------------------------------------------ scores
 
-    def put_scores(self, rows: Iterable[tuple[str, str, str, float, str, str | None]]) -> None:
+    def put_scores(self, rows: Iterable[tuple[str, str, str, StoredScore]]) -> None:
+        """Store (path, head, combine, StoredScore) rows, replacing earlier ones."""
         now = time.time()
-        self.db.executemany("INSERT OR REPLACE INTO scores VALUES (?,?,?,?,?,?,?)",
-                            [(*r, now) for r in rows])
+        self.db.executemany(
+            "INSERT OR REPLACE INTO scores (path, head, combine, score, label, probs, updated, kind) "
+            "VALUES (?,?,?,?,?,?,?,?)",
+            [(path, head, combine, r.score, r.label, json.dumps(r.extra) if r.extra is not None else None, now,
+              r.kind) for path, head, combine, r in rows])
 
-    def scores(self, heads: list[str] | None = None, combine: str | None = None) -> dict[str, dict[str, tuple]]:
-        """{path: {head: (score, label, probs)}} for the stored scores."""
-        sql = "SELECT path, head, score, label, probs FROM scores"
+    def scores(self, heads: list[str] | None = None, combine: str | None = None) -> dict[str, dict[str, StoredScore]]:
+        """{path: {head: StoredScore}} for the stored scores, by path."""
+        kind = "kind" if "kind" in self._score_columns else "NULL"
+        sql = f"SELECT path, head, score, label, probs, {kind} FROM scores"
         where, args = [], []
         if combine:
             where.append("combine = ?")
             args.append(combine)
-        out: dict[str, dict[str, tuple]] = {}
-        for path, head, score, label, probs in self.db.execute(
+        out: dict[str, dict[str, StoredScore]] = {}
+        for path, head, score, label, extra, kind in self.db.execute(
                 sql + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY path", args):
             if heads is None or head in heads:
-                out.setdefault(path, {})[head] = (score, label, json.loads(probs) if probs else None)
+                extra = json.loads(extra) if extra else None
+                # schema 1 stored no kind: its classifiers were the rows with probabilities
+                kind = kind or ("class" if extra else "score")
+                out.setdefault(path, {})[head] = StoredScore(score, label, extra, kind)
         return out
 
     def stats(self) -> dict:
@@ -311,6 +313,17 @@ class EmbeddingStore:
             "encoders": [e.__dict__ for e in self.encoders()],
         }
 
+    def policies(self, encoder: EncoderRow | None = None) -> list[PolicyInfo]:
+        """The sets of stored embeddings: (CLIP, crop policy, count), optionally of one CLIP."""
+        by_id = {e.id: e for e in self.encoders()}
+        sql = "SELECT encoder_id, policy, COUNT(*) FROM embeddings"
+        args: tuple = ()
+        if encoder is not None:
+            sql += " WHERE encoder_id = ?"
+            args = (encoder.id,)
+        return [PolicyInfo(by_id[e], p, n) for e, p, n in self.db.execute(
+            sql + " GROUP BY encoder_id, policy ORDER BY encoder_id, policy", args)]
+
     def export_numpy(self, out: str | os.PathLike, encoder: EncoderRow, policy: str) -> int:
         """Write an .npz: paths [N], offsets [N+1], embeddings [total views, D] (float32), and the CLIP."""
         paths = [f.path for f in self.files()]
@@ -319,6 +332,35 @@ class EmbeddingStore:
         np.savez(out, paths=np.array(found, dtype=str), offsets=offsets, embeddings=stacked,
                  clip_identity=encoder.identity, clip_source=encoder.source, policy=policy)
         return len(found)
+
+    def merge_from(self, sources: Iterable[str | os.PathLike]) -> dict[str, int]:
+        """Copy every encoder, embedding, file and score of the stores `sources` into this one (existing rows win)."""
+        added = {"embeddings": 0, "files": 0, "scores": 0}
+        for src in sources:
+            with EmbeddingStore(src, create=False, readonly=True) as other:
+                ids = {e.id: self.register_encoder(e.identity, e.name, e.source, e.image_size, e.embed_dim).id
+                       for e in other.encoders()}
+                with self.transaction():
+                    before = {t: self._count(t) for t in added}
+                    for content, enc_id, policy, views, data in other.db.execute(
+                            "SELECT content, encoder_id, policy, views, data FROM embeddings"):
+                        self.db.execute("INSERT OR IGNORE INTO embeddings (content, encoder_id, policy, views, data) "
+                                        "VALUES (?,?,?,?,?)", (content, ids[enc_id], policy, views, data))
+                    file_cols = "path, size, mtime_ns, content, width, height, status, error, notes, updated"
+                    self.db.executemany(f"INSERT OR IGNORE INTO files ({file_cols}) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                                        other.db.execute(f"SELECT {file_cols} FROM files"))
+                    kind = "kind" if "kind" in other._score_columns else "NULL"
+                    self.db.executemany(
+                        "INSERT OR IGNORE INTO scores (path, head, combine, score, label, probs, updated, kind) "
+                        "VALUES (?,?,?,?,?,?,?,?)",
+                        other.db.execute(f"SELECT path, head, combine, score, label, probs, updated, {kind} "
+                                         "FROM scores"))
+                    for t in added:
+                        added[t] += self._count(t) - before[t]
+        return added
+
+    def _count(self, table: str) -> int:
+        return self.db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
 
 
 class _Transaction:
@@ -337,4 +379,4 @@ class _Transaction:
         return False
 
 
-__all__ = ["EmbeddingStore", "EncoderRow", "FileRow", "policy_key"]
+__all__ = ["EmbeddingStore", "policy_key"]

@@ -1,0 +1,227 @@
+"""What the subcommands share: option groups, result writers, the list of skipped inputs, the final report."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+
+from ..images import DEFAULT_MAX_PIXELS
+from ..progress import ProgressBar
+from ..reduce import COMBINES
+
+FORMATS = ("table", "jsonl", "csv")
+
+
+# ---------------------------------------------------------------- output
+
+
+class ResultWriter:
+    """Writes per-image results as they come, in one of FORMATS."""
+
+    def __init__(self, fmt: str, heads: list[str], stream):
+        self.fmt, self.heads, self.stream = fmt, heads, stream
+        self._csv_writer = None
+        self._header_done = False
+
+    def write(self, path: str, results: dict) -> None:
+        getattr(self, f"_{self.fmt}")(path, results)
+        self.stream.flush()
+
+    def _jsonl(self, path: str, results: dict) -> None:
+        for name, r in results.items():
+            row = {"path": path, "model": name, **r.kind.jsonl_fields(r)}
+            self.stream.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+    def _csv(self, path: str, results: dict) -> None:
+        if self._csv_writer is None:
+            self._csv_writer = csv.writer(self.stream, lineterminator="\n")
+        if not self._header_done:
+            header = ["path"]
+            for name, r in results.items():
+                header += r.kind.csv_columns(name, r.labels)
+            self._csv_writer.writerow(header)
+            self._header_done = True
+        row = [path]
+        for r in results.values():
+            row += r.kind.csv_cells(r)
+        self._csv_writer.writerow(row)
+
+    def _table(self, path: str, results: dict) -> None:
+        if not self._header_done:
+            self.stream.write("\t".join(["path", *results]) + "\n")
+            self._header_done = True
+        cells = [path]
+        for r in results.values():
+            cells.append(r.kind.short_text(r))
+        self.stream.write("\t".join(cells) + "\n")
+
+
+class Problems:
+    """Skipped inputs: reported on stderr as they happen, optionally written to --report."""
+
+    def __init__(self, bar: ProgressBar | None = None):
+        self.items: list[tuple[str, str]] = []
+        self.bar = bar
+
+    def add(self, path, reason: str) -> None:
+        self.items.append((str(path), reason))
+        line = f"cityclf: skipped {path}: {reason}"
+        (self.bar.write(line) if self.bar else print(line, file=sys.stderr))
+
+    def write_report(self, path: str | None) -> None:
+        if path:
+            with open(path, "w", encoding="utf-8") as f:
+                for p, why in self.items:
+                    f.write(json.dumps({"path": p, "error": why}, ensure_ascii=False) + "\n")
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+# ---------------------------------------------------------------- options
+
+
+def add_model_options(p: argparse.ArgumentParser, required: bool = True) -> None:
+    g = p.add_argument_group("models")
+    g.add_argument("--model", "-m", action="append", required=required, metavar="NAME_OR_FILE",
+                   help="a head: a .safetensors file, or a release name such as CCAnime-Compression-v1.5 "
+                        "(downloaded into --models-dir if missing). Repeat for several heads.")
+    g.add_argument("--clip", metavar="ID_OR_DIR",
+                   help="run every head on this CLIP (a transformers folder or hub id); default: each "
+                        "release's own CLIP pairing, else openai/clip-vit-large-patch14-336")
+    g.add_argument("--pairing", choices=("best", "alternative"), default="best",
+                   help="which catalogue pairing to use for releases that have two (chromatic aberration: "
+                        "best = ViT-L/14 with 512 px tiles as trained, alternative = the public demo's 336/672)")
+    g.add_argument("--models-dir", metavar="DIR",
+                   help="where heads are looked up and downloaded (default: $CITYCLF_MODELS or ~/.cache/cityclf/models)")
+    g.add_argument("--offline", action="store_true",
+                   help="never download; fail with a message naming what is missing")
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ... (default: auto)")
+    g.add_argument("--dtype", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
+                   help="CLIP precision: auto = fp32 on CPU, bf16 (or fp16) on GPU; heads always run in fp32")
+
+
+def add_crop_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("crops")
+    t = g.add_mutually_exclusive_group()
+    t.add_argument("--tiling", dest="tiling", action="store_const", const="on", default="auto",
+                   help="five-crop tiling for every head (default: per head; classifiers tile, score models don't)")
+    t.add_argument("--no-tiling", dest="tiling", action="store_const", const="off",
+                   help="whole image for every head")
+    g.add_argument("--no-upscale", dest="upscale", action="store_false",
+                   help="never enlarge an image before tiling (the reference enlarges e.g. 1000x2000 to 1536x3072)")
+    g.add_argument("--tile-size", type=int, metavar="PX", help="tile size in pixels (default: 2x the CLIP input size, "
+                                                               "or the release's pairing)")
+    g.add_argument("--combine", choices=COMBINES, default="mean", help="how tiles are combined per class (default: mean)")
+    g.add_argument("--batch-size", type=int, metavar="N", help="views per CLIP forward (default: 8 on CPU, 64 on GPU)")
+    g.add_argument("--workers", type=int, default=2, metavar="N", help="image decoding threads (default: 2)")
+    g.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, metavar="N",
+                   help=f"skip images with more pixels (decompression-bomb guard; default {DEFAULT_MAX_PIXELS:,})")
+
+
+def add_selection_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("selecting and acting on images")
+    g.add_argument("--min", action="append", default=[], metavar="SPEC",
+                   help="keep images scoring at least this: 0.6 (the first head), HEAD=0.6, or HEAD:CLASS=0.6 "
+                        "(a class probability). Repeat to combine (all must hold).")
+    g.add_argument("--max", action="append", default=[], metavar="SPEC", help="keep images scoring at most this")
+    g.add_argument("--top", type=int, metavar="N", help="keep the N best by --sort-by")
+    g.add_argument("--bottom", type=int, metavar="N", help="keep the N worst by --sort-by")
+    g.add_argument("--sort-by", metavar="HEAD[:CLASS]", help="the head (or class) --top/--bottom use (default: first)")
+    a = g.add_mutually_exclusive_group()
+    a.add_argument("--copy", metavar="TO", help="copy the kept images under TO, keeping their sub-folders")
+    a.add_argument("--move", metavar="TO", help="move the kept images under TO, keeping their sub-folders")
+    g.add_argument("--on-conflict", choices=("rename", "skip", "error"), default="rename",
+                   help="when a file exists at the destination: rename (name-1.png, default), skip, or error. "
+                        "Existing files are never overwritten.")
+    g.add_argument("--dry-run", action="store_true", help="print what --copy/--move/--write-tags would do, do nothing")
+    g.add_argument("--write-tags", action="store_true",
+                   help="update caption sidecars (image.txt) with tags, as the Tag node does: earlier tags of "
+                        "these heads are replaced, other text is kept")
+    g.add_argument("--tag-thresholds", default="0.5", metavar="T",
+                   help="class probability for a tag: 0.5, or per head 'HEAD = 0.6; * = 0.5'")
+    g.add_argument("--tag-bucket", choices=("none", "decile", "percent"), default="decile",
+                   help="score heads add a bucket tag: aesthetic_70 (decile, default) or aesthetic_72 (percent)")
+    g.add_argument("--tag-names", default="", metavar="MAP",
+                   help="rename tags: 'CCAnime-Compression:JPEG = jpeg; CityAesthetics = aes'")
+
+
+def add_output_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--format", choices=FORMATS, default="table",
+                   help="table (default), jsonl (one object per image and head), or csv (one row per image)")
+    p.add_argument("--report", metavar="FILE", help="write skipped inputs and why, as JSONL")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+
+
+def progress_enabled(args) -> bool | None:
+    return False if getattr(args, "no_progress", False) else None
+
+
+def load_model(args):
+    from ..loading import load_scoring_model
+
+    return load_scoring_model(
+        args.model, clip=args.clip, device=args.device, dtype=args.dtype, pairing=args.pairing,
+        allow_download=not args.offline, models_dir=args.models_dir, tile_size=args.tile_size,
+    )
+
+
+def score_options(args):
+    from ..dataset import ScoreOptions
+
+    return ScoreOptions(tiling=args.tiling, combine=args.combine, upscale=args.upscale, batch_size=args.batch_size,
+                        workers=args.workers, max_pixels=args.max_pixels)
+
+
+def selection(args):
+    from ..dataset import Selection
+
+    return Selection.parse(args.min, args.max, args.top, args.bottom, args.sort_by)
+
+
+# ---------------------------------------------------------------- the end of score and query
+
+
+def finish(args, rows, problems: Problems, roots, writer=None, store=None) -> int:
+    """Select, print (unless already streamed), act (copy/move/tags), report; the exit status."""
+    from ..dataset import TransferRequest, transfer
+    from ..tags import TagRules
+
+    chosen = selection(args).apply(rows)
+    if writer is not None:
+        for path, result in chosen:
+            writer.write(path, result)
+    if args.write_tags:
+        write_tags(chosen, TagRules.from_text(args.tag_names, args.tag_thresholds, args.tag_bucket), args.dry_run)
+    if args.copy or args.move:
+        request = TransferRequest(args.copy or args.move, move=bool(args.move), on_conflict=args.on_conflict,
+                                  dry_run=args.dry_run)
+        plan = transfer(chosen, rows, roots, request, store)
+        for t in plan:
+            verb = ("would " if args.dry_run else "") + t.action
+            if t.error:
+                print(f"cityclf: {t.action if t.action == 'skip' else 'failed to ' + t.action} {t.source}: {t.error}",
+                      file=sys.stderr)
+            else:
+                print(f"cityclf: {verb} {t.source} -> {t.target}", file=sys.stderr)
+        if any(t.error and t.action != "skip" for t in plan):
+            problems.add("--" + request.verb, "some files could not be transferred")
+    problems.write_report(args.report)
+    kept = f", {len(chosen)} selected" if selection(args).active else ""
+    print(f"cityclf: scored {len(rows)} image(s){kept}" + (f", {len(problems)} skipped" if problems else ""),
+          file=sys.stderr)
+    return 1 if len(problems) or not rows else 0
+
+
+def write_tags(rows, rules, dry_run: bool) -> None:
+    from ..dataset import write_tags as tag_rows
+
+    outcome = tag_rows(rows, rules, dry_run)
+    if dry_run:
+        for path, tags in outcome.planned:
+            print(f"cityclf: would tag {path}: {', '.join(tags) or '(no tags)'}", file=sys.stderr)
+    else:
+        print(f"cityclf: tags: {outcome.changed} sidecar(s) updated, {len(rows) - outcome.changed} already up to date",
+              file=sys.stderr)

@@ -1,0 +1,40 @@
+"""cityclf models / demo: the known releases; a first run with nothing downloaded."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .common import progress_enabled
+
+
+def cmd_models(args) -> int:
+    from ..catalogue import RELEASES, default_models_dir
+
+    models_dir = Path(args.models_dir) if args.models_dir else default_models_dir()
+    for r in RELEASES:
+        local = models_dir / r.filename
+        labels = ", ".join(r.config.label_names) if r.config.labels else r.config.kind.description
+        print(f"{r.name}\n  {r.arch}: {labels}\n  CLIP: {r.pairing.clip.repo_id}, {r.pairing.policy.describe()}"
+              f" ({r.pairing.why})")
+        if r.alternative:
+            print(f"  alternative: {r.alternative.clip.repo_id}, {r.alternative.policy.describe()} ({r.alternative.why})")
+        print(f"  {'on disk: ' + str(local) if local.is_file() else 'download: ' + r.url}\n  sha256 {r.sha256}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from ..demo import run_demo
+
+    return run_demo(Path(args.dir), progress=progress_enabled(args))
+
+
+def register(sub) -> None:
+    p = sub.add_parser("models", help="list the known releases, their CLIP pairings and local copies")
+    p.add_argument("--models-dir", metavar="DIR")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("demo", help="build tiny models and sample images, then score them (offline)")
+    p.add_argument("--dir", default="cityclf-demo", help="where to put the demo's models and images "
+                                                        "(default: ./cityclf-demo)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_demo)

@@ -1,0 +1,170 @@
+"""cityclf score / embed / merge: images to scores, images to stored embeddings, stores into one."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from ..crops import CropPolicy
+from ..errors import ConfigError
+from ..images import find_images
+from ..progress import ProgressBar
+from .common import (
+    Problems,
+    ResultWriter,
+    add_crop_options,
+    add_model_options,
+    add_output_options,
+    add_selection_options,
+    finish,
+    load_model,
+    progress_enabled,
+    score_options,
+    selection,
+)
+
+
+def cmd_score(args) -> int:
+    from ..dataset import score_files
+
+    if not args.paths and not args.store:
+        raise ConfigError("give images (files or folders) to score, or --store DB to score stored embeddings")
+    if args.store:
+        return _score_with_store(args)
+    files, missing = find_images(args.paths)
+    bar = ProgressBar(len(files), "img", enabled=progress_enabled(args), label="scoring")
+    problems = Problems(bar)
+    for path, reason in missing:
+        problems.add(path, reason)
+    model = load_model(args)
+    rows = []
+    stream = not selection(args).active
+    writer = ResultWriter(args.format, model.names, sys.stdout)
+    with bar:
+        for name, result in score_files(model, files, score_options(args), problems.add, bar.set):
+            if stream:
+                writer.write(name, result)
+            rows.append((name, result))
+    return finish(args, rows, problems, roots=args.paths, writer=None if stream else writer)
+
+
+def _score_with_store(args) -> int:
+    from ..dataset import save_results, score_store
+    from ..loading import load_stored_model
+    from ..store import EmbeddingStore
+
+    problems = Problems()
+    paths = None
+    with EmbeddingStore(args.store, create=bool(args.paths)) as store:
+        if args.paths:  # embed what is missing first, with the CLIPs loaded; score with that same model
+            paths, model = _embed_into(args, store, problems)
+        else:  # no CLIP needed: the heads are bound to the CLIPs recorded in the store
+            model = load_stored_model(args.model, store, clip=args.clip, pairing=args.pairing,
+                                      allow_download=not args.offline, models_dir=args.models_dir,
+                                      tile_size=args.tile_size)
+        stream = not selection(args).active
+        writer = ResultWriter(args.format, model.names, sys.stdout)
+        rows = []
+        for results, missing in score_store(store, model, paths, args.combine, args.tiling, args.upscale):
+            for path, why in missing:
+                problems.add(path, why)
+            save_results(store, results, args.combine)
+            for path, result in results:
+                if stream:
+                    writer.write(path, result)
+                rows.append((path, result))
+        return finish(args, rows, problems, roots=args.paths, writer=None if stream else writer, store=store)
+
+
+def _embed_into(args, store, problems: Problems):
+    """Embed args.paths into `store` for the heads' CLIP passes; returns (absolute paths, model or None)."""
+    from ..dataset import clip_passes, embed_files, in_shard, parse_shard
+    from ..embedding import ClipPass
+    from ..loading import load_encoder
+
+    files, missing = find_images(args.paths)
+    for path, reason in missing:
+        problems.add(path, reason)
+    shard = getattr(args, "shard", None)  # embed has --shard, score does not
+    if shard:
+        part = parse_shard(shard)
+        files = [f for f in files if in_shard(f, args.paths, part)]
+    paths = [os.path.abspath(p) for p in files]
+    model = None
+    if args.model:
+        model = load_model(args)
+        passes = clip_passes(model, args.tiling, args.upscale)
+    else:
+        encoder = load_encoder(args.clip, args.device, args.dtype, allow_download=not args.offline)
+        passes = [ClipPass(encoder, CropPolicy(tiling=args.tiling == "on", tile_size=args.tile_size,
+                                               upscale=args.upscale))]
+    bar = ProgressBar(len(paths), "img", enabled=progress_enabled(args), label="embedding")
+    problems.bar = bar
+
+    def on_file(path, error):
+        if error:
+            problems.add(path, error)
+        bar.update(1)
+
+    with bar:
+        report = embed_files(store, passes, paths, batch_size=args.batch_size, workers=args.workers,
+                             max_pixels=args.max_pixels, on_file=on_file)
+    problems.bar = None
+    for path, note in report.notes:
+        print(f"cityclf: note {path}: {note}", file=sys.stderr)
+    print(f"cityclf: {report.summary()}", file=sys.stderr)
+    return paths, model
+
+
+def cmd_embed(args) -> int:
+    from ..store import EmbeddingStore
+
+    if not args.model and not args.clip:
+        raise ConfigError("name the heads (--model) whose CLIP and crops to embed for, or a --clip")
+    problems = Problems()
+    with EmbeddingStore(args.store) as store:
+        _embed_into(args, store, problems)
+    problems.write_report(args.report)
+    return 1 if len(problems) else 0
+
+
+def cmd_merge(args) -> int:
+    from ..store import EmbeddingStore
+
+    with EmbeddingStore(args.store) as store:
+        added = store.merge_from(args.sources)
+    print(f"cityclf: merged {len(args.sources)} store(s) into {args.store}: " +
+          ", ".join(f"{n} {what}" for what, n in added.items()), file=sys.stderr)
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("score", help="score image files and folders (walked recursively), or a store",
+                       description="Score images with one or more heads. Folders are walked recursively. With "
+                                   "--store, embeddings are kept (and reused), and with --store alone the stored "
+                                   "embeddings are scored without loading CLIP.")
+    p.add_argument("paths", nargs="*", metavar="PATH", help="image files or folders")
+    add_model_options(p)
+    add_crop_options(p)
+    p.add_argument("--store", metavar="DB", help="an embedding store (SQLite file): embed into it, score from it")
+    add_selection_options(p)
+    add_output_options(p)
+    p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("embed", help="compute CLIP embeddings into a store (resumable)",
+                       description="Embed images into a store, for each CLIP and crop policy the heads need; "
+                                   "unchanged files are skipped, so a killed run continues where it stopped.")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders")
+    p.add_argument("--store", required=True, metavar="DB", help="the store file (created if missing)")
+    add_model_options(p, required=False)
+    add_crop_options(p)
+    p.add_argument("--shard", metavar="K/N", help="embed only shard K of N (0-based): a stable split by path, for "
+                                                  "running one job per machine into separate stores; see merge")
+    p.add_argument("--report", metavar="FILE", help="write skipped files and why, as JSONL")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    p.set_defaults(func=cmd_embed)
+
+    p = sub.add_parser("merge", help="merge stores (e.g. one per shard) into one")
+    p.add_argument("sources", nargs="+", metavar="DB", help="stores to merge in")
+    p.add_argument("--store", required=True, metavar="DB", help="the store to merge into (created if missing)")
+    p.set_defaults(func=cmd_merge)

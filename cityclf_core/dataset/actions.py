@@ -1,0 +1,69 @@
+"""What happens to selected images: copied or moved (the store following a move), caption tags written."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Sequence
+
+from ..results import HeadResult
+from ..tags import TagRules, owner, write_sidecar
+from .transfer import Transfer, copy_or_move
+
+Rows = list[tuple[str, dict[str, HeadResult]]]
+
+
+@dataclass(frozen=True)
+class TransferRequest:
+    to: str
+    move: bool = False
+    on_conflict: str = "rename"
+    dry_run: bool = False
+
+    @property
+    def verb(self) -> str:
+        return "move" if self.move else "copy"
+
+
+def common_root(paths: Sequence[str]) -> list[str]:
+    if not paths:
+        return []
+    return [os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in paths])]
+
+
+def transfer(chosen: Rows, scored: Rows, roots: Sequence[str] | None, request: TransferRequest,
+             store=None) -> list[Transfer]:
+    """Copy or move the chosen images; a store's rows follow moved files.
+
+    Folders are kept relative to the inputs given, else to the common folder of
+    everything scored (not of the selection, which would make the layout depend
+    on what was selected).
+    """
+    plan = copy_or_move([p for p, _ in chosen], roots or common_root([p for p, _ in scored]), request.to,
+                        move=request.move, on_conflict=request.on_conflict, dry_run=request.dry_run)
+    if request.move and store is not None:
+        for t in plan:
+            if t.done:
+                store.move_file(t.source, os.path.abspath(t.target))
+    return plan
+
+
+@dataclass
+class TagOutcome:
+    planned: list[tuple[str, list[str]]] = field(default_factory=list)  # (path, tags), in order
+    changed: int = 0
+
+
+def write_tags(rows: Rows, rules: TagRules, dry_run: bool = False) -> TagOutcome:
+    """Update each image's caption sidecar with its tags (these heads' earlier tags replaced, other text kept)."""
+    out = TagOutcome()
+    owned = owner(rules, [r for _, r in rows[:1]])
+    for path, result in rows:
+        tags = rules.tags_for(result)
+        out.planned.append((path, tags))
+        if not dry_run:
+            out.changed += write_sidecar(path, tags, owned)[1]
+    return out
+
+
+__all__ = ["TagOutcome", "TransferRequest", "common_root", "transfer", "write_tags"]

@@ -1,0 +1,65 @@
+"""Head kinds: what a head's outputs mean, in one place per kind.
+
+A head file says its kind in its config sidecar (`"arch": "score"` or
+`"class"`, the released files' key). Everything that depends on it -- the
+activation, what the head's score is, its label, how results are written,
+stored and tagged, its training loss and metrics, the checks on its file --
+is asked of the kind, never decided by a branch elsewhere::
+
+    from cityclf_core.kinds import get_kind
+    kind = get_kind(head.config.arch)
+
+Adding a kind is one module with a `HeadKind` subclass and one
+`register_kind(...)` call (see score.py and classes.py).
+"""
+
+from __future__ import annotations
+
+from ..errors import WeightsError
+from .base import HeadKind, TrainingTargets
+
+_KINDS: dict[str, HeadKind] = {}
+
+
+def register_kind(kind: HeadKind, replace: bool = False) -> HeadKind:
+    """Make `kind` known by its name (the config's "arch"); returns it."""
+    if kind.name in _KINDS and not replace and _KINDS[kind.name] is not kind:
+        raise ValueError(f"a head kind named {kind.name!r} is already registered")
+    _KINDS[kind.name] = kind
+    return kind
+
+
+def unregister_kind(name: str) -> None:
+    _KINDS.pop(name, None)
+
+
+def get_kind(name: str) -> HeadKind:
+    try:
+        return _KINDS[name]
+    except KeyError:
+        raise WeightsError(f"unknown head kind (arch) {name!r}; known kinds: {kind_choices()}") from None
+
+
+def kind_names() -> list[str]:
+    return list(_KINDS)
+
+
+def kind_choices() -> str:
+    """The registered kinds for a message: "'score' or 'class'"."""
+    names = [repr(n) for n in _KINDS]
+    return " or ".join(names) if len(names) < 3 else ", ".join(names[:-1]) + " or " + names[-1]
+
+
+def kind_for_outputs(outputs: int) -> HeadKind:
+    """The kind of a released-layout head known only by its weights: 1 output a score, more a classifier."""
+    return get_kind("score" if outputs == 1 else "class")
+
+
+from .classes import ClassKind  # noqa: E402  (the built-in kinds)
+from .score import ScoreKind  # noqa: E402
+
+register_kind(ScoreKind())
+register_kind(ClassKind())
+
+__all__ = ["ClassKind", "HeadKind", "ScoreKind", "TrainingTargets", "get_kind", "kind_choices",
+           "kind_for_outputs", "kind_names", "register_kind", "unregister_kind"]

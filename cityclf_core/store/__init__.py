@@ -1,0 +1,15 @@
+"""Embedding stores: CLIP embeddings of a dataset, kept for fast re-scoring.
+
+    protocol.py        Store: what dataset jobs need from a store (a second backend implements it)
+    sqlite.py          EmbeddingStore: the SQLite backend, one file, WAL journal (all SQL lives here)
+    rows.py            the rows every backend hands out
+    stored_encoder.py  StoredEncoder: a stored CLIP, for scoring without its weights
+"""
+
+from .protocol import Store
+from .rows import EncoderRow, FileRow, PolicyInfo, StoredScore
+from .sqlite import SCHEMA_VERSION, EmbeddingStore, policy_key
+from .stored_encoder import StoredEncoder
+
+__all__ = ["SCHEMA_VERSION", "EmbeddingStore", "EncoderRow", "FileRow", "PolicyInfo", "Store", "StoredEncoder",
+           "StoredScore", "policy_key"]

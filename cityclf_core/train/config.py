@@ -1,0 +1,189 @@
+"""Training configs: the reference's YAML keys (and a few of ours), parsed and validated."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import ConfigError
+from ..heads import HeadConfig
+from ..kinds import HeadKind, get_kind, kind_choices, kind_names
+
+REFERENCE_CLIPS = {  # model.clip in the reference configs
+    "CLIP": {"features": 768, "hidden": 1024, "clip_model": "openai/clip-vit-large-patch14-336"},
+    "META": {"features": 1024, "hidden": 1280, "clip_model": None},  # ViT-H metaclip: .npy embeddings only
+}
+ALLOWED = {
+    "model": {"base", "rev", "arch", "clip", "clip_model"},
+    "train": {"lr", "steps", "batch", "cosine", "val_fraction", "seed", "warmup", "device", "early_stopping",
+              "eval_every", "loss", "weight_decay", "save_every"},
+    "data": {"random_crops", "crops_per_image", "tile_size", "workers", "batch_size"},
+    "labels": None,  # integer keys, each {name, loss}
+}
+
+
+@dataclass
+class TrainConfig:
+    base: str
+    rev: str
+    arch: str
+    clip: str = "CLIP"
+    clip_model: str | None = None  # the CLIP images are embedded with (hub id or folder)
+    lr: float = 1e-6
+    steps: int = 100_000  # samples, as in the reference
+    batch: int = 1
+    cosine: bool = True
+    labels: dict[int, tuple[str, float]] = field(default_factory=dict)  # class -> (name, loss weight)
+    val_fraction: float = 0.1
+    seed: int = 0
+    warmup: int | None = None  # samples; default: none with cosine, 5000 (as the reference) without
+    device: str = "auto"
+    early_stopping: int = 0  # evaluations without improvement before stopping; 0 = never
+    eval_every: int | None = None  # optimizer steps; default: about 25 evaluations per run
+    loss: str | None = None  # score heads: l1 (default), mse or huber
+    weight_decay: float = 0.01
+    save_every: int | None = None  # optimizer steps between checkpoints; default: at every evaluation
+    random_crops: bool = True  # class heads on images: random tile-sized crops, as the reference
+    crops_per_image: int = 4
+    tile_size: int | None = None  # default 2 x the CLIP input size
+    workers: int = 2
+    batch_size: int | None = None  # CLIP views per forward when embedding
+
+    @property
+    def name(self) -> str:
+        return f"{self.base}-{self.rev}"
+
+    @property
+    def features(self) -> int:
+        return REFERENCE_CLIPS[self.clip]["features"]
+
+    @property
+    def hidden(self) -> int:
+        return REFERENCE_CLIPS[self.clip]["hidden"]
+
+    @property
+    def kind(self) -> HeadKind:
+        return get_kind(self.arch)
+
+    @property
+    def outputs(self) -> int:
+        return self.kind.train_outputs(self)
+
+    @property
+    def optimizer_steps(self) -> int:
+        return max(1, self.steps // self.batch)
+
+    def head_config(self) -> HeadConfig:
+        return HeadConfig(name=self.base, rev=self.rev, arch=self.arch, labels=self.kind.train_labels(self),
+                          features=self.features, hidden=self.hidden, outputs=self.outputs)
+
+
+def load_config(path: str | os.PathLike, overrides: dict | None = None) -> TrainConfig:
+    """Read a reference-format YAML (with our optional keys); unknown or contradictory keys are errors."""
+    import yaml
+
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config {path} not found") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config {path} is not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config {path} must be a mapping with 'model:' and 'train:' sections")
+    return parse_config(data, str(path), overrides)
+
+
+def parse_config(data: dict, source: str = "config", overrides: dict | None = None) -> TrainConfig:
+    unknown = set(data) - set(ALLOWED)
+    if unknown:
+        raise ConfigError(f"{source}: unknown section(s) {', '.join(sorted(unknown))}; "
+                          f"allowed: {', '.join(ALLOWED)}")
+    for section, allowed in ALLOWED.items():
+        body = data.get(section)
+        if body is None:
+            continue
+        if not isinstance(body, dict):
+            raise ConfigError(f"{source}: '{section}' must be a mapping")
+        if allowed is not None:
+            bad = set(body) - allowed
+            if bad:
+                raise ConfigError(f"{source}: unknown key(s) {', '.join(f'{section}.{k}' for k in sorted(bad))}; "
+                                  f"allowed in {section}: {', '.join(sorted(allowed))}")
+    model = data.get("model")
+    if not model:
+        raise ConfigError(f"{source}: the 'model' section is required (base, rev, arch)")
+    arch = model.get("arch")
+    if arch not in kind_names():
+        raise ConfigError(f"{source}: model.arch must be {kind_choices()}, not {arch!r}")
+    clip = model.get("clip", "CLIP")
+    if clip not in REFERENCE_CLIPS:
+        raise ConfigError(f"{source}: model.clip must be CLIP or META (the reference's names), not {clip!r}; "
+                          "to embed images with another CLIP use model.clip_model")
+    train = data.get("train") or {}
+    kw: dict = {}
+    for key in ("lr", "weight_decay", "val_fraction"):
+        if key in train:
+            kw[key] = _number(train[key], f"train.{key}", source, float)
+    for key in ("steps", "batch", "seed", "warmup", "early_stopping", "eval_every", "save_every"):
+        if key in train and train[key] is not None:
+            kw[key] = _number(train[key], f"train.{key}", source, int)
+    for key in ("cosine",):
+        if key in train:
+            kw[key] = bool(train[key])
+    for key in ("device", "loss"):
+        if key in train:
+            kw[key] = str(train[key])
+    d = data.get("data") or {}
+    if "random_crops" in d:
+        kw["random_crops"] = bool(d["random_crops"])
+    for key in ("crops_per_image", "tile_size", "workers", "batch_size"):
+        if key in d and d[key] is not None:
+            kw[key] = _number(d[key], f"data.{key}", source, int)
+    labels = {}
+    raw_labels = data.get("labels") or {}
+    for k, v in raw_labels.items():
+        try:
+            idx = int(k)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{source}: label keys must be class numbers (0, 1, ...), not {k!r}") from None
+        v = v or {}
+        if not isinstance(v, dict) or set(v) - {"name", "loss"}:
+            raise ConfigError(f"{source}: labels.{k} takes 'name' and 'loss' (the class weight)")
+        labels[idx] = (str(v.get("name", idx)), _number(v.get("loss", 1.0), f"labels.{k}.loss", source, float))
+    cfg = TrainConfig(base=str(model.get("base", "unknown")), rev=str(model.get("rev", "v0.0")), arch=arch, clip=clip,
+                      clip_model=model.get("clip_model"), labels=labels, **kw)
+    if overrides:
+        cfg = dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
+    validate(cfg, source)
+    return cfg
+
+
+def _number(value, what: str, source: str, kind):
+    try:
+        n = kind(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{source}: {what} must be a number, not {value!r}") from None
+    if kind is float and not math.isfinite(n):
+        raise ConfigError(f"{source}: {what} must be finite")
+    return n
+
+
+def validate(cfg: TrainConfig, source: str = "config") -> None:
+    if cfg.lr <= 0:
+        raise ConfigError(f"{source}: train.lr must be positive")
+    if cfg.steps < 1 or cfg.batch < 1:
+        raise ConfigError(f"{source}: train.steps and train.batch must be at least 1")
+    if cfg.batch > cfg.steps:
+        raise ConfigError(f"{source}: train.batch ({cfg.batch}) is larger than train.steps ({cfg.steps}); "
+                          "steps count samples, as in the reference")
+    if not 0 <= cfg.val_fraction < 1:
+        raise ConfigError(f"{source}: train.val_fraction must be in [0, 1)")
+    if cfg.warmup is not None and not 0 <= cfg.warmup < cfg.steps:
+        raise ConfigError(f"{source}: train.warmup ({cfg.warmup}) must be below train.steps ({cfg.steps})")
+    cfg.kind.check_train_config(cfg, source)
+    if cfg.crops_per_image < 1:
+        raise ConfigError(f"{source}: data.crops_per_image must be at least 1")

@@ -1,0 +1,83 @@
+"""What a training run leaves in its output folder.
+
+    {name}.safetensors + {name}.config.json   the head, released layout (loads in `cityclf score`)
+    {name}.csv                                 step, samples, lr, train loss, validation loss and metric
+    {name}.png                                 those curves
+    {name}.metrics.json                        final validation metrics, flat keys
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import ConfigError
+
+
+@dataclass
+class TrainResult:
+    weights: Path
+    config: Path
+    log: Path
+    curves: Path
+    metrics_path: Path
+    metrics: dict
+    steps_done: int
+    stopped_early: bool
+
+
+@dataclass(frozen=True)
+class OutputFiles:
+    weights: Path
+    config: Path
+    log: Path
+    curves: Path
+    metrics: Path
+
+    @classmethod
+    def for_run(cls, out: Path, name: str) -> "OutputFiles":
+        return cls(out / f"{name}.safetensors", out / f"{name}.config.json", out / f"{name}.csv",
+                   out / f"{name}.png", out / f"{name}.metrics.json")
+
+    def all(self) -> list[Path]:
+        return [self.weights, self.config, self.log, self.curves, self.metrics]
+
+    def refuse_existing(self) -> None:
+        """Never replace an earlier run's head by accident."""
+        if any(f.exists() for f in self.all()):
+            raise ConfigError(f"{self.weights} (or its log/metrics) already exists; choose a new model.rev, another "
+                              "--out, or --overwrite")
+
+
+class TrainLog:
+    """The CSV log, one row per evaluation; appended to when a run resumes."""
+
+    HEADER = ["step", "samples", "lr", "train_loss", "val_loss", "val_metric"]
+
+    def __init__(self, path: Path, append: bool):
+        append = append and path.exists()
+        self._file = open(path, "a" if append else "w", newline="")
+        self._writer = csv.writer(self._file)
+        if not append:
+            self._writer.writerow(self.HEADER)
+
+    def row(self, step: int, samples: int, lr: float, train_loss: float, val_loss: float, metric: float) -> None:
+        self._writer.writerow([step, samples, f"{lr:.6g}", f"{train_loss:.6g}", f"{val_loss:.6g}", f"{metric:.6g}"])
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def write_metrics(path: Path, metrics: dict) -> None:
+    path.write_text(json.dumps(metrics, indent=2, default=float) + "\n", encoding="utf-8")
+
+
+def draw_curves(path: Path, history: list, metric_name: str, title: str) -> None:
+    from ..grid import line_chart
+
+    line_chart({"train loss": [(h[0], h[1]) for h in history], "validation loss": [(h[0], h[2]) for h in history]},
+               {f"validation {metric_name}": [(h[0], h[3]) for h in history]}, path,
+               title=f"{title}: loss and validation {metric_name} by optimizer step")
