@@ -1,0 +1,117 @@
+"""The dataset job's stages, each on its own: reader, writer, block scoring, selection, the store's contract."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+
+import pytest
+import torch
+from conftest import illustration
+from PIL import Image
+
+from cityclf_core import CropPolicy, ScoringModel
+from cityclf_core.dataset import EmbedReport, ScoreOptions, Selection, score_files
+from cityclf_core.dataset.embed import register_passes
+from cityclf_core.dataset.reader import FileReader, Known
+from cityclf_core.dataset.writer import StoreWriter
+from cityclf_core.embedding import ClipPass
+from cityclf_core.results import HeadResult
+from cityclf_core.store import EmbeddingStore, Store, StoredScore
+
+
+@pytest.fixture
+def files(tmp_path):
+    d = tmp_path / "imgs"
+    d.mkdir()
+    paths = []
+    for i, (w, h) in enumerate([(40, 30), (90, 80)]):
+        p = d / f"f{i}.png"
+        Image.fromarray(illustration(w, h, 60 + i)).save(p)
+        paths.append(str(p))
+    (d / "broken.png").write_bytes(b"\x89PNG not really")
+    return paths + [str(d / "broken.png")]
+
+
+@pytest.fixture
+def passes(encoder):
+    return [ClipPass(encoder, CropPolicy(tiling=False)), ClipPass(encoder, CropPolicy(tiling=True, tile_size=32))]
+
+
+def test_clip_pass_resolves_its_policy_and_names_its_views(encoder):
+    p = ClipPass(encoder, CropPolicy(tiling=True))
+    assert p.policy.tile_size == 2 * encoder.image_size and p.key == f"tiles:{2 * encoder.image_size}:1536:up"
+    assert ClipPass(encoder, CropPolicy()).key == "whole"
+
+
+def test_reader_makes_only_the_missing_views(tmp_path, files, passes):
+    with EmbeddingStore(tmp_path / "s.db") as store:
+        reader = FileReader(store, passes, Known([set(), set()]))
+        item = reader.read(0, files[1])  # 90x80 with 32 px tiles: one whole view, five tiles
+        assert item.error is None and item.size == os.path.getsize(files[1])
+        assert {i: v.shape[0] for i, v in item.views.items()} == {0: 1, 1: 5}
+        assert all(v.dtype == torch.uint8 for v in item.views.values())
+        # content already embedded for pass 0 only: only pass 1 is made
+        reader = FileReader(store, passes, Known([{item.content}, set()]))
+        again = reader.read(1, files[1])
+        assert list(again.views) == [1] and again.content == item.content
+        # a broken file is an error for that file, not an exception
+        bad = reader.read(2, files[2])
+        assert bad.error and not bad.views
+        reader.close()
+
+
+def test_writer_records_a_file_once_all_its_embeddings_are_in(tmp_path, files, passes):
+    with EmbeddingStore(tmp_path / "s.db") as store:
+        rows = register_passes(store, passes)
+        known = Known([set(), set()])
+        report = EmbedReport(total=1)
+        seen = []
+        writer = StoreWriter(store, rows, [p.key for p in passes], known, report, lambda p, e: seen.append((p, e)))
+        item = FileReader(store, passes, known).read(0, files[0])
+        writer.expect(item)
+        writer.write([[(0, torch.zeros(1, 768))], []])
+        assert store.file(files[0]) is None and not seen  # pass 1 not in yet: no file row
+        writer.write([[], [(0, torch.ones(1, 768))]])
+        assert store.file(files[0]).content == item.content and seen == [(files[0], None)]
+        assert report.embedded == 1 and not known.missing(item.content)
+
+
+def test_block_scoring_isolates_a_bad_image(files, encoder, score_head):
+    model = ScoringModel().add(score_head, encoder)
+    skipped = []
+    rows = list(score_files(model, files, ScoreOptions(batch_size=8), lambda p, why: skipped.append(p)))
+    assert [p for p, _ in rows] == files[:2]
+    assert [os.path.basename(p) for p in skipped] == ["broken.png"]
+
+
+def test_selection_is_inactive_without_bounds():
+    rows = [(f"{i}.png", {"h": HeadResult("h", "score", ["score"], [v], v, 1)}) for i, v in enumerate([0.2, 0.9, 0.5])]
+    assert Selection().apply(rows) == rows and not Selection().active
+    sel = Selection.parse(mins=["0.3"], top=1)
+    assert [p for p, _ in sel.apply(rows)] == ["1.png"]
+
+
+def test_the_sqlite_store_meets_the_store_protocol(tmp_path):
+    with EmbeddingStore(tmp_path / "s.db") as store:
+        assert isinstance(store, Store)
+
+
+def test_a_schema_1_store_opens_and_answers_the_same(tmp_path):
+    db = tmp_path / "old.db"
+    with EmbeddingStore(db) as store:
+        with store.transaction():
+            store.put_scores([("a.png", "Aes", "mean", StoredScore(0.7, "70%", None, "score")),
+                              ("a.png", "Cls", "mean", StoredScore(0.4, "Pass", {"Pass": 0.6, "JPEG": 0.4}, "class"))])
+    con = sqlite3.connect(db)  # make it a store as schema 1 wrote it: no kind column
+    con.execute("ALTER TABLE scores DROP COLUMN kind")
+    con.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    con.commit()
+    con.close()
+    with EmbeddingStore(db, create=False, readonly=True) as store:  # read as it is
+        old = store.scores()
+    assert old["a.png"]["Aes"] == (0.7, "70%", None, "score")
+    assert old["a.png"]["Cls"].kind == "class" and old["a.png"]["Cls"].extra == {"Pass": 0.6, "JPEG": 0.4}
+    with EmbeddingStore(db) as store:  # opened for writing: migrated, same answers
+        assert store.scores() == old
+    assert sqlite3.connect(db).execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == ("2",)
