@@ -25,7 +25,7 @@ def build_demo(folder: Path) -> tuple[Path, list[Path], Path]:
     from .crops import CropPolicy
     from .images import decode_image
     from .loading import load_encoder
-    from .pipeline import iter_embeddings
+    from .embedding import iter_embeddings
     from .samples import build_head, build_tiny_clip, make_sample_images
 
     models, images = folder / "models", folder / "images"

@@ -115,3 +115,11 @@ def test_console_script_module_runs(image_dir, tiny_clip_dir, score_head_path):
     assert proc.returncode == 0, proc.stderr
     assert len(proc.stdout.splitlines()) == 3
     assert "\r" not in proc.stderr  # no progress bar when stderr is not a terminal
+
+
+def test_demo_builds_and_scores_its_samples(tmp_path, capsys):
+    code, out, err = run(["demo", "--dir", str(tmp_path / "demo"), "--no-progress"], capsys)
+    assert code == 0, err
+    table = [line.split("\t") for line in out.splitlines() if "\t" in line]
+    assert table[0] == ["path", "Demo-Aesthetics-v0", "Demo-ChromaticAberration-v0", "Demo-Compression-v0"]
+    assert len(table) == 7 and all(row[0].endswith(".png") for row in table[1:])

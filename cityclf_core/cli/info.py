@@ -1,10 +1,19 @@
-"""cityclf models / demo: the known releases; a first run with nothing downloaded."""
+"""cityclf store-info / models / demo: what a store holds; the known releases; a first run with nothing downloaded."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from .common import progress_enabled
+
+
+def cmd_store_info(args) -> int:
+    from ..store import EmbeddingStore
+
+    with EmbeddingStore(args.store, create=False) as store:
+        print(json.dumps(store.stats(), indent=2))
+    return 0
 
 
 def cmd_models(args) -> int:
@@ -29,6 +38,10 @@ def cmd_demo(args) -> int:
 
 
 def register(sub) -> None:
+    p = sub.add_parser("store-info", help="what a store holds")
+    p.add_argument("--store", required=True, metavar="DB")
+    p.set_defaults(func=cmd_store_info)
+
     p = sub.add_parser("models", help="list the known releases, their CLIP pairings and local copies")
     p.add_argument("--models-dir", metavar="DIR")
     p.set_defaults(func=cmd_models)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 
 from ..errors import ConfigError
@@ -81,14 +80,6 @@ def cmd_export(args) -> int:
     return 0
 
 
-def cmd_store_info(args) -> int:
-    from ..store import EmbeddingStore
-
-    with EmbeddingStore(args.store, create=False) as store:
-        print(json.dumps(store.stats(), indent=2))
-    return 0
-
-
 def register(sub) -> None:
     p = sub.add_parser("query", help="select and act on stored scores (no models needed)")
     p.add_argument("--store", required=True, metavar="DB")
@@ -118,7 +109,3 @@ def register(sub) -> None:
     p.add_argument("--clip", metavar="ID_OR_DIR", help="which CLIP's embeddings (when the store has several)")
     p.add_argument("--policy", help="which crop policy's embeddings, e.g. whole or tiles:672:1536:up")
     p.set_defaults(func=cmd_export)
-
-    p = sub.add_parser("store-info", help="what a store holds")
-    p.add_argument("--store", required=True, metavar="DB")
-    p.set_defaults(func=cmd_store_info)
