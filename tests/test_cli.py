@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import subprocess
 import sys
 
@@ -122,4 +123,4 @@ def test_demo_builds_and_scores_its_samples(tmp_path, capsys):
     assert code == 0, err
     table = [line.split("\t") for line in out.splitlines() if "\t" in line]
     assert table[0] == ["path", "Demo-Aesthetics-v0", "Demo-ChromaticAberration-v0", "Demo-Compression-v0"]
-    assert len(table) == 7 and all(row[0].endswith(".png") for row in table[1:])
+    assert len(table) == 7 and all(Path(row[0]).parent.name == "images" and len(row) == 4 for row in table[1:])
