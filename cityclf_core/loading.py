@@ -18,6 +18,7 @@ from .catalogue import VIT_L14_336, default_models_dir, default_policy, paired_c
 from .encoders import Encoder, TransformersClipEncoder, locate_clip, pick_device, pick_dtype
 from .heads import Head
 from .pipeline import ScoringModel
+from .store import StoredEncoder
 
 _ENCODERS: "OrderedDict[tuple, Encoder]" = OrderedDict()
 _ENCODERS_LOCK = threading.Lock()
@@ -118,8 +119,6 @@ def load_stored_model(
     Each head's CLIP is found by identity (fingerprinted from its files when they
     are on this machine) or else by the source it was recorded from.
     """
-    from .store import StoredEncoder
-
     models_dir = Path(models_dir) if models_dir else default_models_dir()
     model = ScoringModel()
     encoders: dict[int, StoredEncoder] = {}

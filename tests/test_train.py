@@ -407,3 +407,13 @@ def test_shift_channels_moves_red_and_blue_apart():
     assert out[0, 2, 2] == 255 and out[0, 4, 2] == 0  # blue moved left by 2
     assert out[0, 4, 1] == 255  # green stays
     assert (shift_channels(rgb, 0, 0) == rgb).all()
+
+
+def test_training_leaves_the_callers_config_unchanged(colour_dataset, tmp_path):
+    cfg = parse_config({"model": {"base": "NoLabels", "rev": "v0", "arch": "class"},
+                        "train": {"lr": 1e-4, "steps": 64, "batch": 8}})
+    assert cfg.labels == {}
+    before = repr(cfg)
+    result = train(cfg, colour_dataset, tmp_path, log=lambda *a: None)
+    assert repr(cfg) == before  # the labels the data filled in went into the run's own copy
+    assert load_head(result.weights).labels == ["0", "1"]

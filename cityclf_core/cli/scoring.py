@@ -76,8 +76,8 @@ def _score_with_store(args) -> int:
         return finish(args, rows, problems, roots=args.paths, writer=None if stream else writer, store=store)
 
 
-def _embed_into(args, store, problems: Problems):
-    """Embed args.paths into `store` for the heads' CLIP passes; returns (absolute paths, model or None)."""
+def _embed_into(args, store, problems: Problems, shard: str | None = None):
+    """Embed args.paths (shard K/N of them) into `store` for the heads' CLIP passes; (absolute paths, model or None)."""
     from ..dataset import clip_passes, embed_files, in_shard, parse_shard
     from ..embedding import ClipPass
     from ..loading import load_encoder
@@ -85,7 +85,6 @@ def _embed_into(args, store, problems: Problems):
     files, missing = find_images(args.paths)
     for path, reason in missing:
         problems.add(path, reason)
-    shard = getattr(args, "shard", None)  # embed has --shard, score does not
     if shard:
         part = parse_shard(shard)
         files = [f for f in files if in_shard(f, args.paths, part)]
@@ -123,7 +122,7 @@ def cmd_embed(args) -> int:
         raise ConfigError("name the heads (--model) whose CLIP and crops to embed for, or a --clip")
     problems = Problems()
     with EmbeddingStore(args.store) as store:
-        _embed_into(args, store, problems)
+        _embed_into(args, store, problems, shard=args.shard)
     problems.write_report(args.report)
     return 1 if len(problems) else 0
 
