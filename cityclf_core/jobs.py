@@ -91,7 +91,7 @@ def embed_targets(model: ScoringModel, store: EmbeddingStore, tiling: str = "aut
         enc = g.encoder
         if enc.embed_dim is None:
             raise StoreError(f"CLIP {enc.name}: its embedding size is unknown until it runs; use a transformers CLIP")
-        row = store.register_encoder(enc.identity, enc.name, getattr(enc, "source", enc.name),
+        row = store.register_encoder(enc.identity, enc.name, enc.source,
                                      enc.image_size, enc.embed_dim)
         targets.append(EmbedTarget(enc, g.policy, policy_key(g.policy), row))
     return targets
@@ -287,7 +287,7 @@ def score_store(
         per_path: dict[str, dict[str, HeadResult]] = {p: {} for p in part}
         missing: dict[str, str] = {}
         for g in groups:
-            row = store.find_encoder(g.encoder.identity, getattr(g.encoder, "source", g.encoder.name))
+            row = store.find_encoder(g.encoder.identity, g.encoder.source)
             key = policy_key(g.policy)
             found, counts, stacked, absent = store.read_embeddings(part, row, key)
             for p in absent:

@@ -12,7 +12,7 @@ from ..cityclf_core import ConfigError
 from ..cityclf_core.annotate import caption_tensor
 from . import comfy_bridge as bridge
 from .batches import flat_floats, images_in, stack_runs
-from .common import CATEGORY, first
+from .common import CATEGORY, Output, declare_outputs, first
 
 
 def lines_for(index: int, scores, labels, payloads) -> list[str]:
@@ -55,10 +55,11 @@ class CityClfShow:
             },
         }
 
-    RETURN_TYPES = ("IMAGE",)
-    RETURN_NAMES = ("images",)
-    OUTPUT_IS_LIST = (True,)
-    OUTPUT_TOOLTIPS = ("The images with their scores written on them (same sizes; one batch per size).",)
+    OUTPUTS = [
+        Output("IMAGE", "images", True,
+               "The images with their scores written on them (same sizes; one batch per size)."),
+    ]
+    RETURN_TYPES, RETURN_NAMES, OUTPUT_IS_LIST, OUTPUT_TOOLTIPS = declare_outputs(OUTPUTS)
     OUTPUT_NODE = True
     FUNCTION = "show"
     CATEGORY = CATEGORY
