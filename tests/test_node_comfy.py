@@ -282,3 +282,23 @@ def test_load_images_refuses_with_a_clear_message(nodes, tmp_path, monkeypatch):
     monkeypatch.delenv("CITYCLF_ALLOWED_ROOTS", raising=False)
     with pytest.raises(ConfigError, match="CITYCLF_ALLOWED_ROOTS"):
         nodes.CityClfLoadImages().load(folder=str(tmp_path))
+
+
+# ---------------------------------------------------------------- 8: Show Scores on small images
+
+
+@pytest.mark.parametrize("w, h", [(64, 64), (96, 80), (64, 40)])
+def test_show_fits_every_character_on_small_images(w, h):
+    from PIL import Image, ImageDraw
+
+    from cityclf_core.annotate import caption, font, layout
+
+    lines = ["TestAesthetics-v1: 0.734 (73%)", "TestCompression-v1: JPEG (not-pass 0.81)"]
+    draw = ImageDraw.Draw(Image.new("RGB", (w, h)))
+    size, pad, wrapped = layout(draw, lines, w, h, 9)
+    assert all(draw.textlength(x, font=font(size)) <= w - 2 * pad for x in wrapped)  # nothing clipped
+    assert (size + pad) * len(wrapped) + pad <= h  # nothing below the image
+    if h >= 64:  # all of it, wrapped, not cut short
+        assert "".join(wrapped).replace(" ", "") == "".join(lines).replace(" ", "")
+    out = caption(Image.new("RGB", (w, h), (200, 200, 200)), lines)
+    assert out.size == (w, h)
