@@ -68,6 +68,7 @@ class ManagedClipEncoder(Encoder):
             if self._clip is None:
                 self._clip = self._read()
                 self.identity = self._clip.identity  # the folder's weights may have changed
+                self._patcher = None  # the unloaded one held no weights; ComfyUI is done with it by now
             if bridge.in_comfy():
                 import comfy.model_management as mm
 
@@ -105,10 +106,11 @@ class ManagedClipEncoder(Encoder):
             self.release()
 
     def release(self) -> None:
+        """Drop the weights. The (now empty) patcher is kept until the next prepare(): ComfyUI
+        tracks patchers by weak reference and is still iterating its list while it unloads us."""
         with self._lock:
             if self._patcher is not None:
                 self._patcher.model.clip = None
-            self._patcher = None
             self._clip = None
 
     def _read(self) -> TransformersClipEncoder:

@@ -96,8 +96,8 @@ class CityClfTag:
         (Load Images), the sidecars cannot be listed here, so the node always runs again."""
         if not first(write_sidecars, False):
             return ""
-        if paths is None:
-            return float("nan")  # linked paths: unknown here; NaN never equals itself, so it always reruns
+        if paths is None or (isinstance(paths, (list, tuple)) and all(p is None for p in paths)):
+            return float("nan")  # linked paths (ComfyUI passes (None,)): unknown here; NaN never equals itself
         return sidecar_state(path_list(paths))
 
     def tag(self, model, images, thresholds="0.5", score_bucket="decile", tag_names="", separator=", ",

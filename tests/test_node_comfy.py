@@ -203,8 +203,8 @@ def test_tag_is_changed_follows_the_sidecars(nodes, tmp_path):
     assert tag.IS_CHANGED(**args) != second  # edited
     img.with_suffix(".txt").unlink()
     assert tag.IS_CHANGED(**args) == first  # deleted again: differs from the last run's state
-    linked = tag.IS_CHANGED(write_sidecars=[True])  # paths from another node: not visible here
-    assert linked != linked  # NaN: always runs again
+    for linked in (tag.IS_CHANGED(write_sidecars=[True]), tag.IS_CHANGED(write_sidecars=[True], paths=(None,))):
+        assert linked != linked  # paths from another node (ComfyUI passes (None,)): NaN, always runs again
     assert tag.IS_CHANGED(write_sidecars=[False], paths=[str(img)]) == ""
 
 
