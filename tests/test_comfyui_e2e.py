@@ -419,31 +419,71 @@ def test_example_workflows_have_no_missing_nodes(comfy, object_info):
         assert not missing, f"{f.name}: missing node types {missing}"
 
 
-def test_scores_show_on_the_node_in_the_browser(comfy):
-    """The pack's web extension loads in ComfyUI's frontend and shows a node's reported scores."""
+def shots():
+    """docs/screenshot_workflows.py, whose functions drive the frontend for these tests too."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("cityclf_shots", ROOT / "docs" / "screenshot_workflows.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def browser_page(comfy):
     sync_api = pytest.importorskip("playwright.sync_api", reason="needs Playwright's Python package")
     chromium = os.environ.get("CHROMIUM", "/usr/bin/chromium")
     if not Path(chromium).exists():
         pytest.skip(f"needs a Chromium at {chromium} (set CHROMIUM)")
     with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"])
-        page = browser.new_page()
+        browser, page = shots().open_page(p, comfy.url, chromium)
         errors = []
         page.on("pageerror", lambda e: errors.append(str(e)))
-        page.goto(comfy.url)
-        page.wait_for_function("() => window.app && window.app.graph", timeout=120_000)
-        page.wait_for_timeout(2000)
-        names = page.evaluate("() => window.app.extensions.map(e => e.name)")
-        shown = page.evaluate("""() => {
-            const node = LiteGraph.createNode('CityClfPredict'); window.app.graph.add(node);
-            node.onExecuted({text: ['#0: A-v1: 0.700 (70%)', '#1: A-v1: 0.200 (20%)']});
-            const w = node.widgets.find(w => w.name === 'cityclf_results');
-            return {text: w ? w.element.value : null, serialized: node.serialize().widgets_values.length,
-                    widgets: node.widgets.length};
-        }""")
+        yield page, errors
         browser.close()
+
+
+def test_scores_show_on_the_node_in_the_browser(browser_page):
+    """The pack's web extension loads in ComfyUI's frontend and shows a node's scores, all of them."""
+    page, errors = browser_page
+    names = page.evaluate("() => window.app.extensions.map(e => e.name)")
+    lines = [f"#{i}: A-v1: 0.{70 + i}0 ({70 + i}%)" for i in range(6)]
+    page.evaluate("""(lines) => {
+        window.app.graph.clear();
+        const node = LiteGraph.createNode('CityClfPredict'); node.pos = [100, 100]; window.app.graph.add(node);
+        node.onExecuted({text: lines});
+        window.app.canvas.ds.offset = [0, 0]; window.app.canvas.ds.scale = 1; window.app.canvas.setDirty(true, true);
+    }""", lines)
+    page.wait_for_timeout(1000)
+    shown = page.evaluate("""() => {
+        const node = window.app.graph._nodes[0];
+        const w = node.widgets.find(w => w.name === 'cityclf_results');
+        const el = w ? w.element : null;
+        return {text: el ? el.value : null, serialized: node.serialize().widgets_values.length,
+                widgets: node.widgets.length, clientHeight: el ? el.clientHeight : 0,
+                scrollHeight: el ? el.scrollHeight : 1};
+    }""")
     assert "cityclf.ShowResults" in names
-    assert shown["text"] == "#0: A-v1: 0.700 (70%)\n#1: A-v1: 0.200 (20%)"
+    assert shown["text"] == "\n".join(lines)
     assert shown["serialized"] == shown["widgets"] - 1  # the results box is not saved into workflows
+    assert shown["scrollHeight"] <= shown["clientHeight"] + 1, shown  # six lines show without scrolling
     assert not [e for e in errors if "cityclf" in e.lower()]
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (ROOT / "example_workflows").glob("*.json")))
+def test_example_workflow_nodes_do_not_overlap_after_a_run(browser_page, name, tmp_path):
+    """Issue 9.7: results boxes grow to their content, and the example workflows leave room for them."""
+    page, errors = browser_page
+    helper = shots()
+    helper.load_workflow(page, json.loads((ROOT / "example_workflows" / f"{name}.json").read_text()))
+    before = helper.node_boxes(page)
+    assert helper.simulate_run(page) >= 3
+    after = helper.node_boxes(page)
+    grown = [a["type"] for a, b in zip(after, before) if a["box"][3] > b["box"][3]]
+    assert "CityClfLoader" in grown  # results arrived and the nodes grew to show them
+    png = tmp_path / f"{name}.png"
+    helper.frame_and_shoot(page, png)
+    assert helper.overlaps(after) == [], f"overlapping nodes after a run; see {png}"
+    assert not [e for e in errors if "cityclf" in e.lower()]
+
+
