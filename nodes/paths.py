@@ -45,13 +45,16 @@ def refusal(path: str, what: str, roots: list[str]) -> PathRefused:
 
 
 def confine(path: str, what: str, roots: list[str] | None = None) -> str:
-    """`path` resolved (relative to ComfyUI's input folder, symlinks followed); refused if outside."""
+    """`path` made absolute (relative ones are in ComfyUI's input folder), refused unless it lies in
+    an allowed root once `..` and every symlink are resolved. The path is returned as given, not
+    normalised (the system resolves it as the check did), so a sidecar goes beside a linked image,
+    not beside its target; writers check again what they write after resolving it."""
     roots = allowed_roots() if roots is None else roots
     text = os.path.expanduser(str(path).strip())
     full = text if os.path.isabs(text) else os.path.join(bridge.input_dir(), text)
     if not inside(full, roots):
         raise refusal(str(path), what, roots)
-    return os.path.realpath(full)
+    return full
 
 
 def is_allowed(path: str | os.PathLike, roots: list[str]) -> bool:

@@ -67,13 +67,17 @@ def inside_image(folder, name="img.png"):
     return folder / name
 
 
-@pytest.mark.parametrize("how", ["absolute", "dotdot", "yaml"])
+@pytest.mark.parametrize("how", ["absolute", "dotdot", "yaml", "dir-link", "dir-link-dotdot"])
 def test_tag_refuses_paths_out_of_the_roots_and_writes_nothing(world, tag, how):
     ok = inside_image(world["input"])
+    (world["outside"] / "deep").mkdir()
+    os.symlink(world["outside"] / "deep", world["input"] / "escape", target_is_directory=True)
     target = {
         "absolute": str(world["outside"] / "victim.png"),
         "dotdot": "../outside/victim.png",  # relative to the input folder
         "yaml": str(world["outside"] / "settings.yaml"),  # the attack the issue describes: creates settings.txt
+        "dir-link": "escape/../victim.png",  # textually inside input/, really outside/victim.png
+        "dir-link-dotdot": str(world["input"] / "escape" / ".." / "victim.png"),
     }[how]
     before = snapshot(world["outside"])
     with pytest.raises(ConfigError, match="outside the folders this node may use") as e:
