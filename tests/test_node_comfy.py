@@ -302,3 +302,25 @@ def test_show_fits_every_character_on_small_images(w, h):
         assert "".join(wrapped).replace(" ", "") == "".join(lines).replace(" ", "")
     out = caption(Image.new("RGB", (w, h), (200, 200, 200)), lines)
     assert out.size == (w, h)
+
+
+# ---------------------------------------------------------------- the ComfyUI harness (issue 13.9)
+
+
+def test_comfyui_harness_checks_its_input(tmp_path):
+    import subprocess
+
+    script = ROOT / "scripts" / "comfyui_harness.sh"
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    usage = subprocess.run(["bash", str(script)], capture_output=True, text=True)
+    assert usage.returncode == 2 and "usage" in usage.stderr
+    repo = tmp_path / "not-comfy"
+    repo.mkdir()
+    (repo / "README").write_text("x\n")
+    git = ["git", "-c", "user.email=t@t", "-c", "user.name=t", "-C", str(repo)]
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    subprocess.run([*git, "add", "README"], check=True)
+    subprocess.run([*git, "commit", "-qm", "x"], check=True)
+    out = subprocess.run(["bash", str(script), str(repo), str(tmp_path / "target")], capture_output=True, text=True)
+    assert out.returncode == 2 and "not a ComfyUI tree" in out.stderr
+    assert (tmp_path / "target" / "README").is_file() and not (tmp_path / "target" / "venv").exists()
