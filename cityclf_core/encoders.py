@@ -21,7 +21,6 @@ import json
 import os
 import threading
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -36,18 +35,37 @@ _CLIP_FILES = ["config.json", "preprocessor_config.json", "model.safetensors", "
 
 
 class Encoder:
-    """Turns [N, 3, S, S] float views in [0, 1] into [N, D] float32 embeddings."""
+    """Turns [N, 3, S, S] float views in [0, 1] into [N, D] float32 embeddings.
+
+    What every encoder declares: `image_size` (S), `embed_dim` (D, None until
+    known), `identity` (a fingerprint of its weights: embeddings of two encoders
+    mix only when their identities match), `name` (for messages), `source`
+    (where it came from, as an embedding store records it), `device` (where
+    `encode` runs) and `prepare()` (called once before each run, to place the
+    model on that device; hosts with a model manager override it).
+    """
 
     image_size: int
     embed_dim: int | None
     identity: str
     name: str
-    #: Called once before each run (ComfyUI sets it to load the model onto the GPU).
-    prepare: Callable[[], None] | None = None
+    _source: str | None = None
+
+    @property
+    def source(self) -> str:
+        """A folder's absolute path or a hub id for encoders loaded from one; else the name."""
+        return self._source or self.name
+
+    @source.setter
+    def source(self, value: str) -> None:
+        self._source = value
 
     @property
     def device(self) -> torch.device:
         return torch.device("cpu")
+
+    def prepare(self) -> None:
+        """Make the model ready to encode on `device`; nothing to do for a model that stays put."""
 
     def encode(self, views: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -139,8 +157,9 @@ class TransformersClipEncoder(Encoder):
     """A transformers CLIP vision model with projection."""
 
     def __init__(self, model, mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD, name: str = "clip",
-                 dtype: torch.dtype | None = None):
+                 dtype: torch.dtype | None = None, source: str | None = None):
         self.model = model.eval()
+        self._source = source
         cfg = model.config
         self.image_size = int(cfg.image_size)
         self.embed_dim = int(cfg.projection_dim)
@@ -198,7 +217,8 @@ class TransformersClipEncoder(Encoder):
         return cls.from_folder(folder, name=name, device=device, dtype=pick_dtype(dtype, device))
 
     @classmethod
-    def from_folder(cls, folder: Path, name: str, device: torch.device, dtype: torch.dtype):
+    def from_folder(cls, folder: Path, name: str, device: torch.device, dtype: torch.dtype,
+                    source: str | None = None):
         from transformers import CLIPVisionModelWithProjection
 
         check_clip_folder(folder)
@@ -223,7 +243,7 @@ class TransformersClipEncoder(Encoder):
                 std = tuple(p.get("image_std", std))
             except (ValueError, OSError):
                 pass
-        enc = cls(model, mean=mean, std=std, name=name)
+        enc = cls(model, mean=mean, std=std, name=name, source=source)
         return enc.to(device=device, dtype=dtype)
 
 
@@ -348,13 +368,16 @@ class TimedEncoder(Encoder):
 
     def __init__(self, inner: Encoder):
         self.inner = inner
-        for k in ("image_size", "embed_dim", "identity", "name"):
-            setattr(self, k, getattr(inner, k))
+        self.image_size, self.embed_dim = inner.image_size, inner.embed_dim
+        self.identity, self.name, self.source = inner.identity, inner.name, inner.source
         self.seconds, self.views = 0.0, 0
 
     @property
     def device(self) -> torch.device:
         return self.inner.device
+
+    def prepare(self) -> None:
+        self.inner.prepare()
 
     def encode(self, views: torch.Tensor) -> torch.Tensor:
         import time

@@ -49,8 +49,8 @@ def load_encoder(
         if key in _ENCODERS:
             _ENCODERS.move_to_end(key)
             return _ENCODERS[key]
-    encoder = TransformersClipEncoder.from_folder(Path(folder), name=name, device=dev, dtype=dt)
-    encoder.source = source_name(source)  # how an embedding store records where it came from
+    encoder = TransformersClipEncoder.from_folder(Path(folder), name=name, device=dev, dtype=dt,
+                                                  source=source_name(source))
     with _ENCODERS_LOCK:
         _ENCODERS[key] = encoder
         while len(_ENCODERS) > MAX_CACHED_ENCODERS:

@@ -280,8 +280,7 @@ def score_images(
     results: list[dict[str, HeadResult]] = [{} for _ in flat]
     for key, enc_groups in by_encoder.items():
         encoder = enc_groups[0].encoder
-        if encoder.prepare is not None:
-            encoder.prepare()
+        encoder.prepare()
         size = batch_size or default_batch_size(encoder.device)
         embedded = dict(iter_plan_embeddings(encoder, zip(flat, unique[key]), size, tick, names))
         for gi, g in enumerate(enc_groups):

@@ -42,6 +42,13 @@ class HeadResult:
     def to_dict(self) -> dict:
         return self.kind.to_dict(self)
 
+    @classmethod
+    def from_dict(cls, head: str, d: dict) -> "HeadResult":
+        """The inverse of to_dict (e.g. a node reading Predict's JSON output)."""
+        probs = d.get("probs")
+        labels, values = (list(probs), list(probs.values())) if probs else (["score"], [d["score"]])
+        return cls(head, d["arch"], labels, values, d["score"], d.get("views", 0))
+
     def summary(self) -> str:
         return self.kind.summary(self)
 

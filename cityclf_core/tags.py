@@ -13,13 +13,12 @@ kept as it was, and a rerun with the same results leaves the file unchanged.
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from .errors import ConfigError, ImageError
+from .errors import ConfigError
 from .results import HeadResult
+from .sidecars import merge_caption, sidecar_path, write_sidecar  # noqa: F401  (moved; re-exported)
 
 BUCKETS = ("none", "decile", "percent")
 
@@ -126,51 +125,6 @@ class TagRules:
                 patterns += pats
         words.discard("")
         return words, patterns
-
-
-def sidecar_path(image_path: str | os.PathLike) -> Path:
-    """`dir/name.png` -> `dir/name.txt`, the caption file the usual trainers read."""
-    p = Path(image_path)
-    return p.with_suffix(".txt")
-
-
-def merge_caption(existing: str, tags: list[str], owned) -> str:
-    """`existing` with tags we own (owned(tag) True) replaced by `tags`; all other text kept.
-
-    Comma-separated tokens are compared after stripping spaces; tokens we do not own
-    keep their exact spelling, order and spacing.
-    """
-    body = existing.rstrip("\r\n")
-    trailing = existing[len(body):]
-    tokens = body.split(",") if body.strip() else []
-    kept = [t for t in tokens if not owned(t.strip())]
-    present = {t.strip() for t in kept}
-    missing = [t for t in tags if t not in present]
-    if [t.strip() for t in tokens] == [t.strip() for t in kept] and not missing:
-        return existing  # nothing to change: byte-identical
-    text = ",".join(kept).rstrip()
-    if missing:
-        text = (text + ", " if text.strip() else "") + ", ".join(missing)
-    return text + (trailing or "\n")
-
-
-def write_sidecar(image_path: str | os.PathLike, tags: list[str], owned) -> tuple[Path, bool]:
-    """Update `<image stem>.txt`; returns (path, changed). Atomic: a crash never leaves half a file."""
-    image_path = Path(image_path)
-    if not image_path.is_file():
-        raise ImageError(f"{image_path}: no such image file; sidecars are written only next to existing images")
-    path = sidecar_path(image_path)
-    try:
-        existing = path.read_text(encoding="utf-8") if path.exists() else ""
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path} is not UTF-8 text; left untouched") from None
-    new = merge_caption(existing, tags, owned)
-    if new == existing:
-        return path, False
-    tmp = path.with_name(f".{path.name}.cityclf-tmp")
-    tmp.write_text(new, encoding="utf-8")
-    os.replace(tmp, path)
-    return path, True
 
 
 def owner(rules: TagRules, results: list[dict[str, HeadResult]]):

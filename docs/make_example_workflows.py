@@ -227,27 +227,26 @@ def gate_workflow() -> dict:
 
 def tag_workflow() -> dict:
     w = Workflow()
-    w.add("Note", (0, -220), {"text": (
+    w.add("Note", (0, -240), {"text": (
         "Tag a folder of images with three heads in one pass per CLIP: the aesthetic bucket "
         "(aesthetic_70), chromatic_aberration, jpeg_artifacts / webp_artifacts.\n"
-        "Set the folder (absolute, or inside ComfyUI/input). With write_sidecars on, tags go to image.txt beside "
-        "each image; rerunning replaces only these tags and keeps the rest of the file.")}, (700, 140))
+        "Set the folder (inside ComfyUI/input, or the output folder). With write_sidecars on, tags go to "
+        "image.txt beside each image; rerunning replaces only these tags and keeps the rest of the file.\n"
+        "The Tag node lists every image's tags after a run.")}, (700, 160))
     folder = w.add("CityClfLoadImages", (0, 0), {"folder": "dataset", "recursive": False}, (320, 160))
-    vit_l = clip_vision(w, 224, (0, 220))
-    vit_l_336 = clip_vision(w, 336, (720, 220))
-    aes = loader(w, "CityAesthetics-Anime-v1.8", vit_l, (0, 320))
-    ca = loader(w, "CCAnime-ChromaticAberration-v1.16", vit_l, (360, 320), add_to=aes)
-    comp = loader(w, "CCAnime-Compression-v1.5", vit_l_336, (720, 320), add_to=ca)
+    vit_l = clip_vision(w, 224, (0, 520))
+    vit_l_336 = clip_vision(w, 336, (720, 520))
+    aes = loader(w, "CityAesthetics-Anime-v1.8", vit_l, (0, 620))
+    ca = loader(w, "CCAnime-ChromaticAberration-v1.16", vit_l, (360, 620), add_to=aes)
+    comp = loader(w, "CCAnime-Compression-v1.5", vit_l_336, (720, 620), add_to=ca)
     tag = w.add("CityClfTag", (1100, 0), {"thresholds": "0.5", "score_bucket": "decile", "write_sidecars": True},
                 (360, 420))
     show = w.add("CityClfShow", (1500, 0), {}, (420, 460))
-    preview = w.add("PreviewAny", (1500, 520), {}, (420, 200), title="Tags")
     w.link(comp, "model", tag, "model")
     w.link(folder, "images", tag, "images")
     w.link(folder, "paths", tag, "paths")
     w.link(folder, "images", show, "images")
     w.link(tag, "tags", show, "labels")
-    w.link(tag, "tags", preview, "source")
     return w.to_json()
 
 

@@ -1,13 +1,17 @@
-"""Renders each example workflow in a real ComfyUI, in headless Chromium, to PNG and a JPEG thumbnail.
+"""Renders each example workflow in a real ComfyUI, in headless Chromium, as it looks after a run.
 
 Needs a ComfyUI checkout with its requirements (COMFYUI_DIR, see
-../shared/tools/comfyui-setup.sh), Chromium, and Playwright's Python package
-(only its driver: the system Chromium is used, nothing is downloaded):
+scripts/comfyui_harness.sh), Chromium, and Playwright's Python package (only its
+driver: the system Chromium is used, nothing is downloaded):
 
     COMFYUI_DIR=/tmp/comfyui CHROMIUM=/usr/bin/chromium python docs/screenshot_workflows.py
 
-Writes docs/workflows/<name>.png (for the README) and example_workflows/<name>.jpg
-(the template thumbnail ComfyUI shows beside each workflow).
+For each workflow it loads the file into ComfyUI's frontend, delivers results to
+our nodes the way the server does after a run (an `executed` message with as many
+lines as the results box can show), checks that no node overlaps another, and
+writes docs/workflows/<name>.png (for the README) and example_workflows/<name>.jpg
+(the template thumbnail ComfyUI shows beside each workflow). The same functions
+drive the browser test in tests/test_comfyui_e2e.py.
 """
 
 from __future__ import annotations
@@ -23,6 +27,12 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
+#: Lines of results each node reports after a run: more than its box shows (it scrolls past 16) for the
+#: nodes that list images; a loader lists the heads of its chain.
+RESULT_LINES = {"CityClfPredict": 20, "CityClfTag": 20, "CityClfLoadImages": 20, "CityClfLoader": 1,
+                "CityClfGate": 1, "CityClfSort": 1}
 
 
 def free_port() -> int:
@@ -54,6 +64,102 @@ def start_comfy(comfy: Path, work: Path) -> tuple[subprocess.Popen, str]:
     raise SystemExit("ComfyUI did not start; see " + str(work / "server.log"))
 
 
+def open_page(playwright, url: str, chromium: str):
+    """(browser, page) on ComfyUI's frontend, ready, with the minimap and canvas info off."""
+    browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+    page = browser.new_page(viewport={"width": 1920, "height": 1000}, device_scale_factor=1)
+    page.goto(url)
+    page.wait_for_function("() => window.app && window.app.graph && window.app.canvas", timeout=120_000)
+    page.wait_for_timeout(3000)
+    page.evaluate("""async () => {
+        try { await window.app.extensionManager.setting.set("Comfy.Minimap.Visible", false); } catch (e) {}
+        window.app.canvas.render_info = false; window.app.canvas.show_info = false;
+    }""")
+    return browser, page
+
+
+def load_workflow(page, workflow: dict) -> None:
+    page.evaluate("async (wf) => { await window.app.loadGraphData(wf, true, true); }", workflow)
+    page.wait_for_timeout(1500)
+    page.keyboard.press("Escape")  # close a missing-models dialog, if one opened
+    page.evaluate("""() => document.querySelectorAll('.p-dialog-mask, .p-dialog').forEach(e => e.remove())""")
+
+
+def simulate_run(page, lines: dict[str, int] = RESULT_LINES) -> int:
+    """Deliver results to our nodes through the frontend's own `executed` handler, as after a run;
+    returns how many nodes got results."""
+    count = page.evaluate("""(lines) => {
+        let n = 0;
+        for (const node of window.app.graph._nodes) {
+            let k = lines[node.type];
+            if (!k) continue;
+            if (node.type === "CityClfLoader") {  // one line per head of its chain (add_to)
+                k = 1;
+                for (let up = node; (up = up.getInputNode(up.findInputSlot("add_to"))); ) k += 1;
+            }
+            const line = {
+                CityClfPredict: (i) => `#${i}: CityAesthetics-Anime-v1.8: 0.${710 + 7 * i} (${71 + i}%)`,
+                CityClfTag: (i) => `#${i}: aesthetic_70, ` + (i % 3 ? "jpeg_artifacts" : "chromatic_aberration"),
+                CityClfLoadImages: (i) => i ? `skipped dataset/img_${i}.png: truncated or corrupt` :
+                                              "loaded 48 image(s)",
+                CityClfLoader: (i) => ["CityAesthetics-Anime-v1.8", "CCAnime-ChromaticAberration-v1.16",
+                                       "CCAnime-Compression-v1.5"][i % 3] + " on CLIP_VISION",
+                CityClfGate: () => "3 of 4 passed (at least 0.6): [0, 1, 3]",
+                CityClfSort: () => "order [5, 2]; scores 0.812, 0.774",
+            }[node.type];
+            const text = Array.from({length: k}, (_, i) => line(i));
+            const detail = {node: String(node.id), display_node: String(node.id), output: {text},
+                            prompt_id: "simulated"};
+            window.app.api.dispatchEvent(new CustomEvent("executed", {detail}));
+            n += 1;
+        }
+        return n;
+    }""", lines)
+    page.wait_for_timeout(800)
+    return count
+
+
+def node_boxes(page) -> list[dict]:
+    """Every node's title, type and bounds (title bar included), in graph coordinates."""
+    return page.evaluate("""() => window.app.graph._nodes.map(n => {
+        const b = n.getBounding ? Array.from(n.getBounding()) :
+            [n.pos[0], n.pos[1] - LiteGraph.NODE_TITLE_HEIGHT, n.size[0], n.size[1] + LiteGraph.NODE_TITLE_HEIGHT];
+        return {title: n.title, type: n.type, box: b};
+    })""")
+
+
+def overlaps(boxes: list[dict]) -> list[tuple[str, str]]:
+    """Pairs of nodes whose bounds intersect."""
+    found = []
+    for i, a in enumerate(boxes):
+        ax, ay, aw, ah = a["box"]
+        for b in boxes[i + 1:]:
+            bx, by, bw, bh = b["box"]
+            if ax < bx + bw and bx < ax + aw and ay < by + bh and by < ay + ah:
+                found.append((a["title"], b["title"]))
+    return found
+
+
+def frame_and_shoot(page, png: Path) -> None:
+    """Fit the whole graph in the canvas and save a screenshot of it."""
+    page.evaluate("""() => {
+        const c = window.app.canvas; const g = window.app.graph;
+        const b = [Infinity, Infinity, -Infinity, -Infinity];
+        for (const n of g._nodes) {
+            b[0] = Math.min(b[0], n.pos[0]); b[1] = Math.min(b[1], n.pos[1] - 40);
+            b[2] = Math.max(b[2], n.pos[0] + n.size[0]); b[3] = Math.max(b[3], n.pos[1] + n.size[1]);
+        }
+        const W = c.canvas.width, H = c.canvas.height;
+        const scale = Math.min(W / (b[2] - b[0] + 80), H / (b[3] - b[1] + 80));
+        c.ds.scale = scale;
+        c.ds.offset[0] = -b[0] + 40 / scale + (W / scale - (b[2] - b[0] + 80)) / 2;
+        c.ds.offset[1] = -b[1] + 40 / scale + (H / scale - (b[3] - b[1] + 80)) / 2;
+        c.setDirty(true, true); c.draw(true, true);
+    }""")
+    page.wait_for_timeout(800)
+    page.locator("canvas#graph-canvas").screenshot(path=str(png))
+
+
 def main() -> None:
     from PIL import Image
     from playwright.sync_api import sync_playwright
@@ -64,43 +170,18 @@ def main() -> None:
     proc, url = start_comfy(comfy, work)
     out_dir = ROOT / "docs" / "workflows"
     out_dir.mkdir(parents=True, exist_ok=True)
+    problems = []
     try:
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=chromium, args=[
-                "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync"])
-            page = browser.new_page(viewport={"width": 1920, "height": 1000}, device_scale_factor=1)
-            page.goto(url)
-            page.wait_for_function("() => window.app && window.app.graph && window.app.canvas", timeout=120_000)
-            page.wait_for_timeout(3000)
-            page.evaluate("""async () => {
-                try { await window.app.extensionManager.setting.set("Comfy.Minimap.Visible", false); } catch (e) {}
-                window.app.canvas.render_info = false; window.app.canvas.show_info = false;
-            }""")
+            browser, page = open_page(p, url, chromium)
             for path in sorted((ROOT / "example_workflows").glob("*.json")):
-                workflow = json.loads(path.read_text())
-                page.evaluate("async (wf) => { await window.app.loadGraphData(wf, true, true); }", workflow)
-                page.wait_for_timeout(1500)
-                page.keyboard.press("Escape")  # close a missing-models dialog, if one opened
-                page.evaluate("""() => {
-                    document.querySelectorAll('.p-dialog-mask, .p-dialog, [class*="minimap"]')
-                        .forEach(e => e.remove());
-                    const c = window.app.canvas; const g = window.app.graph;
-                    const b = [Infinity, Infinity, -Infinity, -Infinity];
-                    for (const n of g._nodes) {
-                        b[0] = Math.min(b[0], n.pos[0]); b[1] = Math.min(b[1], n.pos[1] - 40);
-                        b[2] = Math.max(b[2], n.pos[0] + n.size[0]); b[3] = Math.max(b[3], n.pos[1] + n.size[1]);
-                    }
-                    const W = c.canvas.width, H = c.canvas.height;
-                    const scale = Math.min(W / (b[2] - b[0] + 80), H / (b[3] - b[1] + 80));
-                    c.ds.scale = scale;
-                    c.ds.offset[0] = -b[0] + 40 / scale + (W / scale - (b[2] - b[0] + 80)) / 2;
-                    c.ds.offset[1] = -b[1] + 40 / scale + (H / scale - (b[3] - b[1] + 80)) / 2;
-                    c.setDirty(true, true); c.draw(true, true);
-                }""")
-                page.wait_for_timeout(800)
+                load_workflow(page, json.loads(path.read_text()))
+                simulate_run(page)
+                bad = overlaps(node_boxes(page))
+                if bad:
+                    problems.append(f"{path.name}: overlapping nodes after a run: {bad}")
                 png = out_dir / f"{path.stem}.png"
-                page.locator("canvas#graph-canvas").screenshot(path=str(png))
+                frame_and_shoot(page, png)
                 thumb = Image.open(png).convert("RGB")
                 thumb.thumbnail((768, 768))
                 thumb.save(ROOT / "example_workflows" / f"{path.stem}.jpg", quality=85)
@@ -108,6 +189,8 @@ def main() -> None:
             browser.close()
     finally:
         proc.terminate()
+    if problems:
+        raise SystemExit("\n".join(problems))
 
 
 if __name__ == "__main__":

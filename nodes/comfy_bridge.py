@@ -91,21 +91,45 @@ def head_path(name: str) -> str | None:
     return None
 
 
-def clip_folders() -> list[str]:
-    """Transformers CLIP folders (with config.json) under cityclassifiers/clip and clip_vision."""
-    roots = [os.path.join(p, CLIP_SUBFOLDER) for p in model_paths()]
+def _clip_roots() -> list[tuple[str, str]]:
+    """(prefix, folder) pairs where transformers CLIP folders are looked for, in search order."""
+    roots = [(f"{MODEL_FOLDER}/{CLIP_SUBFOLDER}", os.path.join(p, CLIP_SUBFOLDER)) for p in model_paths()]
     if in_comfy():
         import folder_paths
 
-        roots += folder_paths.get_folder_paths("clip_vision")
-    found = []
-    for root in roots:
+        roots += [("clip_vision", p) for p in folder_paths.get_folder_paths("clip_vision")]
+    return roots
+
+
+def clip_folders() -> dict[str, str]:
+    """Transformers CLIP folders (with config.json), by a name relative to the models folder
+    (`cityclassifiers/clip/NAME`, `clip_vision/NAME`), as ComfyUI's own loaders name files, so a
+    workflow that names one works on another machine. The first folder of a name wins."""
+    found: dict[str, str] = {}
+    for prefix, root in _clip_roots():
         if not os.path.isdir(root):
             continue
         for name in sorted(os.listdir(root)):
             if os.path.isfile(os.path.join(root, name, "config.json")):
-                found.append(os.path.join(root, name))
+                found.setdefault(f"{prefix}/{name}", os.path.join(root, name))
     return found
+
+
+def clip_folder(choice: str) -> str | None:
+    """The folder behind a `clip` choice: a relative name from clip_folders(), or an absolute path
+    that workflows saved before relative names carried (still accepted while it is a CLIP folder)."""
+    folders = clip_folders()
+    if choice in folders:
+        return folders[choice]
+    if not os.path.isabs(choice):
+        return None
+    if os.path.isfile(os.path.join(choice, "config.json")):
+        return choice
+    parts = choice.replace("\\", "/").rstrip("/").split("/")
+    for tail in ("/".join(parts[-3:]), "/".join(parts[-2:])):  # .../cityclassifiers/clip/NAME, .../clip_vision/NAME
+        if tail in folders:
+            return folders[tail]
+    return None
 
 
 def clip_download_dir() -> str | None:
@@ -123,36 +147,6 @@ def clip_devices() -> tuple[torch.device, torch.device]:
 
         return mm.text_encoder_device(), mm.text_encoder_offload_device()
     return torch.device("cpu"), torch.device("cpu")
-
-
-def manage_encoder(encoder) -> None:
-    """Let ComfyUI's model manager place (and evict) a transformers CLIP we loaded.
-
-    The model is wrapped in a ModelPatcher once; `encoder.prepare`, called before
-    every run, asks ComfyUI to load it onto the GPU, offloading others if needed.
-    """
-    if not in_comfy() or getattr(encoder, "prepare", None) is not None or not hasattr(encoder, "model"):
-        return
-    import comfy.model_management as mm
-    import comfy.model_patcher
-
-    load_device, offload_device = clip_devices()
-    if load_device == offload_device:
-        return
-    holder = _Holder(encoder.model, offload_device)
-    encoder.model.to(offload_device)  # loaded there already; kept as a guard
-    patcher = comfy.model_patcher.ModelPatcher(holder, load_device=load_device, offload_device=offload_device)
-    encoder.patcher = patcher
-    encoder.prepare = lambda: mm.load_models_gpu([patcher])
-
-
-class _Holder(torch.nn.Module):
-    """A plain module around a transformers model, whose `device` ModelPatcher may set."""
-
-    def __init__(self, model, device):
-        super().__init__()
-        self.clip = model
-        self.device = device
 
 
 # ---------------------------------------------------------------- progress, interrupts, blocking
@@ -222,6 +216,14 @@ def input_dir() -> str:
         import folder_paths
 
         return folder_paths.get_input_directory()
+    return os.getcwd()
+
+
+def output_dir() -> str:
+    if in_comfy():
+        import folder_paths
+
+        return folder_paths.get_output_directory()
     return os.getcwd()
 
 

@@ -12,7 +12,7 @@ import json
 from ..cityclf_core import ConfigError
 from . import comfy_bridge as bridge
 from .batches import check_count, finite, flat_floats, images_in, latent_items, mask_items, stack_latents, stack_runs
-from .common import CATEGORY, first
+from .common import CATEGORY, Output, declare_outputs, first
 
 RULES = ["at least", "at most", "between"]
 NO_LATENT = "the Gate's latent input is not connected; connect the LATENT these images were decoded from"
@@ -82,22 +82,20 @@ class CityClfGate:
             },
         }
 
-    RETURN_TYPES = ("IMAGE", "IMAGE", "LATENT", "LATENT", "MASK", "MASK", "STRING", "STRING", "INT", "INT")
-    RETURN_NAMES = ("passed", "failed", "passed_latent", "failed_latent", "passed_mask", "failed_mask",
-                    "passed_indices", "failed_indices", "passed_count", "failed_count")
-    OUTPUT_IS_LIST = (True, True, True, True, True, True, False, False, False, False)
-    OUTPUT_TOOLTIPS = (
-        "Images that passed, in input order (blocked when none did).",
-        "Images that failed, in input order (blocked when none did).",
-        "The latents of the passed images.",
-        "The latents of the failed images.",
-        "The masks of the passed images.",
-        "The masks of the failed images.",
-        "Indices (0-based, in the input) of the passed images, as a JSON list.",
-        "Indices of the failed images, as a JSON list.",
-        "How many images passed.",
-        "How many images failed.",
-    )
+    OUTPUTS = [
+        Output("IMAGE", "passed", True, "Images that passed, in input order (blocked when none did)."),
+        Output("IMAGE", "failed", True, "Images that failed, in input order (blocked when none did)."),
+        Output("LATENT", "passed_latent", True, "The latents of the passed images."),
+        Output("LATENT", "failed_latent", True, "The latents of the failed images."),
+        Output("MASK", "passed_mask", True, "The masks of the passed images."),
+        Output("MASK", "failed_mask", True, "The masks of the failed images."),
+        Output("STRING", "passed_indices", False,
+               "Indices (0-based, in the input) of the passed images, as a JSON list."),
+        Output("STRING", "failed_indices", False, "Indices of the failed images, as a JSON list."),
+        Output("INT", "passed_count", False, "How many images passed."),
+        Output("INT", "failed_count", False, "How many images failed."),
+    ]
+    RETURN_TYPES, RETURN_NAMES, OUTPUT_IS_LIST, OUTPUT_TOOLTIPS = declare_outputs(OUTPUTS)
     FUNCTION = "gate"
     CATEGORY = CATEGORY
     DESCRIPTION = "Keeps images whose score meets an absolute rule; blocks an empty side instead of failing."

@@ -16,16 +16,17 @@ import torch
 from ..cityclf_core import ConfigError, find_images
 from ..cityclf_core.images import IMAGE_EXTENSIONS, iter_decoded
 from . import comfy_bridge as bridge
-from .common import CATEGORY
+from .paths import allowed_roots, confine, is_allowed
+from .common import CATEGORY, Output, declare_outputs
 
 
 def resolve_folder(folder: str) -> str:
-    folder = os.path.expanduser(folder.strip())
-    if not os.path.isabs(folder):
-        folder = os.path.join(bridge.input_dir(), folder)
-    if not os.path.isdir(folder):
-        raise ConfigError(f"folder {folder!r} does not exist; give an absolute path or one inside ComfyUI's input folder")
-    return folder
+    """The folder, resolved (relative to ComfyUI's input folder) and confined to the allowed roots."""
+    path = confine(folder, "folder")
+    if not os.path.isdir(path):
+        raise ConfigError(f"folder {folder!r} does not exist; give a folder inside ComfyUI's input folder "
+                          "(relative, or absolute)")
+    return path
 
 
 class CityClfLoadImages:
@@ -37,7 +38,8 @@ class CityClfLoadImages:
             "required": {
                 "folder": ("STRING", {
                     "default": "",
-                    "tooltip": "A folder of images: an absolute path, or a path inside ComfyUI's input folder."}),
+                    "tooltip": "A folder of images inside ComfyUI's input folder (relative to it, or absolute; also the "
+                               "output folder, and folders the server's owner lists in CITYCLF_ALLOWED_ROOTS)."}),
                 "recursive": ("BOOLEAN", {"default": False, "tooltip": "Also load images in subfolders."}),
                 "limit": ("INT", {"default": 0, "min": 0, "max": 1_000_000,
                                   "tooltip": "Load at most this many images (in name order); 0 loads all."}),
@@ -46,14 +48,13 @@ class CityClfLoadImages:
             },
         }
 
-    RETURN_TYPES = ("IMAGE", "STRING", "INT")
-    RETURN_NAMES = ("images", "paths", "count")
-    OUTPUT_IS_LIST = (True, True, False)
-    OUTPUT_TOOLTIPS = (
-        "The images, one list item each (sizes may differ); nodes that take a batch run once per image.",
-        "The full path of each image, in the same order (for Tag's sidecars).",
-        "How many images were loaded.",
-    )
+    OUTPUTS = [
+        Output("IMAGE", "images", True,
+               "The images, one list item each (sizes may differ); nodes that take a batch run once per image."),
+        Output("STRING", "paths", True, "The full path of each image, in the same order (for Tag's sidecars)."),
+        Output("INT", "count", False, "How many images were loaded."),
+    ]
+    RETURN_TYPES, RETURN_NAMES, OUTPUT_IS_LIST, OUTPUT_TOOLTIPS = declare_outputs(OUTPUTS)
     OUTPUT_NODE = False
     FUNCTION = "load"
     CATEGORY = CATEGORY
@@ -69,18 +70,34 @@ class CityClfLoadImages:
         return [(str(p), p.stat().st_mtime_ns, p.stat().st_size) for p in files]
 
     @staticmethod
-    def _files(folder, recursive) -> list[Path]:
+    def _listed(folder, recursive) -> tuple[list[Path], list[str]]:
+        """(image files inside the allowed roots, [why each other one was left out])."""
         root = Path(resolve_folder(folder))
         if recursive:
-            return find_images([root])[0]
-        return sorted(p for p in root.iterdir()
-                      if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."))
+            found = find_images([root])[0]
+        else:
+            found = sorted(p for p in root.iterdir()
+                           if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
+                           and (p.is_file() or p.is_symlink()))
+        roots = allowed_roots()
+        files, outside = [], []
+        for p in found:
+            if is_allowed(p, roots):
+                files.append(p)
+            else:
+                outside.append(f"{p}: a link to a file outside the allowed folders; not read")
+        return files, outside
+
+    @classmethod
+    def _files(cls, folder, recursive) -> list[Path]:
+        return cls._listed(folder, recursive)[0]
 
     def load(self, folder, recursive=False, limit=0, skip=0):
-        files = self._files(folder, recursive)[skip:]
+        files, outside = self._listed(folder, recursive)
+        files = files[skip:]
         if limit:
             files = files[:limit]
-        images, paths, problems = [], [], []
+        images, paths, problems = [], [], list(outside)
         bar = bridge.progress_bar(len(files))
         for n, (path, decoded, error) in enumerate(iter_decoded(files, workers=2), start=1):
             bridge.check_interrupt()

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import threading
+import weakref
+
 from ..cityclf_core import (
     RELEASES,
     ComfyClipVisionEncoder,
@@ -9,9 +13,11 @@ from ..cityclf_core import (
     pick_dtype,
     resolve_head,
 )
-from ..cityclf_core.loading import clip_source_for, load_encoder
+from ..cityclf_core.encoders import locate_clip
+from ..cityclf_core.loading import clip_source_for, source_name
 from . import comfy_bridge as bridge
-from .common import CATEGORY, MODEL_TYPE
+from .common import CATEGORY, MODEL_TYPE, Output, declare_outputs
+from .managed_clip import InterruptibleEncoder, ManagedClipEncoder
 
 AUTO_CLIP = "auto (the head's pairing)"
 HUB_CLIPS = ["openai/clip-vit-large-patch14-336", "openai/clip-vit-large-patch14"]
@@ -25,7 +31,28 @@ def head_choices() -> list[str]:
 
 
 def clip_choices() -> list[str]:
+    """auto, the hub CLIPs, then local folders by names relative to the models folder (portable)."""
     return [AUTO_CLIP, *HUB_CLIPS, *bridge.clip_folders()]
+
+
+# One encoder per (CLIP folder, dtype) while some loader's model holds it: loaders of heads on the
+# same CLIP share it (one CLIP pass, one copy in memory). Weak, so ComfyUI's cache decides its life.
+_ENCODERS: "weakref.WeakValueDictionary[tuple, InterruptibleEncoder]" = weakref.WeakValueDictionary()
+_ENCODERS_LOCK = threading.Lock()
+
+
+def managed_encoder(source: str, precision: str, allow_download: bool) -> InterruptibleEncoder:
+    """The CLIP at `source` (a folder or a hub id), managed by ComfyUI's model manager."""
+    folder, name = locate_clip(source, allow_download=allow_download, download_dir=bridge.clip_download_dir())
+    run_on, _ = bridge.clip_devices()
+    dtype = pick_dtype(precision, run_on)
+    key = (os.path.realpath(folder), str(dtype))
+    with _ENCODERS_LOCK:
+        encoder = _ENCODERS.get(key)
+        if encoder is None:
+            encoder = InterruptibleEncoder(ManagedClipEncoder(folder, name, source_name(source), dtype))
+            _ENCODERS[key] = encoder
+    return encoder
 
 
 class CityClfLoader:
@@ -43,7 +70,8 @@ class CityClfLoader:
                     "default": AUTO_CLIP,
                     "tooltip": "The CLIP to run the head on, when no CLIP_VISION is connected. 'auto' uses the "
                                "CLIP the head was made with (from the catalogue; ViT-L/14-336 for unknown heads). "
-                               "Folders are transformers CLIPs under models/cityclassifiers/clip or clip_vision."}),
+                               "Folders are transformers CLIPs in models/cityclassifiers/clip or models/clip_vision, named relative "
+                               "to the models folder so workflows work on other machines."}),
                 "pairing": (["best", "alternative"], {
                     "default": "best",
                     "tooltip": "For releases with two known pairings: 'best' is the CLIP and tiles the head was "
@@ -51,7 +79,9 @@ class CityClfLoader:
                                "ViT-L/14-336 with 672 px tiles)."}),
                 "precision": (["auto", "fp32", "fp16", "bf16"], {
                     "default": "auto",
-                    "tooltip": "CLIP precision. auto: bf16/fp16 on a GPU, fp32 on the CPU. Heads always run in fp32."}),
+                    "tooltip": "CLIP precision. auto: bf16/fp16 on a GPU, fp32 on the CPU. Heads always run in fp32. "
+                               "Ignored when clip_vision is connected: that CLIP keeps the precision Load CLIP "
+                               "Vision gave it (the node says so)."}),
                 "download_missing": ("BOOLEAN", {
                     "default": True,
                     "tooltip": "Download a released head or hub CLIP from Hugging Face when it is not on disk "
@@ -67,13 +97,23 @@ class CityClfLoader:
             },
         }
 
-    RETURN_TYPES = (MODEL_TYPE,)
-    RETURN_NAMES = ("model",)
-    OUTPUT_TOOLTIPS = ("The loaded head(s) with their CLIP, for the Predict and Tag nodes.",)
+    OUTPUTS = [
+        Output(MODEL_TYPE, "model", False, "The loaded head(s) with their CLIP, for the Predict and Tag nodes."),
+    ]
+    RETURN_TYPES, RETURN_NAMES, OUTPUT_IS_LIST, OUTPUT_TOOLTIPS = declare_outputs(OUTPUTS)
     FUNCTION = "load"
     CATEGORY = CATEGORY
     DESCRIPTION = ("Loads a CityClassifiers head (aesthetic score, chromatic aberration, compression, or your own) "
                    "and the CLIP it runs on. Stays loaded between queue runs.")
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, clip):
+        """Names from the list, and absolute folders saved by older versions while they still resolve."""
+        if clip in (AUTO_CLIP, *HUB_CLIPS) or bridge.clip_folder(clip):
+            return True
+        known = ", ".join(bridge.clip_folders()) or "none found"
+        return (f"clip {clip!r} is not a CLIP this server has: put the transformers CLIP folder in "
+                f"models/cityclassifiers/clip/ (folders found: {known}), or pick auto or a hub id")
 
     def load(self, head, clip=AUTO_CLIP, pairing="best", precision="auto", download_missing=True,
              clip_vision=None, add_to=None):
@@ -83,15 +123,19 @@ class CityClfLoader:
             download_dir=bridge.download_dir(),
             allow_download=download_missing,
         )
+        notes = []
         if clip_vision is not None:
-            encoder = ComfyClipVisionEncoder(clip_vision)
+            encoder = InterruptibleEncoder(ComfyClipVisionEncoder(clip_vision))
+            if precision != "auto":
+                notes.append(f"precision {precision} not applied: a connected CLIP_VISION runs at the precision "
+                             "Load CLIP Vision gave it (fp16 on most devices)")
         else:
-            source = clip_source_for(loaded, None if clip == AUTO_CLIP else clip, pairing)
-            run_on, wait_on = bridge.clip_devices()
-            # loaded where it waits; ComfyUI's model manager moves it to run_on for each run
-            encoder = load_encoder(source, device=str(wait_on), dtype=pick_dtype(precision, run_on),
-                                   allow_download=download_missing, download_dir=bridge.clip_download_dir())
-            bridge.manage_encoder(encoder)
+            if clip == AUTO_CLIP:
+                source = clip_source_for(loaded, None, pairing)
+            else:
+                source = bridge.clip_folder(clip) or clip
+            encoder = managed_encoder(source, precision, download_missing)
         model = ScoringModel(add_to.bindings if add_to is not None else ())
         model.add(loaded, encoder, pairing=pairing)
-        return (model,)
+        text = [f"{b.name} on {b.encoder.name}" for b in model.bindings] + notes
+        return {"ui": {"text": text}, "result": (model,)}

@@ -6,7 +6,7 @@ import json
 
 from ..cityclf_core import COMBINES, image_list
 from . import comfy_bridge as bridge
-from .common import CATEGORY, MODEL_TYPE, TILING_CHOICES, first
+from .common import CATEGORY, MODEL_TYPE, TILING_CHOICES, Output, declare_outputs, first
 
 
 def summary_line(index: int, result: dict) -> str:
@@ -55,15 +55,19 @@ class CityClfPredict:
             },
         }
 
-    RETURN_TYPES = ("FLOAT", "STRING", "STRING")
-    RETURN_NAMES = ("score", "label", "json")
-    OUTPUT_IS_LIST = (True, True, True)
-    OUTPUT_TOOLTIPS = (
-        "One score in 0..1 per image, in input order: a score head's score, or a classifier's probability of "
-        "its non-pass classes (or of score_class). Feed it to Gate or Sort.",
-        "One label per image: the classifier's most likely class, or the score as a percentage.",
-        "One JSON object per image with every head's score, label and class probabilities.",
-    )
+    OUTPUTS = [
+        Output("FLOAT", "score", True,
+               "One score in 0..1 per image, in input order: a score head's score, or a classifier's probability "
+               "of its non-pass classes (or of score_class). Feed it to Gate or Sort."),
+        Output("STRING", "label", True,
+               "One label per image: the classifier's most likely class, or the score as a percentage."),
+        Output("STRING", "json", True,
+               "One JSON object per image with every head's score, label and class probabilities."),
+    ]
+    RETURN_TYPES, RETURN_NAMES, OUTPUT_IS_LIST, OUTPUT_TOOLTIPS = declare_outputs(OUTPUTS)
+    # An output node, so that Load -> Predict alone is a runnable prompt (its scores show on the node);
+    # its outputs still feed Gate, Sort and Show mid-graph.
+    OUTPUT_NODE = True
     FUNCTION = "predict"
     CATEGORY = CATEGORY
     DESCRIPTION = "Scores and classifies images with CityClassifiers heads, with five-crop tiling."

@@ -8,23 +8,18 @@ import uuid
 
 import numpy as np
 
-from ..cityclf_core import ConfigError
+from ..cityclf_core import ConfigError, HeadResult
 from ..cityclf_core.annotate import caption_tensor
 from . import comfy_bridge as bridge
 from .batches import flat_floats, images_in, stack_runs
-from .common import CATEGORY, first
+from .common import CATEGORY, Output, declare_outputs, first
 
 
 def lines_for(index: int, scores, labels, payloads) -> list[str]:
     """The text for image `index`: every head from Predict's JSON, else its label and/or score."""
     if payloads is not None:
-        lines = []
-        for name, r in json.loads(payloads[index]).items():
-            if r["arch"] == "score":
-                lines.append(f"{name}: {r['score']:.3f} ({r['label']})")
-            else:
-                lines.append(f"{name}: {r['label']} (not-pass {r['score']:.2f})")
-        return lines
+        return [f"{name}: {HeadResult.from_dict(name, r).summary()}"
+                for name, r in json.loads(payloads[index]).items()]
     parts = []
     if labels is not None:
         parts.append(labels[index])
@@ -55,10 +50,11 @@ class CityClfShow:
             },
         }
 
-    RETURN_TYPES = ("IMAGE",)
-    RETURN_NAMES = ("images",)
-    OUTPUT_IS_LIST = (True,)
-    OUTPUT_TOOLTIPS = ("The images with their scores written on them (same sizes; one batch per size).",)
+    OUTPUTS = [
+        Output("IMAGE", "images", True,
+               "The images with their scores written on them (same sizes; one batch per size)."),
+    ]
+    RETURN_TYPES, RETURN_NAMES, OUTPUT_IS_LIST, OUTPUT_TOOLTIPS = declare_outputs(OUTPUTS)
     OUTPUT_NODE = True
     FUNCTION = "show"
     CATEGORY = CATEGORY

@@ -7,7 +7,7 @@ import math
 
 from . import comfy_bridge as bridge
 from .batches import check_count, flat_floats, images_in, latent_items, mask_items, stack_latents, stack_runs
-from .common import CATEGORY, first
+from .common import CATEGORY, Output, declare_outputs, first
 
 ORDERS = ["best first", "worst first"]
 
@@ -50,16 +50,15 @@ class CityClfSort:
             },
         }
 
-    RETURN_TYPES = ("IMAGE", "LATENT", "MASK", "FLOAT", "STRING")
-    RETURN_NAMES = ("images", "latent", "mask", "scores", "indices")
-    OUTPUT_IS_LIST = (True, True, True, True, False)
-    OUTPUT_TOOLTIPS = (
-        "The images in score order (the first K with top_k); images of one size stay one batch.",
-        "Their latents, in the same order.",
-        "Their masks, in the same order.",
-        "Their scores, in the same order.",
-        "Where each output image was in the input (0-based), as a JSON list.",
-    )
+    OUTPUTS = [
+        Output("IMAGE", "images", True,
+               "The images in score order (the first K with top_k); images of one size stay one batch."),
+        Output("LATENT", "latent", True, "Their latents, in the same order."),
+        Output("MASK", "mask", True, "Their masks, in the same order."),
+        Output("FLOAT", "scores", True, "Their scores, in the same order."),
+        Output("STRING", "indices", False, "Where each output image was in the input (0-based), as a JSON list."),
+    ]
+    RETURN_TYPES, RETURN_NAMES, OUTPUT_IS_LIST, OUTPUT_TOOLTIPS = declare_outputs(OUTPUTS)
     FUNCTION = "sort"
     CATEGORY = CATEGORY
     DESCRIPTION = "Orders images by score and keeps the best K (best-of-N), with their latents and masks."

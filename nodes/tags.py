@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 
 from ..cityclf_core import COMBINES, ConfigError, image_list
-from ..cityclf_core.tags import BUCKETS, TagRules, owner, write_sidecar
+from ..cityclf_core.sidecars import sidecar_path, update_sidecars
+from ..cityclf_core.tags import BUCKETS, TagRules, owner
 from . import comfy_bridge as bridge
-from .common import CATEGORY, MODEL_TYPE, TILING_CHOICES, first
+from .paths import allowed_roots, confine
+from .common import CATEGORY, MODEL_TYPE, TILING_CHOICES, Output, declare_outputs, first
 
 
 def path_list(paths) -> list[str]:
@@ -18,6 +21,18 @@ def path_list(paths) -> list[str]:
             continue
         out.extend(line.strip() for line in str(p).splitlines() if line.strip())
     return out
+
+
+def sidecar_state(files: list[str]) -> list:
+    """What the sidecars of `files` look like now (size and mtime, or absent), for IS_CHANGED."""
+    state = []
+    for f in files:
+        try:
+            st = os.stat(sidecar_path(f))
+            state.append((f, st.st_size, st.st_mtime_ns))
+        except OSError:
+            state.append((f, None))
+    return state
 
 
 class CityClfTag:
@@ -52,7 +67,8 @@ class CityClfTag:
                 "write_sidecars": ("BOOLEAN", {
                     "default": False,
                     "tooltip": "Also write the tags to <image>.txt beside each file in 'paths'. Safe to rerun: "
-                               "earlier tags of these heads are replaced, other text in the file is kept."}),
+                               "earlier tags of these heads are replaced, other text in the file is kept. "
+                               "Only inside ComfyUI's input and output folders (and CITYCLF_ALLOWED_ROOTS)."}),
             },
             "optional": {
                 "paths": ("STRING", {
@@ -62,17 +78,27 @@ class CityClfTag:
             },
         }
 
-    RETURN_TYPES = ("STRING", "STRING")
-    RETURN_NAMES = ("tags", "tag_list")
-    OUTPUT_IS_LIST = (True, True)
-    OUTPUT_TOOLTIPS = (
-        "One tag string per image, ready for a caption file.",
-        "The same tags per image as a JSON list of strings.",
-    )
+    OUTPUTS = [
+        Output("STRING", "tags", True, "One tag string per image, ready for a caption file."),
+        Output("STRING", "tag_list", True, "The same tags per image as a JSON list of strings."),
+    ]
+    RETURN_TYPES, RETURN_NAMES, OUTPUT_IS_LIST, OUTPUT_TOOLTIPS = declare_outputs(OUTPUTS)
     OUTPUT_NODE = True
     FUNCTION = "tag"
     CATEGORY = CATEGORY
     DESCRIPTION = "Tags images for datasets from several heads in one CLIP pass; can update caption sidecars."
+
+    @classmethod
+    def IS_CHANGED(cls, write_sidecars=False, paths=None, **_):
+        """With write_sidecars on, run again when a sidecar was edited or deleted since the last run.
+
+        ComfyUI hands IS_CHANGED only the widget values: when `paths` comes from another node
+        (Load Images), the sidecars cannot be listed here, so the node always runs again."""
+        if not first(write_sidecars, False):
+            return ""
+        if paths is None or (isinstance(paths, (list, tuple)) and all(p is None for p in paths)):
+            return float("nan")  # linked paths (ComfyUI passes (None,)): unknown here; NaN never equals itself
+        return sidecar_state(path_list(paths))
 
     def tag(self, model, images, thresholds="0.5", score_bucket="decile", tag_names="", separator=", ",
             tiling="auto", combine="mean", write_sidecars=False, paths=None):
@@ -84,6 +110,9 @@ class CityClfTag:
         if writing and len(files) != len(flat):
             raise ConfigError(f"write_sidecars needs one path per image: got {len(flat)} image(s) and "
                               f"{len(files)} path(s) in 'paths'")
+        roots = allowed_roots() if writing else []
+        if writing:  # every path is checked before any sidecar is written
+            files = [confine(f, "paths: image", roots) for f in files]
         if not flat:
             return {"ui": {"text": ["no images"]}, "result": ([], [])}
         bar = bridge.progress_bar(len(flat))
@@ -93,8 +122,8 @@ class CityClfTag:
         per_image = [rules.tags_for(r) for r in results]
         text = [f"#{i}: {sep.join(t) or '(no tags)'}" for i, t in enumerate(per_image)]
         if writing:
-            owned = owner(rules, results)
-            changed = sum(write_sidecar(f, t, owned)[1] for f, t in zip(files, per_image))
-            text.append(f"sidecars: {changed} updated, {len(files) - changed} already up to date")
+            report = update_sidecars(zip(files, per_image), owner(rules, results), allowed_roots=roots)
+            text.append(report.summary())
+            text += [f"skipped {path}: {why}" for path, why in report.skipped]
         return {"ui": {"text": text},
                 "result": ([sep.join(t) for t in per_image], [json.dumps(t, ensure_ascii=False) for t in per_image])}

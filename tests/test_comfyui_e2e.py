@@ -1,7 +1,7 @@
 """End to end in a real, headless ComfyUI: the pack loads, its nodes run over HTTP.
 
 Runs when COMFYUI_DIR points at a ComfyUI checkout with its requirements
-installed (e.g. built by ../shared/tools/comfyui-setup.sh, which makes
+installed (e.g. built by scripts/comfyui_harness.sh, which makes
 COMFYUI_DIR/venv); skipped otherwise. ComfyUI is started on the CPU with this
 repo on an extra custom_nodes path and tiny test models on an extra
 `cityclassifiers` model path (extra_model_paths.yaml), nothing copied into it:
@@ -27,11 +27,13 @@ import pytest
 import torch
 from conftest import ROOT, illustration
 
+from cityclf_core.samples import build_tiny_clip
+
 COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
 pytestmark = pytest.mark.skipif(
     not COMFYUI_DIR,
     reason="set COMFYUI_DIR to a ComfyUI checkout with its requirements installed to run the end-to-end tests "
-           "(see ../shared/tools/comfyui-setup.sh)",
+           "(scripts/comfyui_harness.sh builds one from a ComfyUI git checkout)",
 )
 FRONTEND_ONLY = {"Note", "MarkdownNote", "PrimitiveNode", "Reroute"}
 
@@ -50,8 +52,21 @@ def free_port() -> int:
 
 
 class Comfy:
-    def __init__(self, url: str, log: Path):
-        self.url, self.log = url, log
+    def __init__(self, url: str, log: Path, proc=None):
+        self.url, self.log, self.proc = url, log, proc
+
+    def rss(self) -> int:
+        """The server's resident memory, in bytes."""
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        raise AssertionError("no VmRSS")
+
+    def post(self, path: str, payload: dict) -> int:
+        req = urllib.request.Request(self.url + path, data=json.dumps(payload).encode(),
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status
 
     def get(self, path: str):
         with urllib.request.urlopen(self.url + path, timeout=30) as r:
@@ -95,6 +110,9 @@ def workspace(tmp_path_factory, tiny_clip_dir, score_head_path, class_head_path)
         shutil.copy(p, heads / p.name)
         shutil.copy(p.with_name(p.stem + ".config.json"), heads / (p.stem + ".config.json"))
     shutil.copytree(tiny_clip_dir, heads / "clip" / "tiny-clip")
+    # a CLIP large enough (230 MB in fp32) that freeing it shows in the server's resident memory
+    build_tiny_clip(heads / "clip" / "big-clip", image_size=32, patch_size=8, hidden_size=768, layers=8, heads=12,
+                    seed=3)
     (base / "extra_model_paths.yaml").write_text(
         f"cityclf_test:\n    base_path: {base}\n    custom_nodes: custom_nodes\n"
         f"    cityclassifiers: models/cityclassifiers\n"
@@ -104,35 +122,43 @@ def workspace(tmp_path_factory, tiny_clip_dir, score_head_path, class_head_path)
     return base
 
 
-@pytest.fixture(scope="module")
-def comfy(workspace):
+def start_comfy(workspace: Path, log_name: str = "server.log"):
     folder = Path(COMFYUI_DIR)
     assert (folder / "main.py").is_file(), f"COMFYUI_DIR={folder} has no main.py"
     port = free_port()
-    log = workspace / "server.log"
+    log = workspace / log_name
     cmd = [comfy_python(folder), "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
            "--disable-auto-launch", "--extra-model-paths-config", str(workspace / "extra_model_paths.yaml"),
            "--output-directory", str(workspace / "output"), "--input-directory", str(workspace / "input"),
            "--temp-directory", str(workspace / "temp")]
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, cwd=folder, stdout=out, stderr=subprocess.STDOUT)
-    server = Comfy(f"http://127.0.0.1:{port}", log)
+    server = Comfy(f"http://127.0.0.1:{port}", log, proc)
     deadline = time.time() + 240
     while True:
         try:
             server.get("/system_stats")
-            break
+            return server
         except (urllib.error.URLError, ConnectionError, OSError):
             if proc.poll() is not None or time.time() > deadline:
                 proc.kill()
                 pytest.fail(f"ComfyUI did not start; log tail:\n{server.tail()}")
             time.sleep(1)
-    yield server
-    proc.terminate()
+
+
+def stop_comfy(server: Comfy) -> None:
+    server.proc.terminate()
     try:
-        proc.wait(timeout=20)
+        server.proc.wait(timeout=20)
     except subprocess.TimeoutExpired:
-        proc.kill()
+        server.proc.kill()
+
+
+@pytest.fixture(scope="module")
+def comfy(workspace):
+    server = start_comfy(workspace)
+    yield server
+    stop_comfy(server)
 
 
 @pytest.fixture(scope="module")
@@ -148,7 +174,8 @@ def test_every_node_of_the_pack_is_registered(comfy, object_info, pack):
     assert "IMPORT FAILED" not in "\n".join(l for l in comfy.log.read_text().splitlines() if "cityclf" in l)
     loader = object_info["CityClfLoader"]["input"]["required"]
     assert "TestCompression-v1.safetensors" in loader["head"][0]  # from the extra_model_paths.yaml folder
-    assert any(c.endswith("tiny-clip") for c in loader["clip"][0])
+    assert "cityclassifiers/clip/tiny-clip" in loader["clip"][0]  # relative to the models folder
+    assert not [c for c in loader["clip"][0] if c.startswith("/")]
     assert object_info["CityClfPredict"]["output_is_list"] == [True, True, True]
 
 
@@ -165,7 +192,7 @@ COLORS = [(0xE04020, 2), (0x2040E0, 1), (0x30C060, 1)]
 
 
 def gate_prompt(workspace, threshold: float, fail_when_none: bool = False) -> dict:
-    clip = str(workspace / "models" / "cityclassifiers" / "clip" / "tiny-clip")
+    clip = "cityclassifiers/clip/tiny-clip"
     prompt = {
         "1": {"class_type": "CityClfLoader", "inputs": {
             "head": "TestAesthetics-v1.safetensors", "clip": clip, "pairing": "best", "precision": "auto",
@@ -264,6 +291,123 @@ def test_folder_of_mixed_sizes_tags_sidecars_over_http(comfy, workspace):
     assert [(folder / f"img{i}.txt").read_text() for i in range(3)] == snapshot
 
 
+def predict_alone(clip: str, color: int = 0x808080) -> dict:
+    return {
+        "1": {"class_type": "CityClfLoader", "inputs": {
+            "head": "TestAesthetics-v1.safetensors", "clip": clip, "pairing": "best", "precision": "auto",
+            "download_missing": False}},
+        "2": empty_image(color, 2),
+        "3": {"class_type": "CityClfPredict", "inputs": {
+            "model": ["1", 0], "images": ["2", 0], "tiling": "auto", "combine": "mean", "never_upscale": False}},
+    }
+
+
+def test_loader_and_predict_alone_run_and_show_scores(comfy):
+    """Issue 9.1: the simplest graph is a valid prompt, and its scores are on the node."""
+    entry = comfy.run(predict_alone("cityclassifiers/clip/tiny-clip"))
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    text = entry["outputs"]["3"]["text"]
+    assert len(text) == 2 and all(t.startswith(f"#{i}: TestAesthetics-v1: ") for i, t in enumerate(text))
+
+
+def test_workflow_validates_after_the_models_folder_moved(comfy, workspace, tmp_path_factory):
+    """Issue 9.2: a prompt saved against one models folder runs on a server whose models live elsewhere."""
+    saved_absolute = str(workspace / "models" / "cityclassifiers" / "clip" / "tiny-clip")  # older workflows
+    other = tmp_path_factory.mktemp("other-machine")
+    shutil.copytree(workspace / "models", other / "models", ignore=shutil.ignore_patterns("big-clip"))
+    for d in ("input", "output", "temp"):
+        (other / d).mkdir()
+    (other / "custom_nodes").mkdir()
+    (other / "custom_nodes" / "cityclf").symlink_to(ROOT, target_is_directory=True)
+    (other / "extra_model_paths.yaml").write_text(
+        f"cityclf_test:\n    base_path: {other}\n    custom_nodes: custom_nodes\n"
+        f"    cityclassifiers: models/cityclassifiers\n")
+    moved = workspace / "models-moved-away"
+    (workspace / "models").rename(moved)  # the first machine's files are gone
+    server = start_comfy(other, "moved.log")
+    try:
+        for clip in ("cityclassifiers/clip/tiny-clip", saved_absolute):
+            entry = server.run(predict_alone(clip))
+            assert entry["status"]["status_str"] == "success", (clip, entry["status"], server.tail())
+        status, reply = server.post_prompt(predict_alone("/somewhere/else/entirely"))
+        assert status == 400 and "models/cityclassifiers/clip" in json.dumps(reply)
+    finally:
+        stop_comfy(server)
+        moved.rename(workspace / "models")
+
+
+def test_free_unloads_the_clip_and_the_next_prompt_scores(comfy, workspace):
+    """Issues 9.3: /free with unload_models releases a CLIP we loaded, and it loads again when needed."""
+    size = sum(f.stat().st_size for f in (workspace / "models" / "cityclassifiers" / "clip" / "big-clip").iterdir())
+    requested = "Requested to load CityClfCLIP[big-clip]"
+    entry = comfy.run(predict_alone("cityclassifiers/clip/big-clip", 0x102030))
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    scores = entry["outputs"]["3"]["text"]
+    assert comfy.log.read_text().count(requested) == 1  # known to the model manager, named after the CLIP
+    entry = comfy.run(predict_alone("cityclassifiers/clip/big-clip", 0x102031))
+    assert comfy.log.read_text().count(requested) == 1  # still loaded: not requested again
+    loaded_rss = comfy.rss()
+    assert comfy.post("/free", {"unload_models": True}) == 200
+    deadline = time.time() + 60
+    while comfy.rss() > loaded_rss - size / 2 and time.time() < deadline:
+        time.sleep(0.5)
+    freed = loaded_rss - comfy.rss()
+    assert freed >= size / 2, f"freed {freed / 2**20:.0f} MiB of a {size / 2**20:.0f} MiB CLIP"
+    entry = comfy.run(predict_alone("cityclassifiers/clip/big-clip", 0x102030))
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    assert entry["outputs"]["3"]["text"] == scores  # the same scores from the CLIP read again
+    assert comfy.log.read_text().count(requested) == 2  # the manager had let it go, and loads it again
+
+
+def test_deleted_or_edited_sidecar_is_rewritten_on_requeue(comfy, workspace):
+    """Issue 9.5: ComfyUI's cache does not hide sidecars that changed since the last run."""
+    from PIL import Image
+
+    folder = workspace / "input" / "requeue"
+    folder.mkdir()
+    for i in range(2):
+        Image.fromarray(illustration(64, 48, 10 + i)).save(folder / f"r{i}.png")
+    prompt = {
+        "1": {"class_type": "CityClfLoader", "inputs": {
+            "head": "TestAesthetics-v1.safetensors", "clip": "cityclassifiers/clip/tiny-clip", "pairing": "best",
+            "precision": "auto", "download_missing": False}},
+        "3": {"class_type": "CityClfLoadImages", "inputs": {"folder": "requeue", "recursive": False, "limit": 0,
+                                                            "skip": 0}},
+        "4": {"class_type": "CityClfTag", "inputs": {
+            "model": ["1", 0], "images": ["3", 0], "thresholds": "0.5", "score_bucket": "decile", "tag_names": "",
+            "separator": ", ", "tiling": "auto", "combine": "mean", "write_sidecars": True, "paths": ["3", 1]}},
+    }
+    assert comfy.run(prompt)["status"]["status_str"] == "success"
+    written = (folder / "r0.txt").read_text()
+    (folder / "r0.txt").unlink()
+    (folder / "r1.txt").write_text("1girl\n")
+    entry = comfy.run(prompt)  # the very same prompt, queued again
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    assert (folder / "r0.txt").read_text() == written
+    assert (folder / "r1.txt").read_text().startswith("1girl, testaesthetics_")
+    literal = json.loads(json.dumps(prompt))
+    literal["4"]["inputs"]["paths"] = f"{folder / 'r0.png'}\n{folder / 'r1.png'}"  # paths typed in the widget
+    literal["4"]["inputs"]["images"] = ["3", 0]
+    assert comfy.run(literal)["status"]["status_str"] == "success"
+    (folder / "r0.txt").unlink()
+    assert comfy.run(literal)["status"]["status_str"] == "success"
+    assert (folder / "r0.txt").read_text() == written
+
+
+def test_partial_loading_is_refused_for_our_clips(workspace):
+    """Issue 9.4, simulated on a CPU: ComfyUI's manager given two distinct devices and too little free
+    memory loads a plain patcher only partly; ours is always loaded fully."""
+    script = Path(__file__).with_name("comfyui_partial_load.py")
+    clip = workspace / "models" / "cityclassifiers" / "clip" / "big-clip"
+    out = subprocess.run([comfy_python(Path(COMFYUI_DIR)), str(script), COMFYUI_DIR, str(ROOT), str(clip)],
+                         cwd=COMFYUI_DIR, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    facts = json.loads(out.stdout.strip().splitlines()[-1])
+    assert 0 < facts["partial"] < facts["size"]  # the simulation does squeeze: a plain load is partial
+    assert facts["full"] == facts["size"] and not facts["lowvram_ours"]
+    assert facts["shape"] == [2, 768]  # and it encodes
+
+
 def test_example_workflows_have_no_missing_nodes(comfy, object_info):
     templates = comfy.get("/workflow_templates")
     ours = next((names for pack, names in templates.items() if pack == "cityclf"), None)
@@ -275,31 +419,71 @@ def test_example_workflows_have_no_missing_nodes(comfy, object_info):
         assert not missing, f"{f.name}: missing node types {missing}"
 
 
-def test_scores_show_on_the_node_in_the_browser(comfy):
-    """The pack's web extension loads in ComfyUI's frontend and shows a node's reported scores."""
+def shots():
+    """docs/screenshot_workflows.py, whose functions drive the frontend for these tests too."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("cityclf_shots", ROOT / "docs" / "screenshot_workflows.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def browser_page(comfy):
     sync_api = pytest.importorskip("playwright.sync_api", reason="needs Playwright's Python package")
     chromium = os.environ.get("CHROMIUM", "/usr/bin/chromium")
     if not Path(chromium).exists():
         pytest.skip(f"needs a Chromium at {chromium} (set CHROMIUM)")
     with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"])
-        page = browser.new_page()
+        browser, page = shots().open_page(p, comfy.url, chromium)
         errors = []
         page.on("pageerror", lambda e: errors.append(str(e)))
-        page.goto(comfy.url)
-        page.wait_for_function("() => window.app && window.app.graph", timeout=120_000)
-        page.wait_for_timeout(2000)
-        names = page.evaluate("() => window.app.extensions.map(e => e.name)")
-        shown = page.evaluate("""() => {
-            const node = LiteGraph.createNode('CityClfPredict'); window.app.graph.add(node);
-            node.onExecuted({text: ['#0: A-v1: 0.700 (70%)', '#1: A-v1: 0.200 (20%)']});
-            const w = node.widgets.find(w => w.name === 'cityclf_results');
-            return {text: w ? w.element.value : null, serialized: node.serialize().widgets_values.length,
-                    widgets: node.widgets.length};
-        }""")
+        yield page, errors
         browser.close()
+
+
+def test_scores_show_on_the_node_in_the_browser(browser_page):
+    """The pack's web extension loads in ComfyUI's frontend and shows a node's scores, all of them."""
+    page, errors = browser_page
+    names = page.evaluate("() => window.app.extensions.map(e => e.name)")
+    lines = [f"#{i}: A-v1: 0.{70 + i}0 ({70 + i}%)" for i in range(6)]
+    page.evaluate("""(lines) => {
+        window.app.graph.clear();
+        const node = LiteGraph.createNode('CityClfPredict'); node.pos = [100, 100]; window.app.graph.add(node);
+        node.onExecuted({text: lines});
+        window.app.canvas.ds.offset = [0, 0]; window.app.canvas.ds.scale = 1; window.app.canvas.setDirty(true, true);
+    }""", lines)
+    page.wait_for_timeout(1000)
+    shown = page.evaluate("""() => {
+        const node = window.app.graph._nodes[0];
+        const w = node.widgets.find(w => w.name === 'cityclf_results');
+        const el = w ? w.element : null;
+        return {text: el ? el.value : null, serialized: node.serialize().widgets_values.length,
+                widgets: node.widgets.length, clientHeight: el ? el.clientHeight : 0,
+                scrollHeight: el ? el.scrollHeight : 1};
+    }""")
     assert "cityclf.ShowResults" in names
-    assert shown["text"] == "#0: A-v1: 0.700 (70%)\n#1: A-v1: 0.200 (20%)"
+    assert shown["text"] == "\n".join(lines)
     assert shown["serialized"] == shown["widgets"] - 1  # the results box is not saved into workflows
+    assert shown["scrollHeight"] <= shown["clientHeight"] + 1, shown  # six lines show without scrolling
     assert not [e for e in errors if "cityclf" in e.lower()]
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (ROOT / "example_workflows").glob("*.json")))
+def test_example_workflow_nodes_do_not_overlap_after_a_run(browser_page, name, tmp_path):
+    """Issue 9.7: results boxes grow to their content, and the example workflows leave room for them."""
+    page, errors = browser_page
+    helper = shots()
+    helper.load_workflow(page, json.loads((ROOT / "example_workflows" / f"{name}.json").read_text()))
+    before = helper.node_boxes(page)
+    assert helper.simulate_run(page) >= 3
+    after = helper.node_boxes(page)
+    grown = [a["type"] for a, b in zip(after, before) if a["box"][3] > b["box"][3]]
+    assert "CityClfLoader" in grown  # results arrived and the nodes grew to show them
+    png = tmp_path / f"{name}.png"
+    helper.frame_and_shoot(page, png)
+    assert helper.overlaps(after) == [], f"overlapping nodes after a run; see {png}"
+    assert not [e for e in errors if "cityclf" in e.lower()]
+
+

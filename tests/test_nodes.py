@@ -49,7 +49,7 @@ def test_loader_lists_local_heads_and_the_catalogue(nodes):
 
 
 def load(nodes, head, clip, **kw):
-    return nodes.CityClfLoader().load(head=head, clip=str(clip), **kw)[0]
+    return nodes.CityClfLoader().load(head=head, clip=str(clip), **kw)["result"][0]
 
 
 def test_loader_builds_a_model_and_chains(nodes, tiny_clip_dir):
@@ -173,7 +173,7 @@ class FakeClipVision:
 def test_clip_vision_input_is_handed_crops_at_its_size(nodes, tiny_clip_dir):
     enc = TransformersClipEncoder.load(tiny_clip_dir)
     fake = FakeClipVision(enc.model, enc.image_size)
-    model = nodes.CityClfLoader().load(head="TestCompression-v1.safetensors", clip_vision=fake)[0]
+    model = nodes.CityClfLoader().load(head="TestCompression-v1.safetensors", clip_vision=fake)["result"][0]
     reference = load(nodes, "TestCompression-v1.safetensors", tiny_clip_dir)
     batch = as_image_tensor(*[illustration(150, 120, s) for s in range(2)])
     got = predict(nodes, model, batch)["result"][0]

@@ -173,12 +173,13 @@ def test_merge_caption_keeps_other_text_and_is_idempotent():
     assert merge_caption(free, ["jpeg_artifacts"], owned) == free + ", jpeg_artifacts\n"
 
 
-def test_tag_node_writes_sidecars_idempotently(nodes, tiny_clip_dir, tmp_path):
+def test_tag_node_writes_sidecars_idempotently(nodes, tiny_clip_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("CITYCLF_ALLOWED_ROOTS", str(tmp_path))  # outside ComfyUI's folders
     from PIL import Image
 
     loader = nodes.CityClfLoader()
-    m = loader.load(head="TestAesthetics-v1.safetensors", clip=str(tiny_clip_dir))[0]
-    m = loader.load(head="TestCompression-v1.safetensors", clip=str(tiny_clip_dir), add_to=m)[0]
+    m = loader.load(head="TestAesthetics-v1.safetensors", clip=str(tiny_clip_dir))["result"][0]
+    m = loader.load(head="TestCompression-v1.safetensors", clip=str(tiny_clip_dir), add_to=m)["result"][0]
     arrays = [illustration(100, 90, s) for s in range(3)]
     files = []
     for i, a in enumerate(arrays):
@@ -242,7 +243,8 @@ def two_head_json():
 # ---------------------------------------------------------------- load images
 
 
-def test_load_images_lists_sizes_paths_and_skips_bad_files(nodes, tmp_path):
+def test_load_images_lists_sizes_paths_and_skips_bad_files(nodes, tmp_path, monkeypatch):
+    monkeypatch.setenv("CITYCLF_ALLOWED_ROOTS", str(tmp_path))  # outside ComfyUI's folders
     from PIL import Image
 
     folder = tmp_path / "set"
@@ -270,13 +272,14 @@ def test_load_images_lists_sizes_paths_and_skips_bad_files(nodes, tmp_path):
         node.load(folder=str(tmp_path / "empty"))
 
 
-def test_loaded_list_flows_through_predict_and_gate(nodes, tiny_clip_dir, tmp_path):
+def test_loaded_list_flows_through_predict_and_gate(nodes, tiny_clip_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("CITYCLF_ALLOWED_ROOTS", str(tmp_path))  # outside ComfyUI's folders
     from PIL import Image
 
     for i, (w, h) in enumerate([(40, 30), (90, 120), (200, 100)]):
         Image.fromarray(illustration(w, h, i)).save(tmp_path / f"{i}.png")
     images, paths, _ = nodes.CityClfLoadImages().load(folder=str(tmp_path))["result"]
-    model = nodes.CityClfLoader().load(head="TestCompression-v1.safetensors", clip=str(tiny_clip_dir))[0]
+    model = nodes.CityClfLoader().load(head="TestCompression-v1.safetensors", clip=str(tiny_clip_dir))["result"][0]
     scores = nodes.CityClfPredict().predict(model=[model], images=images, tiling=["auto"], combine=["mean"],
                                             never_upscale=[False])["result"][0]
     assert len(scores) == 3

@@ -1,8 +1,17 @@
 // Shows the scores and labels a CityClassifiers node reports (its "text" UI output)
-// in a read-only box on the node, like the core Preview Any node does.
+// in a read-only box on the node, like the core Preview Any node does. The box is as
+// tall as its text, up to MAX_LINES lines (then it scrolls), and the node grows to fit it.
 import { app } from "../../scripts/app.js";
 
 const BOX = "cityclf_results";
+const LINE_PX = 15;
+const PAD_PX = 8;
+const MAX_LINES = 16;
+const FRAME_PX = 24; // the frontend's margin around DOM widgets (2 x 10 px) and the textarea's border
+
+function boxHeight(lineCount) {
+  return Math.min(MAX_LINES, Math.max(1, lineCount)) * LINE_PX + PAD_PX + FRAME_PX;
+}
 
 function showText(node, lines) {
   const text = Array.isArray(lines) ? lines.join("\n") : String(lines ?? "");
@@ -10,18 +19,27 @@ function showText(node, lines) {
   if (!widget) {
     const el = document.createElement("textarea");
     el.readOnly = true;
-    el.style.cssText = "width:100%;font:11px monospace;opacity:0.85;resize:none;";
+    el.wrap = "off";
+    el.style.cssText =
+      `width:100%;height:100%;box-sizing:border-box;font:11px/${LINE_PX}px monospace;` +
+      `padding:${PAD_PX / 2}px;opacity:0.85;resize:none;overflow:auto;white-space:pre;`;
+    const box = { height: boxHeight(1) };
     widget = node.addDOMWidget(BOX, "customtext", el, {
       getValue: () => el.value,
       setValue: (v) => { el.value = v; },
+      getMinHeight: () => box.height,
+      getMaxHeight: () => box.height,
+      getHeight: () => box.height,
       serialize: false, // not part of widgets_values: keeps saved workflows positional
     });
     widget.serialize = false;
     widget.element = el;
+    widget.cityclfBox = box;
   }
   widget.element.value = text;
-  widget.element.rows = Math.min(12, Math.max(2, text.split("\n").length));
-  node.setSize([node.size[0], node.computeSize()[1]]);
+  widget.cityclfBox.height = boxHeight(text.split("\n").length);
+  const wanted = node.computeSize();
+  node.setSize([Math.max(node.size[0], wanted[0]), wanted[1]]);
   node.setDirtyCanvas?.(true, true);
 }
 

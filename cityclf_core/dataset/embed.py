@@ -51,8 +51,7 @@ def register_passes(store, passes: Sequence[ClipPass]) -> list:
         enc = p.encoder
         if enc.embed_dim is None:
             raise StoreError(f"CLIP {enc.name}: its embedding size is unknown until it runs; use a transformers CLIP")
-        source = getattr(enc, "source", enc.name)  # TODO(encoder interface): enc.source
-        rows.append(store.register_encoder(enc.identity, enc.name, source, enc.image_size, enc.embed_dim))
+        rows.append(store.register_encoder(enc.identity, enc.name, enc.source, enc.image_size, enc.embed_dim))
     return rows
 
 

@@ -37,7 +37,7 @@ def score_store(
         per_path: dict[str, dict[str, HeadResult]] = {p: {} for p in part}
         missing: dict[str, str] = {}
         for g in groups:
-            row = store.find_encoder(g.encoder.identity, getattr(g.encoder, "source", g.encoder.name))
+            row = store.find_encoder(g.encoder.identity, g.encoder.source)
             found, counts, stacked, absent = store.read_embeddings(part, row, g.clip.key)
             for p in absent:
                 missing.setdefault(p, f"no stored embeddings of {row.name} with {g.policy.describe()}; "

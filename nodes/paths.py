@@ -1,0 +1,64 @@
+"""Where the nodes may read and write files: ComfyUI's input and output folders, and roots the
+server's owner adds outside the prompt.
+
+A prompt is data from whoever can reach the server, so paths in it are
+confined: a path is resolved (relative ones against the input folder, then
+every symlink) and must lie inside an allowed root. Extra roots come only from
+the server's environment: CITYCLF_ALLOWED_ROOTS, folders separated by
+os.pathsep (":" on Linux and macOS, ";" on Windows). Nothing in a prompt, and
+no file a prompt could write (such as ComfyUI's user folder), can widen them.
+"""
+
+from __future__ import annotations
+
+import os
+
+from ..cityclf_core import ConfigError
+from ..cityclf_core.sidecars import inside
+from . import comfy_bridge as bridge
+
+ROOTS_ENV = "CITYCLF_ALLOWED_ROOTS"
+
+
+class PathRefused(ConfigError):
+    """A path in a prompt that leads outside the allowed folders."""
+
+
+def allowed_roots() -> list[str]:
+    """ComfyUI's input and output folders, then the CITYCLF_ALLOWED_ROOTS folders; all resolved."""
+    roots = [bridge.input_dir(), bridge.output_dir()]
+    roots += [r for r in os.environ.get(ROOTS_ENV, "").split(os.pathsep) if r.strip() and os.path.isabs(r.strip())]
+    out: list[str] = []
+    for r in roots:
+        real = os.path.realpath(r.strip())
+        if real not in out:
+            out.append(real)
+    return out
+
+
+def refusal(path: str, what: str, roots: list[str]) -> PathRefused:
+    return PathRefused(
+        f"{what} {path!r} is outside the folders this node may use ({', '.join(roots)}). Put the files in "
+        f"ComfyUI's input or output folder, or let the server's owner add their folder to {ROOTS_ENV} "
+        f"(folders separated by {os.pathsep!r}) in the environment ComfyUI starts in."
+    )
+
+
+def confine(path: str, what: str, roots: list[str] | None = None) -> str:
+    """`path` made absolute (relative ones are in ComfyUI's input folder), refused unless it lies in
+    an allowed root once `..` and every symlink are resolved. The path is returned as given, not
+    normalised (the system resolves it as the check did), so a sidecar goes beside a linked image,
+    not beside its target; writers check again what they write after resolving it."""
+    roots = allowed_roots() if roots is None else roots
+    text = os.path.expanduser(str(path).strip())
+    full = text if os.path.isabs(text) else os.path.join(bridge.input_dir(), text)
+    if not inside(full, roots):
+        raise refusal(str(path), what, roots)
+    return full
+
+
+def is_allowed(path: str | os.PathLike, roots: list[str]) -> bool:
+    return inside(path, roots)
+
+
+__all__ = ["ROOTS_ENV", "PathRefused", "allowed_roots", "confine", "is_allowed"]
