@@ -180,3 +180,12 @@ def test_progress_bar_shows_rate_and_eta():
     assert "2.00 img/s" in text and "ETA 00:03" in text
     bar.write("a message")
     assert "a message\n" in stream.getvalue()
+
+
+def test_write_tags_skips_a_sidecar_it_cannot_read_and_tags_the_rest(scored, dataset, capsys):
+    db, _ = scored
+    (dataset / "img0.txt").write_bytes(b"caf\xe9, old")  # Latin-1, not UTF-8
+    code, out, err = run(["query", "--store", str(db), "--write-tags"], capsys)
+    assert code == 1 and "img0.png" in err and "tags not written" in err
+    assert (dataset / "img0.txt").read_bytes() == b"caf\xe9, old"  # left as it was
+    assert (dataset / "img2.txt").exists() and (dataset / "sub" / "img1.txt").exists()

@@ -194,7 +194,8 @@ def finish(args, rows, problems: Problems, roots, writer=None, store=None) -> in
         for path, result in chosen:
             writer.write(path, result)
     if args.write_tags:
-        write_tags(chosen, TagRules.from_text(args.tag_names, args.tag_thresholds, args.tag_bucket), args.dry_run)
+        write_tags(chosen, TagRules.from_text(args.tag_names, args.tag_thresholds, args.tag_bucket), args.dry_run,
+                   problems)
     if args.copy or args.move:
         request = TransferRequest(args.copy or args.move, move=bool(args.move), on_conflict=args.on_conflict,
                                   dry_run=args.dry_run)
@@ -215,13 +216,16 @@ def finish(args, rows, problems: Problems, roots, writer=None, store=None) -> in
     return 1 if len(problems) or not rows else 0
 
 
-def write_tags(rows, rules, dry_run: bool) -> None:
+def write_tags(rows, rules, dry_run: bool, problems: Problems) -> None:
     from ..dataset import write_tags as tag_rows
 
     outcome = tag_rows(rows, rules, dry_run)
+    for path, why in outcome.skipped:
+        problems.add(path, f"tags not written: {why}")
     if dry_run:
         for path, tags in outcome.planned:
             print(f"cityclf: would tag {path}: {', '.join(tags) or '(no tags)'}", file=sys.stderr)
     else:
-        print(f"cityclf: tags: {outcome.changed} sidecar(s) updated, {len(rows) - outcome.changed} already up to date",
+        unchanged = len(rows) - outcome.changed - len(outcome.skipped)
+        print(f"cityclf: tags: {outcome.changed} sidecar(s) updated, {unchanged} already up to date",
               file=sys.stderr)

@@ -7,7 +7,9 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 from ..results import HeadResult
-from ..tags import TagRules, owner, write_sidecar
+from ..errors import ImageError
+from ..sidecars import SidecarError, write_sidecar
+from ..tags import TagRules, owner
 from .transfer import Transfer, copy_or_move
 
 Rows = list[tuple[str, dict[str, HeadResult]]]
@@ -52,17 +54,26 @@ def transfer(chosen: Rows, scored: Rows, roots: Sequence[str] | None, request: T
 class TagOutcome:
     planned: list[tuple[str, list[str]]] = field(default_factory=list)  # (path, tags), in order
     changed: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, why its sidecar was left alone)
 
 
 def write_tags(rows: Rows, rules: TagRules, dry_run: bool = False) -> TagOutcome:
-    """Update each image's caption sidecar with its tags (these heads' earlier tags replaced, other text kept)."""
+    """Update each image's caption sidecar with its tags (these heads' earlier tags replaced, other text kept).
+
+    A sidecar that can't be updated (not UTF-8, not a regular file, its image gone) is skipped and reported;
+    the others are still written.
+    """
     out = TagOutcome()
     owned = owner(rules, [r for _, r in rows[:1]])
     for path, result in rows:
         tags = rules.tags_for(result)
         out.planned.append((path, tags))
-        if not dry_run:
+        if dry_run:
+            continue
+        try:
             out.changed += write_sidecar(path, tags, owned)[1]
+        except (SidecarError, ImageError) as e:
+            out.skipped.append((path, str(e)))
     return out
 
 
