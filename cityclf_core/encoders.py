@@ -359,18 +359,18 @@ class ComfyClipVisionEncoder(Encoder):
         return emb.float()
 
 
-class TimedEncoder(Encoder):
-    """Wraps an encoder and counts the views it encoded and the seconds spent in its forward.
-
-    For "how busy was the model" in dataset jobs and benchmarks; on a GPU it
-    synchronises around each forward so the time is the forward's own.
-    """
+class WrappedEncoder(Encoder):
+    """An encoder around another: all it declares is the inner one's, read live (a CLIP_VISION's embedding
+    size becomes known on its first run); subclasses change how `encode` is called."""
 
     def __init__(self, inner: Encoder):
         self.inner = inner
-        self.image_size, self.embed_dim = inner.image_size, inner.embed_dim
-        self.identity, self.name, self.source = inner.identity, inner.name, inner.source
-        self.seconds, self.views = 0.0, 0
+
+    image_size = property(lambda self: self.inner.image_size)
+    embed_dim = property(lambda self: self.inner.embed_dim)
+    identity = property(lambda self: self.inner.identity)
+    name = property(lambda self: self.inner.name)
+    source = property(lambda self: self.inner.source)
 
     @property
     def device(self) -> torch.device:
@@ -378,6 +378,21 @@ class TimedEncoder(Encoder):
 
     def prepare(self) -> None:
         self.inner.prepare()
+
+    def encode(self, views: torch.Tensor) -> torch.Tensor:
+        return self.inner.encode(views)
+
+
+class TimedEncoder(WrappedEncoder):
+    """Wraps an encoder and counts the views it encoded and the seconds spent in its forward.
+
+    For "how busy was the model" in dataset jobs and benchmarks; on a GPU it
+    synchronises around each forward so the time is the forward's own.
+    """
+
+    def __init__(self, inner: Encoder):
+        super().__init__(inner)
+        self.seconds, self.views = 0.0, 0
 
     def encode(self, views: torch.Tensor) -> torch.Tensor:
         import time

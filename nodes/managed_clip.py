@@ -19,7 +19,7 @@ from typing import Callable
 
 import torch
 
-from ..cityclf_core.encoders import Encoder, TransformersClipEncoder
+from ..cityclf_core.encoders import Encoder, TransformersClipEncoder, WrappedEncoder
 from . import comfy_bridge as bridge
 
 
@@ -123,27 +123,12 @@ class ManagedClipEncoder(Encoder):
         return f"ManagedClipEncoder({self.name}, S={self.image_size}, D={self.embed_dim}, {state})"
 
 
-class InterruptibleEncoder(Encoder):
+class InterruptibleEncoder(WrappedEncoder):
     """Checks for Cancel before every forward; on a CPU, a forward is at most `cpu_views` views."""
 
     def __init__(self, inner: Encoder, check: Callable[[], None] = bridge.check_interrupt, cpu_views: int = 1):
-        self.inner, self._check, self.cpu_views = inner, check, max(1, int(cpu_views))
-
-    image_size = property(lambda self: self.inner.image_size)
-    embed_dim = property(lambda self: self.inner.embed_dim)
-    identity = property(lambda self: self.inner.identity)
-    name = property(lambda self: self.inner.name)
-
-    @property
-    def source(self) -> str:
-        return self.inner.source
-
-    @property
-    def device(self) -> torch.device:
-        return self.inner.device
-
-    def prepare(self) -> None:
-        self.inner.prepare()
+        super().__init__(inner)
+        self._check, self.cpu_views = check, max(1, int(cpu_views))
 
     def encode(self, views: torch.Tensor) -> torch.Tensor:
         step = self.cpu_views if self.inner.device.type == "cpu" else max(1, int(views.shape[0]))
