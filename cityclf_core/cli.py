@@ -181,6 +181,93 @@ def _add_output_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
 
+def _add_engine_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("engine (where embedding runs)")
+    g.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="local (default): this process, --workers decoding threads. ray: Ray Data on a local Ray "
+                        "or a cluster (--address); --workers is then the number of CLIP workers (default: one per "
+                        "GPU, or one CPU worker); results go through Parquet shards in DB.shards/ into the store")
+    g.add_argument("--address", metavar="ADDR",
+                   help="with --engine ray: the Ray cluster to use (HOST:6379, ray://HOST:10001, or auto for the "
+                        "one `ray start` began on this machine); default: a new local Ray")
+    g.add_argument("--num-gpus-per-worker", type=float, metavar="G",
+                   help="with --engine ray: GPUs per CLIP worker (default: 1 when the cluster has GPUs, else 0: "
+                        "CPU workers)")
+    g.add_argument("--files-per-shard", type=int, default=1000, metavar="N",
+                   help="with --engine ray: files per Parquet shard, the unit a rerun resumes from (default 1000)")
+    p.set_defaults(workers=None)  # given or not: decode threads locally (2 if not), CLIP workers on Ray
+
+
+def _run_engine(args, command: str) -> int | None:
+    """`--engine ray`: embed (and score) args.paths on Ray Data; None for the local engine (nothing done)."""
+    if args.engine == "local":
+        if args.workers is None:
+            args.workers = 2
+        return None
+    import contextlib
+    import tempfile
+
+    from .engines import require_ray
+
+    require_ray()
+    from .engines.ray_data import ModelSpec, RayOptions, run_job
+    from .engines.results import results_after_run
+    from .store import EmbeddingStore
+
+    if not args.paths:
+        raise ConfigError("--engine ray embeds image files: give PATH...; scoring stored embeddings "
+                          "(score --store DB alone) needs no engine")
+    problems = Problems()
+    files, missing = find_images(args.paths)
+    for path, reason in missing:
+        problems.add(path, reason)
+    if getattr(args, "shard", None):
+        from .jobs import in_shard, parse_shard
+
+        shard = parse_shard(args.shard)
+        files = [f for f in files if in_shard(f, args.paths, shard)]
+    paths = [os.path.abspath(p) for p in files]
+    spec = ModelSpec(tuple(args.model or ()), args.clip, args.pairing, args.models_dir, not args.offline,
+                     args.tile_size, args.dtype, args.tiling, args.upscale, getattr(args, "combine", "mean"),
+                     score=command == "score")
+    options = RayOptions(args.address, args.workers, args.num_gpus_per_worker, args.files_per_shard,
+                         args.batch_size, args.device, args.max_pixels)
+    with contextlib.ExitStack() as stack:  # score without --store: a store and shards for this run only
+        db = args.store or os.path.join(stack.enter_context(tempfile.TemporaryDirectory()), "run.db")
+        store = stack.enter_context(EmbeddingStore(db))
+        bar = ProgressBar(len(paths), "img", enabled=_progress_enabled(args), label="embedding")
+        problems.bar = bar
+
+        def on_file(path, error):
+            if error:
+                problems.add(path, error)
+            bar.update(1)
+
+        with bar:
+            report = run_job(store, spec, paths, f"{db}.shards", options, on_file)
+        problems.bar = None
+        for path, note in report.notes:
+            print(f"cityclf: note {path}: {note}", file=sys.stderr)
+        print(f"cityclf: {report.summary()}" + (f" (Parquet shards in {db}.shards)" if args.store else ""),
+              file=sys.stderr)
+        if command == "embed":
+            problems.write_report(args.report)
+            return 1 if len(problems) else 0
+        stream = not _needs_all_rows(args)
+        writer = ResultWriter(args.format, report.model.names, sys.stdout)
+        rows = []
+        for results, why in results_after_run(store, report.model, paths, report.scored, args.combine,
+                                              args.tiling, args.upscale):
+            for path, reason in why:
+                problems.add(path, reason)
+            for path, result in results:
+                if stream:
+                    writer.write(path, result)
+                rows.append((path, result))
+        return _finish(args, rows, problems, roots=args.paths, writer=None if stream else writer,
+                       store=store if args.store else None)
+
+
 def _progress_enabled(args) -> bool | None:
     return False if getattr(args, "no_progress", False) else None
 
@@ -198,6 +285,9 @@ def _load_model(args):
 
 
 def cmd_score(args) -> int:
+    engine_status = _run_engine(args, "score")
+    if engine_status is not None:
+        return engine_status
     if not args.paths and not args.store:
         raise ConfigError("give images (files or folders) to score, or --store DB to score stored embeddings")
     if args.store:
@@ -397,6 +487,9 @@ def _embed_into(args, store, problems: Problems):
 def cmd_embed(args) -> int:
     from .store import EmbeddingStore
 
+    engine_status = _run_engine(args, "embed")
+    if engine_status is not None:
+        return engine_status
     if not args.model and not args.clip:
         raise ConfigError("name the heads (--model) whose CLIP and crops to embed for, or a --clip")
     problems = Problems()
@@ -669,6 +762,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store", metavar="DB", help="an embedding store (SQLite file): embed into it, score from it")
     _add_selection_options(p)
     _add_output_options(p)
+    _add_engine_options(p)
     p.set_defaults(func=cmd_score)
 
     p = sub.add_parser("embed", help="compute CLIP embeddings into a store (resumable)",
@@ -682,6 +776,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "running one job per machine into separate stores; see merge")
     p.add_argument("--report", metavar="FILE", help="write skipped files and why, as JSONL")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    _add_engine_options(p)
     p.set_defaults(func=cmd_embed)
 
     p = sub.add_parser("merge", help="merge stores (e.g. one per shard) into one")

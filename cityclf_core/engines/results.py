@@ -1,0 +1,54 @@
+"""Per-image results after an engine run: the scores its workers stored, the rest from stored embeddings."""
+
+from __future__ import annotations
+
+import json
+from typing import Iterator, Sequence
+
+from ..jobs import score_store
+from ..pipeline import HeadResult, ScoringModel
+from ..store import EmbeddingStore
+
+
+def stored_result(name: str, score: float, label: str, probs: dict | None) -> HeadResult:
+    """A HeadResult rebuilt from a store's score row (no view count: 0)."""
+    if probs:
+        return HeadResult(name, "class", list(probs), list(probs.values()), score, 0)
+    return HeadResult(name, "score", ["score"], [score], score, 0)
+
+
+def results_after_run(
+    store: EmbeddingStore,
+    model: ScoringModel,
+    paths: Sequence[str],
+    fresh: set[str],
+    combine: str = "mean",
+    tiling: str = "auto",
+    upscale: bool = True,
+) -> Iterator[tuple[list[tuple[str, dict[str, HeadResult]]], list[tuple[str, str]]]]:
+    """(results in path order, [(path, why not scored)]), like one block of jobs.score_store.
+
+    Files in `fresh` were scored by the engine's workers in this run (their
+    scores are in the store); every other file (unchanged, a duplicate, or
+    resumed from an earlier run) is scored here from its stored embeddings, and
+    those scores are stored too.
+    """
+    names = model.names
+    per_path: dict[str, dict[str, HeadResult]] = {}
+    stored = store.scores(names, combine) if fresh else {}
+    for p in paths:
+        if p in fresh and all(n in stored.get(p, {}) for n in names):
+            per_path[p] = {n: stored_result(n, *stored[p][n]) for n in names}
+    rest = [p for p in paths if p not in per_path]
+    problems: list[tuple[str, str]] = []
+    if rest:
+        for results, missing in score_store(store, model, rest, combine, tiling, upscale):
+            with store.transaction():
+                store.put_scores((p, n, combine, r.score, r.label, json.dumps(r.probs) if r.probs else None)
+                                 for p, res in results for n, r in res.items())
+            per_path.update(results)
+            problems += missing
+    yield [(p, per_path[p]) for p in sorted(per_path)], problems
+
+
+__all__ = ["results_after_run", "stored_result"]
