@@ -246,6 +246,8 @@ def _run_engine(args, command: str) -> int | None:
         with bar:
             report = run_job(store, spec, paths, f"{db}.shards", options, on_file)
         problems.bar = None
+        if report.resumed:
+            print(f"cityclf: imported {report.resumed} shard(s) an interrupted run had written", file=sys.stderr)
         for path, note in report.notes:
             print(f"cityclf: note {path}: {note}", file=sys.stderr)
         print(f"cityclf: {report.summary()}" + (f" (Parquet shards in {db}.shards)" if args.store else ""),

@@ -76,7 +76,7 @@ def write_shard(folder: str | os.PathLike, name: str, rows: list[dict], encoders
     folder.mkdir(parents=True, exist_ok=True)
     table = _pa().Table.from_pylist(rows, schema=shard_schema(encoders))
     final = folder / f"{name}{SUFFIX}"
-    tmp = folder / f"{TEMP_PREFIX}{name}.{os.getpid()}{SUFFIX}"
+    tmp = folder / f"{TEMP_PREFIX}{name}.{os.getpid()}.tmp"  # never *.parquet until whole
     try:
         with open(tmp, "wb") as f:
             pq.write_table(table, f, compression="zstd")
@@ -154,7 +154,7 @@ def remove_partial(folder: str | os.PathLike) -> int:
     if not folder.is_dir():
         return 0
     n = 0
-    for p in folder.glob(f"{TEMP_PREFIX}*{SUFFIX}"):
+    for p in folder.glob(f"{TEMP_PREFIX}*.tmp"):
         p.unlink(missing_ok=True)
         n += 1
     return n

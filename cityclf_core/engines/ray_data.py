@@ -44,8 +44,8 @@ from .prepare import prepare_file
 #: files per CPU task call, and per CLIP actor call
 PREPARE_BATCH = 4
 ACTOR_BATCH = 16
-#: memory a decoding task reserves (bytes): one large image decoded and cropped
-DECODE_MEMORY = 256 * 2**20
+#: memory a decoding task reserves (bytes): its worker (Python, torch) and one large image decoded and cropped
+DECODE_MEMORY = 512 * 2**20
 
 
 # ---------------------------------------------------------------- what to run
