@@ -249,3 +249,46 @@ def test_engine_ray_without_ray_says_how_to_get_it(tmp_path, data, tiny_clip_dir
         assert out.returncode == 2, out.stderr
         assert 'pip install "cityclf[ray]"' in out.stderr and 'pip install -e ".[ray]"' in out.stderr
         assert not (tmp_path / "x.db").exists()
+
+
+def test_shard_import_is_whole_idempotent_and_recorded(tmp_path):
+    pytest.importorskip("pyarrow")
+    from cityclf_core.engines import parquet
+
+    encoders = [{"identity": "clip-a", "name": "a", "source": "/clips/a", "image_size": 32, "embed_dim": 4}]
+    emb = np.arange(8, dtype=np.float32).reshape(2, 4)
+    rows = [
+        {"path": "/d/x.png", "size": 10, "mtime_ns": 5, "content": "c1", "width": 3, "height": 2, "status": "ok",
+         "error": None, "notes": ["animated: first of 2 frames scored"],
+         "embeddings": [parquet.embedding_cell("clip-a", "tiles:64:1536:up", emb)],
+         "scores": [{"head": "H", "combine": "mean", "score": 0.25, "label": "25%", "probs": None}]},
+        {"path": "/d/bad.png", "size": 3, "mtime_ns": 6, "content": None, "width": None, "height": None,
+         "status": "failed", "error": "not an image, or a format Pillow cannot read", "notes": [], "embeddings": [],
+         "scores": []},
+    ]
+    shard = parquet.write_shard(tmp_path / "shards", "shard-1", rows, encoders)
+    assert [p.name for p in (tmp_path / "shards").iterdir()] == ["shard-1.parquet"]  # no temporary left
+    with EmbeddingStore(tmp_path / "s.db") as store:
+        assert parquet.pending_shards(store, tmp_path / "shards") == [shard]
+        for _ in range(2):  # importing twice changes nothing
+            parquet.import_shard(store, shard)
+            row = store.encoder_by_identity("clip-a")
+            found, counts, stacked, _ = store.read_embeddings(["/d/x.png"], row, "tiles:64:1536:up")
+            assert found == ["/d/x.png"] and counts == [2] and np.array_equal(stacked, emb)
+            assert store.stats()["files"] == 1 and store.stats()["failed"] == 1 and store.stats()["embeddings"] == 1
+            assert store.scores() == {"/d/x.png": {"H": (0.25, "25%", None)}}
+            assert store.file("/d/bad.png").error == "not an image, or a format Pillow cannot read"
+            assert store.imported_shards() == {"shard-1"}
+        assert parquet.pending_shards(store, tmp_path / "shards") == []
+    (tmp_path / "shards" / "shard-2.parquet").write_bytes(b"PAR1 not really")
+    with EmbeddingStore(tmp_path / "s.db") as store:
+        with pytest.raises(Exception, match="shard-2.parquet is not a cityclf shard"):
+            parquet.import_shard(store, tmp_path / "shards" / "shard-2.parquet")
+        assert store.imported_shards() == {"shard-1"}
+
+
+def test_stores_without_import_records_stay_readable(tmp_path):
+    with EmbeddingStore(tmp_path / "old.db") as store:  # a store as earlier versions wrote it
+        store.register_encoder("clip-a", "a", "/clips/a", 32, 4)
+    with EmbeddingStore(tmp_path / "old.db", create=False, readonly=True) as store:
+        assert store.imported_shards() == set() and len(store.encoders()) == 1
