@@ -188,8 +188,8 @@ def _add_engine_options(p: argparse.ArgumentParser) -> None:
                         "or a cluster (--address); --workers is then the number of CLIP workers (default: one per "
                         "GPU, or one CPU worker); results go through Parquet shards in DB.shards/ into the store")
     g.add_argument("--address", metavar="ADDR",
-                   help="with --engine ray: the Ray cluster to use (HOST:6379, ray://HOST:10001, or auto for the "
-                        "one `ray start` began on this machine); default: a new local Ray")
+                   help="with --engine ray: the Ray cluster to join (HOST:6379, or auto for the one `ray start` "
+                        "began on this machine); default: $RAY_ADDRESS, else a new local Ray")
     g.add_argument("--num-gpus-per-worker", type=float, metavar="G",
                    help="with --engine ray: GPUs per CLIP worker (default: 1 when the cluster has GPUs, else 0: "
                         "CPU workers)")
