@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -109,6 +110,13 @@ def main():
     ap.add_argument("--files-per-shard", type=int, default=16)
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="cityclf-bench-ray-"))
+    try:
+        report(args, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def report(args, work: Path) -> None:
     print(f"cityclf Ray engine benchmark, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, "
           f"{machine()}, load average {os.getloadavg()[0]:.2f} before the run")
     clip = build_clip(work / "clip", quick=not args.vit_l)
