@@ -9,6 +9,7 @@ from ..crops import CropPolicy
 from ..errors import ConfigError
 from ..images import find_images
 from ..progress import ProgressBar
+from .engine import add_engine_options, run_engine
 from .common import (
     Problems,
     ResultWriter,
@@ -27,6 +28,9 @@ from .common import (
 def cmd_score(args) -> int:
     from ..dataset import score_files
 
+    engine_status = run_engine(args, "score")
+    if engine_status is not None:
+        return engine_status
     if not args.paths and not args.store:
         raise ConfigError("give images (files or folders) to score, or --store DB to score stored embeddings")
     if args.store:
@@ -118,6 +122,9 @@ def _embed_into(args, store, problems: Problems, shard: str | None = None):
 def cmd_embed(args) -> int:
     from ..store import EmbeddingStore
 
+    engine_status = run_engine(args, "embed", shard=args.shard)
+    if engine_status is not None:
+        return engine_status
     if not args.model and not args.clip:
         raise ConfigError("name the heads (--model) whose CLIP and crops to embed for, or a --clip")
     problems = Problems()
@@ -148,6 +155,7 @@ def register(sub) -> None:
     p.add_argument("--store", metavar="DB", help="an embedding store (SQLite file): embed into it, score from it")
     add_selection_options(p)
     add_output_options(p)
+    add_engine_options(p)
     p.set_defaults(func=cmd_score)
 
     p = sub.add_parser("embed", help="compute CLIP embeddings into a store (resumable)",
@@ -161,6 +169,7 @@ def register(sub) -> None:
                                                   "running one job per machine into separate stores; see merge")
     p.add_argument("--report", metavar="FILE", help="write skipped files and why, as JSONL")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    add_engine_options(p)
     p.set_defaults(func=cmd_embed)
 
     p = sub.add_parser("merge", help="merge stores (e.g. one per shard) into one")

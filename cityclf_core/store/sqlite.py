@@ -274,6 +274,20 @@ class EmbeddingStore:
             stacked = np.zeros((0, encoder.embed_dim), dtype=np.float32)
         return found, counts, stacked, missing
 
+    # ------------------------------------------------------------ imported shards
+
+    def record_import(self, name: str, rows: int) -> None:
+        """Note that shard `name` was imported. Call it inside the transaction that wrote the shard's rows,
+        so that a shard is either wholly imported and recorded, or neither (meta rows: old stores stay readable).
+        """
+        self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                        (f"import:{name}", json.dumps({"rows": int(rows), "time": time.time()})))
+
+    def imported_shards(self) -> set[str]:
+        """Names of the shards recorded by record_import."""
+        return {key[len("import:"):] for (key,) in self.db.execute(
+            "SELECT key FROM meta WHERE key >= 'import:' AND key < 'import;'")}
+
     # ------------------------------------------------------------ scores
 
     def put_scores(self, rows: Iterable[tuple[str, str, str, StoredScore]]) -> None:

@@ -1,0 +1,100 @@
+"""--engine: where embed and score run (this process, or Ray Data on a local Ray or a cluster)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from ..dataset import in_shard, parse_shard
+from ..errors import ConfigError
+from ..images import find_images
+from ..progress import ProgressBar
+from .common import Problems, ResultWriter, finish, progress_enabled, selection
+
+
+def add_engine_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("engine (where embedding runs)")
+    g.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="local (default): this process, --workers decoding threads. ray: Ray Data on a local Ray "
+                        "or a cluster (--address); --workers is then the number of CLIP workers (default: one per "
+                        "GPU, or one CPU worker); results go through Parquet shards in DB.shards/ into the store")
+    g.add_argument("--address", metavar="ADDR",
+                   help="with --engine ray: the Ray cluster to join (HOST:6379, or auto for the one `ray start` "
+                        "began on this machine); default: $RAY_ADDRESS, else a new local Ray")
+    g.add_argument("--num-gpus-per-worker", type=float, metavar="G",
+                   help="with --engine ray: GPUs per CLIP worker (default: 1 when the cluster has GPUs, else 0: "
+                        "CPU workers)")
+    g.add_argument("--files-per-shard", type=int, default=1000, metavar="N",
+                   help="with --engine ray: files per Parquet shard, the unit a rerun resumes from (default 1000)")
+    p.set_defaults(workers=None)  # given or not: decode threads locally (2 if not), CLIP workers on Ray
+
+
+def run_engine(args, command: str, shard: str | None = None) -> int | None:
+    """`--engine ray`: embed (and score) args.paths on Ray Data; None for the local engine (nothing done)."""
+    if args.engine == "local":
+        if args.workers is None:
+            args.workers = 2
+        return None
+    import contextlib
+    import tempfile
+
+    from ..engines import require_ray
+
+    require_ray()
+    from ..engines.ray_data import ModelSpec, RayOptions, run_job
+    from ..engines.results import results_after_run
+    from ..store import EmbeddingStore
+
+    if not args.paths:
+        raise ConfigError("--engine ray embeds image files: give PATH...; scoring stored embeddings "
+                          "(score --store DB alone) needs no engine")
+    problems = Problems()
+    files, missing = find_images(args.paths)
+    for path, reason in missing:
+        problems.add(path, reason)
+    if shard:
+        part = parse_shard(shard)
+        files = [f for f in files if in_shard(f, args.paths, part)]
+    paths = [os.path.abspath(p) for p in files]
+    spec = ModelSpec(tuple(args.model or ()), args.clip, args.pairing, args.models_dir, not args.offline,
+                     args.tile_size, args.dtype, args.tiling, args.upscale, getattr(args, "combine", "mean"),
+                     score=command == "score")
+    options = RayOptions(args.address, args.workers, args.num_gpus_per_worker, args.files_per_shard,
+                         args.batch_size, args.device, args.max_pixels)
+    with contextlib.ExitStack() as stack:  # score without --store: a store and shards for this run only
+        db = args.store or os.path.join(stack.enter_context(tempfile.TemporaryDirectory()), "run.db")
+        store = stack.enter_context(EmbeddingStore(db))
+        bar = ProgressBar(len(paths), "img", enabled=progress_enabled(args), label="embedding")
+        problems.bar = bar
+
+        def on_file(path, error):
+            if error:
+                problems.add(path, error)
+            bar.update(1)
+
+        with bar:
+            report = run_job(store, spec, paths, f"{db}.shards", options, on_file)
+        problems.bar = None
+        if report.resumed:
+            print(f"cityclf: imported {report.resumed} shard(s) an interrupted run had written", file=sys.stderr)
+        for path, note in report.notes:
+            print(f"cityclf: note {path}: {note}", file=sys.stderr)
+        print(f"cityclf: {report.summary()}" + (f" (Parquet shards in {db}.shards)" if args.store else ""),
+              file=sys.stderr)
+        if command == "embed":
+            problems.write_report(args.report)
+            return 1 if len(problems) else 0
+        stream = not selection(args).active
+        writer = ResultWriter(args.format, report.model.names, sys.stdout)
+        rows = []
+        for results, why in results_after_run(store, report.model, paths, report.scored, args.combine,
+                                              args.tiling, args.upscale):
+            for path, reason in why:
+                problems.add(path, reason)
+            for path, result in results:
+                if stream:
+                    writer.write(path, result)
+                rows.append((path, result))
+        return finish(args, rows, problems, roots=args.paths, writer=None if stream else writer,
+                       store=store if args.store else None)

@@ -1,0 +1,169 @@
+"""Parquet shards: what an engine's workers computed for a group of files, and importing them into a store.
+
+One row per file:
+
+    path, size, mtime_ns, content (sha256), width, height, status ('ok' | 'failed'), error, notes [text]
+    embeddings  [{clip (identity), policy (store key), views, dim, data (float32 little-endian [views, dim])}]
+    scores      [{head, combine, score, label, probs (the kind's extra as JSON, or null), kind}]
+
+The schema's metadata (key b"cityclf") names the CLIPs (identity, name, source,
+image size, embedding size), so a shard can be imported without loading a model.
+A shard is written under a temporary name and renamed, so a file named
+`*.parquet` is always whole; the store records each import in the same
+transaction as its rows, so a shard is imported wholly or not at all, and
+importing one twice changes nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from ..errors import StoreError
+from ..store import EmbeddingStore, StoredScore
+
+SHARD_VERSION = 1
+SUFFIX = ".parquet"
+TEMP_PREFIX = ".partial-"
+
+
+def _pa():
+    import pyarrow as pa
+
+    return pa
+
+
+def shard_schema(encoders: Sequence[dict]):
+    """The Arrow schema of a shard; `encoders` as in the metadata (identity, name, source, image_size, embed_dim)."""
+    pa = _pa()
+    embedding = pa.struct([("clip", pa.string()), ("policy", pa.string()), ("views", pa.int32()),
+                           ("dim", pa.int32()), ("data", pa.binary())])
+    score = pa.struct([("head", pa.string()), ("combine", pa.string()), ("score", pa.float64()),
+                       ("label", pa.string()), ("probs", pa.string()), ("kind", pa.string())])
+    meta = {"version": SHARD_VERSION, "encoders": list(encoders)}
+    return pa.schema([
+        ("path", pa.string()), ("size", pa.int64()), ("mtime_ns", pa.int64()), ("content", pa.string()),
+        ("width", pa.int32()), ("height", pa.int32()), ("status", pa.string()), ("error", pa.string()),
+        ("notes", pa.list_(pa.string())), ("embeddings", pa.list_(embedding)), ("scores", pa.list_(score)),
+    ], metadata={b"cityclf": json.dumps(meta).encode()})
+
+
+def shard_name(signature: str, files: Iterable[tuple[str, int | None, int | None]]) -> str:
+    """A stable name for the shard of these (path, size, mtime_ns) files under this job signature."""
+    h = hashlib.sha1(signature.encode())
+    for path, size, mtime in files:
+        h.update(f"\0{path}\0{size}\0{mtime}".encode())
+    return f"shard-{h.hexdigest()[:20]}"
+
+
+def embedding_cell(clip: str, policy: str, emb: np.ndarray) -> dict:
+    arr = np.ascontiguousarray(emb, dtype="<f4")
+    return {"clip": clip, "policy": policy, "views": int(arr.shape[0]), "dim": int(arr.shape[1]),
+            "data": arr.tobytes()}
+
+
+def write_shard(folder: str | os.PathLike, name: str, rows: list[dict], encoders: Sequence[dict]) -> Path:
+    """Write `rows` (dicts with the schema's columns) as folder/name.parquet, atomically."""
+    import pyarrow.parquet as pq
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    table = _pa().Table.from_pylist(rows, schema=shard_schema(encoders))
+    final = folder / f"{name}{SUFFIX}"
+    tmp = folder / f"{TEMP_PREFIX}{name}.{os.getpid()}.tmp"  # never *.parquet until whole
+    try:
+        with open(tmp, "wb") as f:
+            pq.write_table(table, f, compression="zstd")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return final
+
+
+def read_shard(path: str | os.PathLike):
+    """(rows as dicts, metadata) of a shard; StoreError naming the file if it is not one."""
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+        meta = json.loads((table.schema.metadata or {})[b"cityclf"])
+    except (OSError, KeyError, ValueError) as e:
+        raise StoreError(f"{path} is not a cityclf shard ({e}); move it out of the shard folder") from None
+    if int(meta.get("version", 0)) > SHARD_VERSION:
+        raise StoreError(f"{path} was written by a newer cityclf (shard version {meta['version']}); upgrade cityclf")
+    return table.to_pylist(), meta
+
+
+@dataclass
+class Imported:
+    name: str
+    rows: list[dict]  # the shard's rows, for reporting (status, error, notes, scores)
+
+
+def import_shard(store: EmbeddingStore, path: str | os.PathLike) -> Imported:
+    """Put one shard's embeddings, files and scores into `store` in one transaction, and record it."""
+    path = Path(path)
+    name = path.name[: -len(SUFFIX)]
+    rows, meta = read_shard(path)
+    ids = {e["identity"]: store.register_encoder(e["identity"], e["name"], e["source"], int(e["image_size"]),
+                                                 int(e["embed_dim"])).id
+           for e in meta["encoders"]}
+    scores = []
+    with store.transaction():
+        for r in rows:
+            if r["status"] != "ok":
+                store.put_file(r["path"], r["size"], r["mtime_ns"], None, status="failed", error=r["error"])
+                continue
+            for e in r["embeddings"] or ():
+                if e["clip"] not in ids:
+                    raise StoreError(f"{path}: embeddings of CLIP {e['clip']}, which its metadata does not name")
+                emb = np.frombuffer(e["data"], dtype="<f4").reshape(e["views"], e["dim"])
+                store.put_embedding(r["content"], ids[e["clip"]], e["policy"], emb)
+            store.put_file(r["path"], r["size"], r["mtime_ns"], r["content"], r["width"], r["height"],
+                           notes=r["notes"] or None)
+            scores += [(r["path"], s["head"], s["combine"], stored_score(s)) for s in r["scores"] or ()]
+        if scores:
+            store.put_scores(scores)
+        store.record_import(name, len(rows))
+    return Imported(name, rows)
+
+
+def pending_shards(store: EmbeddingStore, folder: str | os.PathLike) -> list[Path]:
+    """Whole shards in `folder` not yet imported into `store` (a run killed between writing and importing)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    done = store.imported_shards()
+    return sorted(p for p in folder.glob(f"*{SUFFIX}")
+                  if not p.name.startswith(TEMP_PREFIX) and p.name[: -len(SUFFIX)] not in done)
+
+
+def remove_partial(folder: str | os.PathLike) -> int:
+    """Delete temporary files a killed writer left in `folder`; returns how many."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    n = 0
+    for p in folder.glob(f"{TEMP_PREFIX}*.tmp"):
+        p.unlink(missing_ok=True)
+        n += 1
+    return n
+
+
+def stored_score(s: dict) -> StoredScore:
+    """A shard's score entry as the store keeps it (entries without a kind: a classifier when it has probs)."""
+    extra = json.loads(s["probs"]) if s["probs"] else None
+    return StoredScore(s["score"], s["label"], extra, s.get("kind") or ("class" if extra else "score"))
+
+
+__all__ = ["Imported", "SHARD_VERSION", "embedding_cell", "import_shard", "pending_shards", "read_shard",
+           "remove_partial", "shard_name", "shard_schema", "write_shard"]

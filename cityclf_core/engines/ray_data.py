@@ -1,0 +1,396 @@
+"""Embed (and score) a dataset on Ray Data, into the same store as a local run.
+
+    driver     list files; skip those the store already has (same path, size,
+               mtime, embeddings present); group the rest into shards of
+               `files_per_shard`
+    CPU tasks  read, hash, decode, crop: prepare.prepare_file, one file at a time
+    actors     CLIP (one per GPU, or CPU actors), chunked like a local run
+               (pipeline.ChunkedEncoder); every head sharing that CLIP pass
+               runs in the same actor (pipeline.head_scores) when scoring
+    driver     collects each shard's rows, writes it as Parquet (atomically)
+               and imports it into the store (one transaction, recorded)
+
+Resuming: a rerun first imports shards written but not imported (a killed
+driver), then skips every file the store has, so nothing is computed twice and
+nothing is lost. Files must be readable at the same path on every Ray node (a
+shared or identically mounted file system); the store and the shards stay on the
+driver's machine.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from ..crops import CropPolicy, plan_crops
+from ..encoders import Encoder, TimedEncoder
+from ..errors import ConfigError, StoreError
+from ..images import DEFAULT_MAX_PIXELS
+from ..dataset.embed import EmbedReport
+from ..embedding import ChunkedEncoder, default_batch_size
+from ..pipeline import HeadBinding, ScoringModel, head_scores
+from ..store import EmbeddingStore, policy_key
+from . import parquet, require_ray
+from .prepare import prepare_file
+
+#: files per CPU task call, and per CLIP actor call
+PREPARE_BATCH = 4
+ACTOR_BATCH = 16
+#: memory a decoding task reserves (bytes): its worker (Python, torch) and one large image decoded and cropped
+DECODE_MEMORY = 512 * 2**20
+
+
+# ---------------------------------------------------------------- what to run
+
+
+@dataclass
+class Target:
+    """One CLIP pass: an encoder, a crop policy, its store key, and the heads that share it."""
+
+    encoder: Encoder
+    policy: CropPolicy
+    key: str
+    bindings: list[HeadBinding] = field(default_factory=list)
+
+    def describe(self) -> dict:
+        e = self.encoder
+        return {"identity": e.identity, "name": e.name, "source": str(getattr(e, "source", e.name)),
+                "image_size": int(e.image_size), "embed_dim": int(e.embed_dim)}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What every CLIP actor (and the driver) loads: picklable, paths absolute."""
+
+    models: tuple[str, ...] = ()
+    clip: str | None = None
+    pairing: str = "best"
+    models_dir: str | None = None
+    allow_download: bool = True
+    tile_size: int | None = None
+    dtype: str = "auto"
+    tiling: str = "auto"
+    upscale: bool = True
+    combine: str = "mean"
+    score: bool = False  # also run the heads in the actors and store their scores
+
+    def portable(self) -> "ModelSpec":
+        """Local files and folders as absolute paths (workers do not share the driver's working folder)."""
+        def absolute(p):
+            return str(Path(p).expanduser().resolve()) if p and Path(p).expanduser().exists() else p
+
+        return replace(self, models=tuple(absolute(m) for m in self.models), clip=absolute(self.clip),
+                       models_dir=absolute(self.models_dir))
+
+    def load(self, device: str) -> tuple[ScoringModel | None, list[Target]]:
+        """The heads (None when embedding for a bare --clip) and the CLIP passes they need, on `device`."""
+        from ..loading import load_encoder, load_scoring_model
+
+        if self.models:
+            model = load_scoring_model(list(self.models), clip=self.clip, device=device, dtype=self.dtype,
+                                       pairing=self.pairing, allow_download=self.allow_download,
+                                       models_dir=self.models_dir, tile_size=self.tile_size)
+            targets = []
+            for g in model.groups(self.tiling, self.upscale):
+                if g.encoder.embed_dim is None:
+                    raise StoreError(f"CLIP {g.encoder.name}: its embedding size is unknown until it runs; "
+                                     "use a transformers CLIP")
+                targets.append(Target(g.encoder, g.policy, policy_key(g.policy), list(g.bindings)))
+            return model, targets
+        if not self.clip:
+            raise ConfigError("name the heads (--model) whose CLIP and crops to embed for, or a --clip")
+        encoder = load_encoder(self.clip, device, self.dtype, allow_download=self.allow_download)
+        policy = CropPolicy(tiling=self.tiling == "on", tile_size=self.tile_size,
+                            upscale=self.upscale).resolved(encoder.image_size)
+        return None, [Target(encoder, policy, policy_key(policy))]
+
+
+@dataclass
+class RayOptions:
+    address: str | None = None  # None: a Ray already started in this process, else a new local one
+    workers: int | None = None  # CLIP actors; None: one per GPU group, or 1 on a cluster without GPUs
+    num_gpus_per_worker: float | None = None  # None: 1 when the cluster has GPUs, else 0 (CPU actors)
+    files_per_shard: int = 1000
+    batch_size: int | None = None  # views per CLIP forward (default: 64 on a GPU, 8 on a CPU)
+    device: str = "auto"  # the actors' device; auto: cuda when they hold a GPU
+    max_pixels: int = DEFAULT_MAX_PIXELS
+
+
+@dataclass
+class RayReport(EmbedReport):
+    resumed: int = 0  # shards a killed run had written, imported now
+    shards: int = 0  # shards written by this run
+    scored: set[str] = field(default_factory=set)  # files whose heads ran in the actors this run
+    model: ScoringModel | None = None  # the driver's copy of the heads (for scoring what was not computed)
+    first_embedding_s: float | None = None  # from the call to the first embedding in the store
+
+
+# ---------------------------------------------------------------- the job
+
+
+def run_job(
+    store: EmbeddingStore,
+    spec: ModelSpec,
+    paths: Sequence[str],
+    shard_dir: str | os.PathLike,
+    options: RayOptions = RayOptions(),
+    on_file: Callable[[str, str | None], None] | None = None,
+) -> RayReport:
+    """Make sure every file has stored embeddings (and, with spec.score, fresh scores) using Ray Data."""
+    start = time.perf_counter()
+    report = RayReport(total=len(paths))
+    if options.files_per_shard < 1:
+        raise ConfigError(f"files per shard must be at least 1, not {options.files_per_shard}")
+    spec = spec.portable()
+    parquet.remove_partial(shard_dir)
+    for shard in parquet.pending_shards(store, shard_dir):  # written by a run killed before importing them
+        parquet.import_shard(store, shard)
+        report.resumed += 1
+    model, targets = spec.load("cpu")  # the driver never runs CLIP: it needs identities, sizes and heads
+    report.model = model
+    rows = [store.register_encoder(t.encoder.identity, t.encoder.name, str(getattr(t.encoder, "source", t.encoder.name)),
+                                   t.encoder.image_size, t.encoder.embed_dim) for t in targets]
+    known = [store.known_contents(r.id, t.key) for r, t in zip(rows, targets)]
+    work = []
+    for path in paths:
+        try:
+            st = os.stat(path)
+            size, mtime = st.st_size, st.st_mtime_ns
+        except OSError:
+            size = mtime = None  # the CPU task reports why
+        prior = store.file(path)
+        if (prior is not None and prior.status == "ok" and (prior.size, prior.mtime_ns) == (size, mtime)
+                and all(prior.content in k for k in known)):
+            report.reused += 1
+            if on_file:
+                on_file(path, None)
+            continue
+        work.append((path, size, mtime))
+    if not work:
+        return report
+    signature = json.dumps([[t.encoder.identity, t.key, [b.name for b in t.bindings]] for t in targets]
+                           + [spec.combine, spec.score])
+    n = options.files_per_shard
+    shards = {parquet.shard_name(signature, work[i:i + n]): [p for p, _, _ in work[i:i + n]]
+              for i in range(0, len(work), n)}
+    encoders = list({t.encoder.identity: t.describe() for t in targets}.values())
+
+    def finish(name: str, got: list[dict]) -> None:
+        order = {p: i for i, p in enumerate(shards[name])}
+        got.sort(key=lambda r: order[r["path"]])
+        path = parquet.write_shard(shard_dir, name, [_shard_row(r, targets, spec.combine) for r in got], encoders)
+        parquet.import_shard(store, path)
+        report.shards += 1
+        heads = {b.name for t in targets for b in t.bindings}
+        for r in got:
+            if r["error"]:
+                report.failed.append((r["path"], r["error"]))
+            elif any(r[f"n_{i}"] for i in range(len(targets))):
+                report.embedded += 1
+                report.views += sum(r[f"n_{i}"] for i in range(len(targets)))
+                report.notes += [(r["path"], note) for note in r["notes"] or ()]
+                if report.first_embedding_s is None:
+                    report.first_embedding_s = time.perf_counter() - start
+            else:
+                report.reused += 1
+            if spec.score and heads and {s["head"] for s in json.loads(r["scores"])} == heads:
+                report.scored.add(r["path"])
+            if on_file:
+                on_file(r["path"], r["error"])
+
+    _stream(spec, targets, known, shards, options, finish)
+    return report
+
+
+def _shard_row(r: dict, targets: list[Target], combine: str) -> dict:
+    """An actor's output row as a shard row (see parquet.py)."""
+    embeddings = []
+    for i, t in enumerate(targets):
+        if r[f"n_{i}"]:
+            emb = np.frombuffer(r[f"emb_{i}"], dtype="<f4").reshape(r[f"n_{i}"], t.encoder.embed_dim)
+            embeddings.append(parquet.embedding_cell(t.encoder.identity, t.key, emb))
+    return {"path": r["path"], "size": r["size"], "mtime_ns": r["mtime_ns"], "content": r["content"],
+            "width": r["width"], "height": r["height"], "status": "failed" if r["error"] else "ok",
+            "error": r["error"], "notes": r["notes"] or [], "embeddings": embeddings,
+            "scores": json.loads(r["scores"]) if r["scores"] else []}
+
+
+def _stream(spec: ModelSpec, targets: list[Target], known: list[set[str]], shards: dict[str, list[str]],
+            options: RayOptions, finish: Callable[[str, list[dict]], None]) -> None:
+    """Run the Ray Data pipeline over the shards' files; `finish(shard, rows)` as each shard completes."""
+    ray = require_ray()
+    import ray.data
+
+    started = connect(options.address)
+    try:
+        ctx = ray.data.DataContext.get_current()
+        for flag in ("enable_progress_bars", "enable_operator_progress_bars", "print_on_execution_start"):
+            if hasattr(ctx, flag):
+                setattr(ctx, flag, False)
+        actors, gpus = pool_size(ray, options.workers, options.num_gpus_per_worker)
+        device = options.device if options.device != "auto" else ("cuda" if gpus else "cpu")
+        items = [{"path": p, "shard": name} for name, files in shards.items() for p in files]
+        ds = ray.data.from_items(items, override_num_blocks=max(1, -(-len(items) // PREPARE_BATCH)))
+        # a decoding task reserves memory for a large image and its views; as Ray Data fuses stages with
+        # equal resources, this also keeps decoding in its own CPU tasks when the CLIP workers are CPU
+        # actors (fused, it would run serially inside them)
+        ds = ds.map_batches(prepare_batch, batch_format="pyarrow", batch_size=PREPARE_BATCH, num_cpus=1,
+                            memory=DECODE_MEMORY, fn_kwargs={"views": [(t.policy, t.encoder.image_size) for t in targets],
+                                       "known_ref": ray.put(known), "max_pixels": options.max_pixels})
+        ds = ds.map_batches(ClipWorker, batch_format="pyarrow", batch_size=ACTOR_BATCH,
+                            compute=ray.data.ActorPoolStrategy(size=actors),
+                            num_gpus=gpus or None, num_cpus=1,
+                            fn_constructor_kwargs={"spec": spec, "device": device, "batch_size": options.batch_size,
+                                                   "expected": [(t.encoder.identity, t.key) for t in targets]})
+        waiting: dict[str, list[dict]] = defaultdict(list)
+        for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+            for r in batch.to_pylist():
+                got = waiting[r["shard"]]
+                got.append(r)
+                if len(got) == len(shards[r["shard"]]):
+                    finish(r["shard"], waiting.pop(r["shard"]))
+        if waiting:
+            raise StoreError(f"internal: {len(waiting)} shard(s) came back incomplete from Ray; rerun to finish them")
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def connect(address: str | None) -> bool:
+    """Join the Ray at `address` (or $RAY_ADDRESS, or start a local one); False if this process already had one."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    try:
+        ray.init(address=address, include_dashboard=False, logging_level="WARNING", configure_logging=True)
+    except ConnectionError as e:
+        raise ConfigError(f"--address {address}: cannot reach a Ray cluster there ({e}); start one with "
+                          "`ray start --head` or `ray up cluster.yaml`, or leave --address out for a local Ray") from None
+    return True
+
+
+def pool_size(ray, workers: int | None, gpus_per_worker: float | None) -> tuple[int, float]:
+    """(CLIP actors, GPUs per actor): one actor per GPU group of the cluster, CPU actors where it has none."""
+    total = float(ray.cluster_resources().get("GPU", 0))
+    if workers is not None and workers < 1:
+        raise ConfigError(f"--workers {workers}: need at least one CLIP worker")
+    if gpus_per_worker is None:
+        gpus_per_worker = 1.0 if total else 0.0
+    if gpus_per_worker < 0:
+        raise ConfigError("--num-gpus-per-worker must be 0 (CPU workers) or more")
+    if gpus_per_worker > 0:
+        if total < gpus_per_worker:
+            raise ConfigError(f"--num-gpus-per-worker {gpus_per_worker:g}: the Ray cluster has {total:g} GPU(s); "
+                              "use --num-gpus-per-worker 0 for CPU workers")
+        return workers or max(1, int(total // gpus_per_worker)), gpus_per_worker
+    return workers or 1, 0.0
+
+
+# ---------------------------------------------------------------- the stages (run in Ray workers)
+
+
+_KNOWN: dict[str, list[set[str]]] = {}
+
+
+def _known(ref) -> list[set[str]]:
+    import ray
+
+    if not isinstance(ref, ray.ObjectRef):
+        return ref
+    key = ref.hex()
+    if key not in _KNOWN:
+        _KNOWN.clear()
+        _KNOWN[key] = ray.get(ref)
+    return _KNOWN[key]
+
+
+def prepare_batch(batch, views: list[tuple[CropPolicy, int]], known_ref, max_pixels: int):
+    """CPU stage: per file, stat, hash and (for the targets lacking its content) decoded uint8 views."""
+    import pyarrow as pa
+
+    known = _known(known_ref)
+    planners = [(functools.partial(_plan, policy=p, clip_size=s), s) for p, s in views]
+    out: dict[str, list] = defaultdict(list)
+    for path, shard in zip(batch.column("path").to_pylist(), batch.column("shard").to_pylist()):
+        item = prepare_file(path, planners, lambda c: [i for i, k in enumerate(known) if c not in k], max_pixels)
+        for k in ("path", "size", "mtime_ns", "content", "width", "height", "error"):
+            out[k].append(getattr(item, k))
+        out["shard"].append(shard)
+        out["notes"].append(item.notes)
+        for i in range(len(views)):
+            v = item.views.get(i)
+            out[f"n_{i}"].append(0 if v is None else int(v.shape[0]))
+            out[f"views_{i}"].append(None if v is None else v.numpy().tobytes())
+    types = {"size": pa.int64(), "mtime_ns": pa.int64(), "width": pa.int32(), "height": pa.int32(),
+             "notes": pa.list_(pa.string())}
+    return pa.table({k: pa.array(v, type=types.get(k, pa.binary() if k.startswith("views_") else
+                                                 pa.int32() if k.startswith("n_") else pa.string()))
+                     for k, v in out.items()})
+
+
+def _plan(height: int, width: int, content: str, policy: CropPolicy, clip_size: int):
+    return plan_crops(height, width, policy, clip_size)
+
+
+class ClipWorker:
+    """Actor stage: CLIP on the views of a batch of files, then every head of that CLIP pass."""
+
+    def __init__(self, spec: ModelSpec, device: str, expected: list[tuple[str, str]], batch_size: int | None):
+        model, self.targets = spec.load(device)
+        got = [(t.encoder.identity, t.key) for t in self.targets]
+        if got != [tuple(x) for x in expected]:
+            raise StoreError(f"the CLIP on this Ray node ({got}) is not the driver's ({expected}); install the "
+                             "same CLIP and heads on every node")
+        self.spec = spec
+        self.timers = [TimedEncoder(t.encoder) for t in self.targets]
+        self.batch_size = batch_size or default_batch_size(self.targets[0].encoder.device)
+
+    def __call__(self, batch):
+        import pyarrow as pa
+
+        cols = batch.to_pydict()
+        n = batch.num_rows
+        out = {k: v for k, v in cols.items() if not k.startswith("views_")}
+        scores: list[list[dict]] = [[] for _ in range(n)]
+        for i, (t, timer) in enumerate(zip(self.targets, self.timers)):
+            S = t.encoder.image_size
+            chunks = ChunkedEncoder(timer, self.batch_size)
+            embs: dict[int, torch.Tensor] = {}
+            for r in range(n):
+                k = cols[f"n_{i}"][r]
+                if k:
+                    views = torch.frombuffer(bytearray(cols[f"views_{i}"][r]), dtype=torch.uint8).reshape(k, 3, S, S)
+                    embs.update(chunks.add(r, views))
+            embs.update(chunks.flush())
+            out[f"emb_{i}"] = pa.array([embs[r].numpy().astype("<f4").tobytes() if r in embs else None
+                                        for r in range(n)], type=pa.binary())
+            if self.spec.score and embs and t.bindings:
+                order = sorted(embs)
+                for s in head_scores(t.bindings, torch.cat([embs[r] for r in order]),
+                                     [int(embs[r].shape[0]) for r in order], self.spec.combine):
+                    for j, r in enumerate(order):
+                        res = s.result(j)
+                        score, label, extra = res.kind.to_stored(res)
+                        scores[r].append({"head": res.head, "combine": self.spec.combine, "score": score,
+                                          "label": label, "probs": json.dumps(extra) if extra is not None else None,
+                                          "kind": res.arch})
+        out["scores"] = [json.dumps(s) for s in scores]
+        types = {"size": pa.int64(), "mtime_ns": pa.int64(), "width": pa.int32(), "height": pa.int32(),
+                 "notes": pa.list_(pa.string())}
+        return pa.table({k: v if isinstance(v, pa.Array) else
+                         pa.array(v, type=types.get(k, pa.int32() if k.startswith("n_") else pa.string()))
+                         for k, v in out.items()})
+
+
+__all__ = ["ClipWorker", "ModelSpec", "RayOptions", "RayReport", "Target", "connect", "pool_size",
+           "prepare_batch", "run_job"]

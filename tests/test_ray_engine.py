@@ -1,0 +1,294 @@
+"""--engine ray: Ray Data on a local Ray gives the store a local run gives; resumable; optional.
+
+One local Ray (2 CPUs) for the whole module; tiny random CLIP and heads from
+conftest; a few dozen small images. The test without Ray runs everywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import ROOT, illustration
+from PIL import Image
+
+from cityclf_core.cli import main
+from cityclf_core.store import EmbeddingStore
+
+N_GOOD = 40
+BAD = {"corrupt.png": "not an image", "text.jpg": "not an image", "cut.png": "truncated or corrupt"}
+
+
+@pytest.fixture(scope="module")
+def ray_address():
+    """A local Ray for this module; its address, for driver subprocesses to join."""
+    ray = pytest.importorskip("ray")
+    pytest.importorskip("ray.data")
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("ray-data") / "data"
+    (root / "sub").mkdir(parents=True)
+    for i in range(N_GOOD):
+        folder = root / "sub" if i % 3 == 0 else root
+        Image.fromarray(illustration(40 + 7 * (i % 9), 36 + 5 * (i % 7), i)).save(folder / f"img{i:02d}.png")
+    Image.fromarray(illustration(200, 90, 99)).save(root / "wide.png")
+    (root / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 50)
+    (root / "text.jpg").write_text("not a picture")
+    whole = (root / "img01.png").read_bytes()
+    (root / "cut.png").write_bytes(whole[: len(whole) // 2])
+    return root
+
+
+@pytest.fixture(scope="module")
+def models(tiny_clip_dir, score_head_path, class_head_path) -> list[str]:
+    return ["-m", str(score_head_path), "-m", str(class_head_path), "--clip", str(tiny_clip_dir)]
+
+
+def run(argv, capsys):
+    code = main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def jsonl(text: str) -> dict:
+    """{(path, head): score or probs} of `--format jsonl` output."""
+    rows = {}
+    for line in text.splitlines():
+        r = json.loads(line)
+        rows[(r["path"], r["model"])] = r.get("score", r.get("probs"))
+    return rows
+
+
+def assert_same_scores(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys() and a
+    for key, va in a.items():
+        vb = b[key]
+        if isinstance(va, dict):
+            assert va.keys() == vb.keys()
+            assert list(va.values()) == pytest.approx(list(vb.values()), abs=1e-5), key
+        else:
+            assert va == pytest.approx(vb, abs=1e-5), key
+
+
+def shard_paths(shards: Path, files: list[Path] | None = None) -> list[str]:
+    """The paths in these shard files (default: every whole shard in the folder)."""
+    import pyarrow.parquet as pq
+
+    files = sorted(shards.glob("*.parquet")) if files is None else files
+    return [p for f in files for p in pq.read_table(f, columns=["path"]).column(0).to_pylist()]
+
+
+def assert_same_embeddings(db_a: Path, db_b: Path, tmp_path: Path, capsys) -> None:
+    for name, db in (("a", db_a), ("b", db_b)):
+        for policy in ("whole", "tiles:64:1536:up"):
+            code, _, err = run(["export", "--store", str(db), "--out", str(tmp_path / f"{name}-{policy[:5]}.npz"),
+                                "--policy", policy], capsys)
+            assert code == 0, err
+    for policy in ("whole", "tiles"):
+        a, b = np.load(tmp_path / f"a-{policy}.npz"), np.load(tmp_path / f"b-{policy}.npz")
+        assert list(a["paths"]) == list(b["paths"]) and len(a["paths"]) == N_GOOD + 1
+        assert np.array_equal(a["offsets"], b["offsets"])
+        np.testing.assert_allclose(a["embeddings"], b["embeddings"], rtol=1e-5, atol=1e-6)
+        assert str(a["clip_identity"]) == str(b["clip_identity"])
+
+
+@pytest.fixture(scope="module")
+def local_store(tmp_path_factory, data, models):
+    """The single-machine path: score PATH --store, its output and its skipped-file report."""
+    tmp = tmp_path_factory.mktemp("local")
+    report = tmp / "report.jsonl"
+    code = main(["score", str(data), "--store", str(tmp / "local.db"), *models, "--format", "jsonl",
+                 "--no-progress", "--report", str(report)])
+    return tmp / "local.db", code, report
+
+
+def test_ray_store_answers_like_a_local_one(ray_address, local_store, data, models, tmp_path, capsys):
+    local_db, local_code, local_report = local_store
+    capsys.readouterr()
+    ray_db, report = tmp_path / "ray.db", tmp_path / "report.jsonl"
+    code, out, err = run(["score", str(data), "--store", str(ray_db), *models, "--engine", "ray",
+                          "--files-per-shard", "7", "--format", "jsonl", "--no-progress", "--report", str(report)],
+                         capsys)
+    # bad files: skipped and reported as a local run does, the rest scored
+    assert code == local_code == 1, err
+    assert report.read_text() == local_report.read_text()
+    skipped: dict[str, str] = {}  # the first reason per file (scoring then adds "not in the store")
+    for line in report.read_text().splitlines():
+        skipped.setdefault(Path(json.loads(line)["path"]).name, json.loads(line)["error"])
+    assert set(skipped) == set(BAD)
+    for name, why in BAD.items():
+        assert why in skipped[name]
+    assert f"{N_GOOD + 1} embedded" in err and "3 skipped" in err
+    ray_scores = jsonl(out)
+    assert len({p for p, _ in ray_scores}) == N_GOOD + 1
+
+    # the stores answer score --store, query and export alike
+    answers = {}
+    for name, db in (("local", local_db), ("ray", ray_db)):
+        code, out, err = run(["score", "--store", str(db), *models, "--format", "jsonl", "--no-progress"], capsys)
+        assert code == 0, err
+        answers[name, "score"] = jsonl(out)
+        code, out, err = run(["query", "--store", str(db), "--format", "jsonl", "--min", "TestAesthetics=0"], capsys)
+        assert code == 0, err
+        answers[name, "query"] = jsonl(out)
+    assert_same_scores(answers["local", "score"], answers["ray", "score"])
+    assert_same_scores(answers["local", "query"], answers["ray", "query"])
+    assert_same_scores(answers["local", "score"], ray_scores)  # what the Ray run printed, from its actors
+    assert_same_embeddings(local_db, ray_db, tmp_path, capsys)
+    with EmbeddingStore(local_db) as a, EmbeddingStore(ray_db) as b:
+        assert a.files(status=None) == b.files(status=None)  # paths, sizes, times, hashes, failures and why
+        assert a.stats()["embeddings"] == b.stats()["embeddings"]
+
+    # rerun: nothing redone, no shard rewritten or imported again
+    shards = ray_db.with_name("ray.db.shards")
+    before = {p.name: p.stat().st_mtime_ns for p in shards.glob("*.parquet")}
+    with EmbeddingStore(ray_db) as store:
+        imported = store.imported_shards()
+    assert len(before) == -(-(N_GOOD + 1 + len(BAD)) // 7) and set(before) == {n + ".parquet" for n in imported}
+    code, _, err = run(["embed", str(data), "--store", str(ray_db), *models, "--engine", "ray",
+                        "--files-per-shard", "7", "--no-progress"], capsys)
+    assert code == 1 and f"0 embedded, {N_GOOD + 1} already in the store, 3 skipped" in err
+    after = {p.name: p.stat().st_mtime_ns for p in shards.glob("*.parquet")}
+    assert all(after[n] == t for n, t in before.items())
+    new = [shards / n for n in set(after) - set(before)]
+    assert len(new) == 1 and {Path(p).name for p in shard_paths(new[0].parent, new)} == set(BAD)  # failed ones again
+    with EmbeddingStore(ray_db) as store:
+        assert imported < store.imported_shards()
+        assert store.stats()["files"] == N_GOOD + 1
+
+
+def test_selection_and_copy_without_a_store_match_a_local_run(ray_address, data, models, tmp_path, capsys):
+    picks = {}
+    for engine in ("local", "ray"):
+        dest = tmp_path / engine
+        code, out, err = run(["score", str(data), *models, "--engine", engine, "--top", "5", "--min",
+                              "TestCompression:Pass=0.2", "--copy", str(dest), "--format", "jsonl", "--no-progress"],
+                             capsys)
+        assert code == 1, err  # the bad files
+        picks[engine] = jsonl(out)
+        assert sorted(p.relative_to(dest) for p in dest.rglob("*.png")) == sorted(
+            {Path(p).relative_to(data) for p, _ in picks[engine]})
+    assert_same_scores(picks["local"], picks["ray"])
+    assert len({p for p, _ in picks["ray"]}) == 5
+
+
+def test_killed_driver_loses_and_repeats_nothing(ray_address, local_store, data, models, tmp_path, capsys):
+    db, shards = tmp_path / "k.db", tmp_path / "k.db.shards"
+    argv = ["embed", str(data), "--store", str(db), *models, "--engine", "ray", "--files-per-shard", "1",
+            "--no-progress"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    driver = subprocess.Popen([sys.executable, "-m", "cityclf_core", *argv, "--address", ray_address], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + 240
+        while not any(shards.glob("*.parquet")):
+            assert driver.poll() is None, driver.stderr.read().decode()[-3000:]
+            assert time.monotonic() < deadline, "no shard written in time"
+            time.sleep(0.02)
+        running = driver.poll() is None
+        driver.send_signal(signal.SIGKILL)
+    finally:
+        driver.kill()
+        driver.wait()
+        driver.stderr.close()
+    assert running, "the driver finished before it could be killed"
+    written = shard_paths(shards)
+    total = N_GOOD + 1 + len(BAD)
+    assert 0 < len(written) < total  # killed mid-run: some shards written, not all
+
+    code, _, err = run(argv, capsys)  # the rerun (in this process, on the module's Ray)
+    assert code == 1, err
+    done = shard_paths(shards)
+    assert sorted(done) == sorted(set(done)) and len(done) == total  # every file in exactly one shard: none redone
+    assert set(written) <= set(done)
+    with EmbeddingStore(db) as store:
+        assert store.stats()["files"] == N_GOOD + 1 and store.stats()["failed"] == len(BAD)
+        assert len(store.imported_shards()) == total
+    assert_same_embeddings(local_store[0], db, tmp_path, capsys)
+
+    # killed between writing shards and importing them: the next run imports them, computes none of them again
+    db2, shards2 = tmp_path / "k2.db", tmp_path / "k2.db.shards"
+    shutil.copytree(shards, shards2)
+    (shards2 / ".partial-shard-0123.999.tmp").write_bytes(b"PAR1")  # and a half-written one
+    argv2 = [str(db2) if a == str(db) else a for a in argv]
+    before = {p.name: p.stat().st_mtime_ns for p in shards2.glob("*.parquet")}
+    code, _, err = run(argv2, capsys)
+    assert code == 1 and f"imported {total} shard(s) an interrupted run had written" in err
+    assert f"0 embedded, {N_GOOD + 1} already in the store, 3 skipped" in err
+    assert not list(shards2.glob("*.tmp"))
+    after = {p.name: p.stat().st_mtime_ns for p in shards2.glob("*.parquet")}
+    rewritten = [shards2 / n for n in after if after[n] != before.get(n)]
+    assert sorted(Path(p).name for p in shard_paths(shards2, rewritten)) == sorted(BAD)  # failed files: tried again
+    assert_same_embeddings(local_store[0], db2, tmp_path, capsys)
+
+
+def test_engine_ray_without_ray_says_how_to_get_it(tmp_path, data, tiny_clip_dir):
+    shim = tmp_path / "shim" / "ray"
+    shim.mkdir(parents=True)
+    (shim / "__init__.py").write_text("raise ImportError(\"No module named 'ray' (hidden for this test)\")\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(shim.parent), str(ROOT)])}
+    for command in ("embed", "score"):
+        out = subprocess.run([sys.executable, "-m", "cityclf_core", command, str(data), "--store",
+                              str(tmp_path / "x.db"), "--clip", str(tiny_clip_dir), *(["-m", "x"] * (command == "score")),
+                              "--engine", "ray"], env=env, capture_output=True, text=True, cwd=tmp_path)
+        assert out.returncode == 2, out.stderr
+        assert 'pip install "cityclf[ray]"' in out.stderr and 'pip install -e ".[ray]"' in out.stderr
+        assert not (tmp_path / "x.db").exists()
+
+
+def test_shard_import_is_whole_idempotent_and_recorded(tmp_path):
+    pytest.importorskip("pyarrow")
+    from cityclf_core.engines import parquet
+
+    encoders = [{"identity": "clip-a", "name": "a", "source": "/clips/a", "image_size": 32, "embed_dim": 4}]
+    emb = np.arange(8, dtype=np.float32).reshape(2, 4)
+    rows = [
+        {"path": "/d/x.png", "size": 10, "mtime_ns": 5, "content": "c1", "width": 3, "height": 2, "status": "ok",
+         "error": None, "notes": ["animated: first of 2 frames scored"],
+         "embeddings": [parquet.embedding_cell("clip-a", "tiles:64:1536:up", emb)],
+         "scores": [{"head": "H", "combine": "mean", "score": 0.25, "label": "25%", "probs": None}]},
+        {"path": "/d/bad.png", "size": 3, "mtime_ns": 6, "content": None, "width": None, "height": None,
+         "status": "failed", "error": "not an image, or a format Pillow cannot read", "notes": [], "embeddings": [],
+         "scores": []},
+    ]
+    shard = parquet.write_shard(tmp_path / "shards", "shard-1", rows, encoders)
+    assert [p.name for p in (tmp_path / "shards").iterdir()] == ["shard-1.parquet"]  # no temporary left
+    with EmbeddingStore(tmp_path / "s.db") as store:
+        assert parquet.pending_shards(store, tmp_path / "shards") == [shard]
+        for _ in range(2):  # importing twice changes nothing
+            parquet.import_shard(store, shard)
+            row = store.encoder_by_identity("clip-a")
+            found, counts, stacked, _ = store.read_embeddings(["/d/x.png"], row, "tiles:64:1536:up")
+            assert found == ["/d/x.png"] and counts == [2] and np.array_equal(stacked, emb)
+            assert store.stats()["files"] == 1 and store.stats()["failed"] == 1 and store.stats()["embeddings"] == 1
+            assert store.scores() == {"/d/x.png": {"H": (0.25, "25%", None)}}
+            assert store.file("/d/bad.png").error == "not an image, or a format Pillow cannot read"
+            assert store.imported_shards() == {"shard-1"}
+        assert parquet.pending_shards(store, tmp_path / "shards") == []
+    (tmp_path / "shards" / "shard-2.parquet").write_bytes(b"PAR1 not really")
+    with EmbeddingStore(tmp_path / "s.db") as store:
+        with pytest.raises(Exception, match="shard-2.parquet is not a cityclf shard"):
+            parquet.import_shard(store, tmp_path / "shards" / "shard-2.parquet")
+        assert store.imported_shards() == {"shard-1"}
+
+
+def test_stores_without_import_records_stay_readable(tmp_path):
+    with EmbeddingStore(tmp_path / "old.db") as store:  # a store as earlier versions wrote it
+        store.register_encoder("clip-a", "a", "/clips/a", 32, 4)
+    with EmbeddingStore(tmp_path / "old.db", create=False, readonly=True) as store:
+        assert store.imported_shards() == set() and len(store.encoders()) == 1
