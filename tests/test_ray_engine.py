@@ -276,7 +276,7 @@ def test_shard_import_is_whole_idempotent_and_recorded(tmp_path):
             found, counts, stacked, _ = store.read_embeddings(["/d/x.png"], row, "tiles:64:1536:up")
             assert found == ["/d/x.png"] and counts == [2] and np.array_equal(stacked, emb)
             assert store.stats()["files"] == 1 and store.stats()["failed"] == 1 and store.stats()["embeddings"] == 1
-            assert store.scores() == {"/d/x.png": {"H": (0.25, "25%", None)}}
+            assert store.scores() == {"/d/x.png": {"H": (0.25, "25%", None, "score")}}  # an entry with no kind
             assert store.file("/d/bad.png").error == "not an image, or a format Pillow cannot read"
             assert store.imported_shards() == {"shard-1"}
         assert parquet.pending_shards(store, tmp_path / "shards") == []
