@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import sys
 
 from ..images import DEFAULT_MAX_PIXELS
@@ -199,20 +200,42 @@ def finish(args, rows, problems: Problems, roots, writer=None, store=None) -> in
         request = TransferRequest(args.copy or args.move, move=bool(args.move), on_conflict=args.on_conflict,
                                   dry_run=args.dry_run)
         plan = transfer(chosen, rows, roots, request, store)
-        for t in plan:
-            verb = ("would " if args.dry_run else "") + t.action
-            if t.error:
-                print(f"cityclf: {t.action if t.action == 'skip' else 'failed to ' + t.action} {t.source}: {t.error}",
-                      file=sys.stderr)
-            else:
-                print(f"cityclf: {verb} {t.source} -> {t.target}", file=sys.stderr)
-        if any(t.error and t.action != "skip" for t in plan):
-            problems.add("--" + request.verb, "some files could not be transferred")
+        report_transfers(plan, args.dry_run, problems, request.verb)
     problems.write_report(args.report)
     kept = f", {len(chosen)} selected" if selection(args).active else ""
     print(f"cityclf: scored {len(rows)} image(s){kept}" + (f", {len(problems)} skipped" if problems else ""),
           file=sys.stderr)
     return 1 if len(problems) or not rows else 0
+
+
+def report_transfers(plan, dry_run: bool, problems: Problems, verb: str) -> None:
+    from ..dataset.transfer import ALREADY_THERE
+
+    for t in plan:
+        if t.error:
+            print(f"cityclf: {t.action if t.action == 'skip' else 'failed to ' + t.action} {t.source}: {t.error}",
+                  file=sys.stderr)
+        elif t.action == ALREADY_THERE:
+            print(f"cityclf: already there: {t.source}" + (f" = {t.target}" if t.target != t.source else ""),
+                  file=sys.stderr)
+        else:
+            print(f"cityclf: {'would ' if dry_run else ''}{t.action} {t.source} -> {t.target}"
+                  + "".join(f" (with {s.rsplit(os.sep, 1)[-1]})" for s, _ in t.sidecars), file=sys.stderr)
+        for note in t.notes:
+            print(f"cityclf: note: {note}", file=sys.stderr)
+    if any(t.error and t.action != "skip" for t in plan):
+        problems.add("--" + verb, "some files could not be transferred")
+
+
+def finish_interrupted_moves(store, problems: Problems) -> None:
+    """Complete a move that a killed run left unfinished (the store's journal says which files)."""
+    from ..dataset import finish_interrupted_moves as finish_moves
+
+    done, failed = finish_moves(store)
+    if done:
+        print(f"cityclf: finished an interrupted move: {done} file(s) now in place", file=sys.stderr)
+    for path, why in failed:
+        problems.add(path, why)
 
 
 def write_tags(rows, rules, dry_run: bool) -> None:

@@ -17,6 +17,7 @@ from .common import (
     add_output_options,
     add_selection_options,
     finish,
+    finish_interrupted_moves,
     load_model,
     progress_enabled,
     score_options,
@@ -56,6 +57,7 @@ def _score_with_store(args) -> int:
     problems = Problems()
     paths = None
     with EmbeddingStore(args.store, create=bool(args.paths)) as store:
+        finish_interrupted_moves(store, problems)
         if args.paths:  # embed what is missing first, with the CLIPs loaded; score with that same model
             paths, model = _embed_into(args, store, problems)
         else:  # no CLIP needed: the heads are bound to the CLIPs recorded in the store

@@ -7,7 +7,7 @@ import sys
 
 from ..errors import ConfigError
 from ..reduce import COMBINES
-from .common import Problems, ResultWriter, add_output_options, add_selection_options, finish
+from .common import Problems, ResultWriter, add_output_options, add_selection_options, finish, finish_interrupted_moves
 
 
 def _stored(args):
@@ -22,13 +22,15 @@ def cmd_query(args) -> int:
     from ..dataset import stored_results
     from ..store import EmbeddingStore
 
+    problems = Problems()
     with EmbeddingStore(args.store, create=False) as store:
+        finish_interrupted_moves(store, problems)
         rows = stored_results(store, args.head, args.combine)
         if not rows:
             raise ConfigError(f"store {args.store} has no scores{' for ' + ', '.join(args.head) if args.head else ''}"
                               "; run cityclf score --store ... --model ... first")
         writer = ResultWriter(args.format, list(rows[0][1]), sys.stdout)
-        return finish(args, rows, Problems(), roots=None, writer=writer, store=store)
+        return finish(args, rows, problems, roots=None, writer=writer, store=store)
 
 
 def cmd_grid(args) -> int:

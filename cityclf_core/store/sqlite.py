@@ -7,6 +7,11 @@ Layout (one file, no server; WAL journal, so readers never block the writer):
     files       path, size, mtime_ns, content, width, height, status ('ok' | 'failed'), error, notes
     scores      path, head, combine, score, label, probs (JSON), updated, kind (the head's kind; added in
                 schema 2, NULL in older stores: read as a classifier when probs are stored, else a score)
+    moves       source, target, image, planned: a move in progress (the journal; see dataset/journal.py)
+
+Paths are stored as text when they are valid UTF-8 (every path of older
+stores), else as the file system's bytes in a BLOB (a name that is not UTF-8
+on Linux), so every path is kept exactly; `_to_db` and `_from_db` convert.
 
 Embeddings are keyed by the file's *content*, the CLIP's identity and the crop
 policy: an unchanged file is never embedded twice (a touched one is re-hashed,
@@ -75,7 +80,33 @@ CREATE TABLE IF NOT EXISTS scores (
     updated REAL NOT NULL,
     PRIMARY KEY (path, head, combine)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS moves (
+    source TEXT PRIMARY KEY,
+    target TEXT NOT NULL,
+    image INTEGER NOT NULL,
+    planned REAL NOT NULL
+) WITHOUT ROWID;
 """
+
+
+def _to_db(path: str):
+    """A path as stored: text when it is valid UTF-8, else its bytes (lossless; see the module's notes)."""
+    try:
+        path.encode("utf-8")
+        return path
+    except UnicodeEncodeError:
+        return os.fsencode(path)
+
+
+def _from_db(value) -> str:
+    return os.fsdecode(value) if isinstance(value, bytes) else value
+
+
+def _text(message: str | None) -> str | None:
+    """Free text (an error message) that may quote a non-UTF-8 name: stored with that name escaped."""
+    if message is None:
+        return None
+    return message.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def policy_key(policy: CropPolicy) -> str:
@@ -198,8 +229,8 @@ class EmbeddingStore:
 
     def file(self, path: str) -> FileRow | None:
         r = self.db.execute("SELECT path, size, mtime_ns, content, status, error FROM files WHERE path = ?",
-                            (path,)).fetchone()
-        return FileRow(*r) if r else None
+                            (_to_db(path),)).fetchone()
+        return FileRow(_from_db(r[0]), *r[1:]) if r else None
 
     def files(self, paths: Iterable[str] | None = None, status: str | None = "ok") -> list[FileRow]:
         sql = "SELECT path, size, mtime_ns, content, status, error FROM files"
@@ -207,7 +238,7 @@ class EmbeddingStore:
         if status:
             where.append("status = ?")
             args.append(status)
-        rows = [FileRow(*r) for r in self.db.execute(
+        rows = [FileRow(_from_db(r[0]), *r[1:]) for r in self.db.execute(
             sql + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY path", args)]
         if paths is not None:
             wanted = set(paths)
@@ -220,13 +251,44 @@ class EmbeddingStore:
         self.db.execute(
             "INSERT OR REPLACE INTO files (path, size, mtime_ns, content, width, height, status, error, notes, "
             "updated) VALUES (?,?,?,?,?,?,?,?,?,?)",
-            (path, size, mtime_ns, content, width, height, status, error,
+            (_to_db(path), size, mtime_ns, content, width, height, status, _text(error),
              json.dumps(notes) if notes else None, time.time()))
 
     def move_file(self, old: str, new: str) -> None:
         with self.transaction():
-            self.db.execute("UPDATE OR REPLACE files SET path = ?, updated = ? WHERE path = ?", (new, time.time(), old))
-            self.db.execute("UPDATE OR REPLACE scores SET path = ? WHERE path = ?", (new, old))
+            self._move_rows(old, new)
+
+    def _move_rows(self, old: str, new: str) -> None:
+        old, new = _to_db(old), _to_db(new)
+        self.db.execute("UPDATE OR REPLACE files SET path = ?, updated = ? WHERE path = ?", (new, time.time(), old))
+        self.db.execute("UPDATE OR REPLACE scores SET path = ? WHERE path = ?", (new, old))
+
+    # ------------------------------------------------------------ the move journal
+
+    def plan_moves(self, moves: list[tuple[str, str, bool]]) -> None:
+        """Record (source, target, is_image) for files about to move, in one transaction."""
+        now = time.time()
+        with self.transaction():
+            self.db.executemany("INSERT OR REPLACE INTO moves (source, target, image, planned) VALUES (?,?,?,?)",
+                                [(_to_db(s), _to_db(t), int(bool(i)), now) for s, t, i in moves])
+
+    def moved(self, source: str, target: str, is_image: bool) -> None:
+        """One file has landed at its target: its rows follow it and its journal row goes, in one transaction."""
+        with self.transaction():
+            if is_image:
+                self._move_rows(source, target)
+            self.db.execute("DELETE FROM moves WHERE source = ?", (_to_db(source),))
+
+    def drop_moves(self, sources: list[str]) -> None:
+        with self.transaction():
+            self.db.executemany("DELETE FROM moves WHERE source = ?", [(_to_db(s),) for s in sources])
+
+    def pending_moves(self) -> list[tuple[str, str, bool]]:
+        """The moves an interrupted run left unfinished: (source, target, is_image), images first."""
+        if not self.db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'moves'").fetchone():
+            return []  # a store opened read-only that no move has touched
+        return [(_from_db(s), _from_db(t), bool(i)) for s, t, i in self.db.execute(
+            "SELECT source, target, image FROM moves ORDER BY image DESC, planned, source")]
 
     # ------------------------------------------------------------ embeddings
 
@@ -252,13 +314,13 @@ class EmbeddingStore:
         found, counts, blobs, missing = [], [], [], []
         rows = {}
         for start in range(0, len(paths), 900):  # SQLite's limit on bound parameters
-            part = paths[start : start + 900]
+            part = [_to_db(p) for p in paths[start : start + 900]]
             marks = ",".join("?" * len(part))
             for path, views, data in self.db.execute(
                     f"SELECT f.path, e.views, e.data FROM files f JOIN embeddings e ON e.content = f.content "
                     f"WHERE f.path IN ({marks}) AND f.status = 'ok' AND e.encoder_id = ? AND e.policy = ?",
                     (*part, encoder.id, policy)):
-                rows[path] = (views, data)
+                rows[_from_db(path)] = (views, data)
         for p in paths:
             if p in rows:
                 views, data = rows[p]
@@ -282,7 +344,7 @@ class EmbeddingStore:
         self.db.executemany(
             "INSERT OR REPLACE INTO scores (path, head, combine, score, label, probs, updated, kind) "
             "VALUES (?,?,?,?,?,?,?,?)",
-            [(path, head, combine, r.score, r.label, json.dumps(r.extra) if r.extra is not None else None, now,
+            [(_to_db(path), head, combine, r.score, r.label, json.dumps(r.extra) if r.extra is not None else None, now,
               r.kind) for path, head, combine, r in rows])
 
     def scores(self, heads: list[str] | None = None, combine: str | None = None) -> dict[str, dict[str, StoredScore]]:
@@ -300,7 +362,7 @@ class EmbeddingStore:
                 extra = json.loads(extra) if extra else None
                 # schema 1 stored no kind: its classifiers were the rows with probabilities
                 kind = kind or ("class" if extra else "score")
-                out.setdefault(path, {})[head] = StoredScore(score, label, extra, kind)
+                out.setdefault(_from_db(path), {})[head] = StoredScore(score, label, extra, kind)
         return out
 
     def stats(self) -> dict:
