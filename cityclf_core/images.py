@@ -13,8 +13,10 @@ policy uses -- so a 100-megapixel scan does not need gigabytes of memory.
 
 from __future__ import annotations
 
+import errno
 import io
 import os
+import stat
 import warnings
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -153,21 +155,35 @@ def reason_for(path: str | os.PathLike, message: str) -> str:
     return message[len(prefix):] if message.startswith(prefix) else message
 
 
+def _unusable(path: Path) -> str | None:
+    """Why a path from a walk cannot be read as a file (a symlink loop, a dangling link, ...), or None."""
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return "a symbolic link loop (it never reaches a file)"
+        if os.path.islink(path) and e.errno == errno.ENOENT:
+            return f"a symbolic link to {os.readlink(path)!r}, which does not exist"
+        return f"cannot read it ({e.strerror or e})"
+    if not stat.S_ISREG(st.st_mode):
+        return "not a regular file"
+    return None
+
+
 def find_images(paths: Iterable[str | os.PathLike]) -> tuple[list[Path], list[tuple[Path, str]]]:
     """Expand files and folders (recursively, sorted) into image files.
 
     Returns (images, problems). A file named explicitly is kept whatever its
     extension (decoding will say if it is not an image); in folders only known
-    image extensions are taken and hidden folders are skipped.
+    image extensions are taken and hidden folders are skipped. A symbolic link
+    that loops or leads nowhere is a problem for that path, never for the run.
     """
     found: list[Path] = []
     problems: list[tuple[Path, str]] = []
-    seen: set[Path] = set()
+    seen: set[str] = set()
     for raw in paths:
         p = Path(raw).expanduser()
-        if p.is_file():
-            items = [p]
-        elif p.is_dir():
+        if p.is_dir():
             items = []
             for root, dirs, files in os.walk(p, followlinks=False):
                 dirs[:] = sorted(d for d in dirs if not d.startswith("."))
@@ -177,11 +193,17 @@ def find_images(paths: Iterable[str | os.PathLike]) -> tuple[list[Path], list[tu
                 )
             if not items:
                 problems.append((p, "no image files in this folder"))
+        elif os.path.lexists(p):
+            items = [p]
         else:
             problems.append((p, "no such file or folder"))
             continue
         for item in items:
-            key = item.resolve()
+            why = _unusable(item)
+            if why:
+                problems.append((item, why))
+                continue
+            key = os.path.realpath(item)
             if key not in seen:
                 seen.add(key)
                 found.append(item)

@@ -9,6 +9,7 @@ import os
 import sys
 
 from ..images import DEFAULT_MAX_PIXELS
+from ..pathtext import raw_b64, safe_text, shown
 from ..progress import ProgressBar
 from ..reduce import COMBINES
 
@@ -32,7 +33,9 @@ class ResultWriter:
 
     def _jsonl(self, path: str, results: dict) -> None:
         for name, r in results.items():
-            row = {"path": path, "model": name, **r.kind.jsonl_fields(r)}
+            row = {"path": shown(path), "model": name, **r.kind.jsonl_fields(r)}
+            if raw_b64(path):  # a name that is not UTF-8: its exact bytes too
+                row["path_b64"] = raw_b64(path)
             self.stream.write(json.dumps(row, ensure_ascii=False) + "\n")
 
     def _csv(self, path: str, results: dict) -> None:
@@ -44,7 +47,7 @@ class ResultWriter:
                 header += r.kind.csv_columns(name, r.labels)
             self._csv_writer.writerow(header)
             self._header_done = True
-        row = [path]
+        row = [shown(path)]
         for r in results.values():
             row += r.kind.csv_cells(r)
         self._csv_writer.writerow(row)
@@ -53,7 +56,7 @@ class ResultWriter:
         if not self._header_done:
             self.stream.write("\t".join(["path", *results]) + "\n")
             self._header_done = True
-        cells = [path]
+        cells = [shown(path)]
         for r in results.values():
             cells.append(r.kind.short_text(r))
         self.stream.write("\t".join(cells) + "\n")
@@ -68,14 +71,17 @@ class Problems:
 
     def add(self, path, reason: str) -> None:
         self.items.append((str(path), reason))
-        line = f"cityclf: skipped {path}: {reason}"
+        line = f"cityclf: skipped {shown(str(path))}: {safe_text(reason)}"
         (self.bar.write(line) if self.bar else print(line, file=sys.stderr))
 
     def write_report(self, path: str | None) -> None:
         if path:
             with open(path, "w", encoding="utf-8") as f:
                 for p, why in self.items:
-                    f.write(json.dumps({"path": p, "error": why}, ensure_ascii=False) + "\n")
+                    row = {"path": shown(p), "error": safe_text(why)}
+                    if raw_b64(p):
+                        row["path_b64"] = raw_b64(p)
+                    f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
     def __len__(self) -> int:
         return len(self.items)
@@ -213,16 +219,16 @@ def report_transfers(plan, dry_run: bool, problems: Problems, verb: str) -> None
 
     for t in plan:
         if t.error:
-            print(f"cityclf: {t.action if t.action == 'skip' else 'failed to ' + t.action} {t.source}: {t.error}",
-                  file=sys.stderr)
+            print(f"cityclf: {t.action if t.action == 'skip' else 'failed to ' + t.action} {shown(t.source)}: "
+                  f"{safe_text(t.error)}", file=sys.stderr)
         elif t.action == ALREADY_THERE:
-            print(f"cityclf: already there: {t.source}" + (f" = {t.target}" if t.target != t.source else ""),
-                  file=sys.stderr)
+            print(f"cityclf: already there: {shown(t.source)}" +
+                  (f" = {shown(t.target)}" if t.target != t.source else ""), file=sys.stderr)
         else:
-            print(f"cityclf: {'would ' if dry_run else ''}{t.action} {t.source} -> {t.target}"
-                  + "".join(f" (with {s.rsplit(os.sep, 1)[-1]})" for s, _ in t.sidecars), file=sys.stderr)
+            print(f"cityclf: {'would ' if dry_run else ''}{t.action} {shown(t.source)} -> {shown(t.target)}"
+                  + "".join(f" (with {shown(os.path.basename(s))})" for s, _ in t.sidecars), file=sys.stderr)
         for note in t.notes:
-            print(f"cityclf: note: {note}", file=sys.stderr)
+            print(f"cityclf: note: {safe_text(note)}", file=sys.stderr)
     if any(t.error and t.action != "skip" for t in plan):
         problems.add("--" + verb, "some files could not be transferred")
 
@@ -244,7 +250,7 @@ def write_tags(rows, rules, dry_run: bool) -> None:
     outcome = tag_rows(rows, rules, dry_run)
     if dry_run:
         for path, tags in outcome.planned:
-            print(f"cityclf: would tag {path}: {', '.join(tags) or '(no tags)'}", file=sys.stderr)
+            print(f"cityclf: would tag {shown(path)}: {', '.join(tags) or '(no tags)'}", file=sys.stderr)
     else:
         print(f"cityclf: tags: {outcome.changed} sidecar(s) updated, {len(rows) - outcome.changed} already up to date",
               file=sys.stderr)

@@ -8,6 +8,7 @@ import sys
 from ..crops import CropPolicy
 from ..errors import ConfigError
 from ..images import find_images
+from ..pathtext import safe_text, shown
 from ..progress import ProgressBar
 from .common import (
     Problems,
@@ -113,7 +114,7 @@ def _embed_into(args, store, problems: Problems):
                              max_pixels=args.max_pixels, on_file=on_file)
     problems.bar = None
     for path, note in report.notes:
-        print(f"cityclf: note {path}: {note}", file=sys.stderr)
+        print(f"cityclf: note {shown(path)}: {safe_text(note)}", file=sys.stderr)
     print(f"cityclf: {report.summary()}", file=sys.stderr)
     return paths, model
 

@@ -34,6 +34,7 @@ import numpy as np
 
 from ..crops import CropPolicy
 from ..errors import StoreError
+from ..pathtext import safe_text
 from .rows import EncoderRow, FileRow, PolicyInfo, StoredScore
 
 SCHEMA_VERSION = 2  # 2: scores.kind
@@ -103,10 +104,8 @@ def _from_db(value) -> str:
 
 
 def _text(message: str | None) -> str | None:
-    """Free text (an error message) that may quote a non-UTF-8 name: stored with that name escaped."""
-    if message is None:
-        return None
-    return message.encode("utf-8", "backslashreplace").decode("utf-8")
+    """Free text (an error message) that may quote a non-UTF-8 name: stored with that name's bytes as \\xNN."""
+    return None if message is None else safe_text(message)
 
 
 def policy_key(policy: CropPolicy) -> str:
