@@ -233,10 +233,28 @@ def report_transfers(plan, dry_run: bool, problems: Problems, verb: str) -> None
         problems.add("--" + verb, "some files could not be transferred")
 
 
+def open_store(path, write: bool = True, create: bool = False):
+    """The store at `path`; a command that only reads it (`write` False) also reads one it cannot write."""
+    from ..store import EmbeddingStore, ReadOnlyStore
+
+    if write:
+        return EmbeddingStore(path, create=create)
+    try:
+        return EmbeddingStore(path, create=False)
+    except ReadOnlyStore:
+        return EmbeddingStore(path, create=False, readonly=True)
+
+
 def finish_interrupted_moves(store, problems: Problems) -> None:
     """Complete a move that a killed run left unfinished (the store's journal says which files)."""
     from ..dataset import finish_interrupted_moves as finish_moves
 
+    if store.readonly:
+        if store.pending_moves():
+            print(f"cityclf: note: an interrupted move is unfinished in {store.path}; it is read-only here, so "
+                  "some paths may be stale. Rerun the --move command where the store can be written.",
+                  file=sys.stderr)
+        return
     done, failed = finish_moves(store)
     if done:
         print(f"cityclf: finished an interrupted move: {done} file(s) now in place", file=sys.stderr)

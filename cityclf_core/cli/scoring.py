@@ -80,7 +80,17 @@ def _score_with_store(args) -> int:
 
 
 def _embed_into(args, store, problems: Problems):
-    """Embed args.paths into `store` for the heads' CLIP passes; returns (absolute paths, model or None)."""
+    """Embed args.paths into `store` for the heads' CLIP passes; returns (absolute paths, model or None).
+
+    The store is claimed for this run first (a second run is refused before any CLIP is loaded).
+    """
+    from ..store.lock import embedding_run
+
+    with embedding_run(store.path):
+        return _embed_claimed(args, store, problems)
+
+
+def _embed_claimed(args, store, problems: Problems):
     from ..dataset import clip_passes, embed_files, in_shard, parse_shard
     from ..embedding import ClipPass
     from ..loading import load_encoder

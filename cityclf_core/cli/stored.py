@@ -7,23 +7,29 @@ import sys
 
 from ..errors import ConfigError
 from ..reduce import COMBINES
-from .common import Problems, ResultWriter, add_output_options, add_selection_options, finish, finish_interrupted_moves
+from .common import (
+    Problems,
+    ResultWriter,
+    add_output_options,
+    add_selection_options,
+    finish,
+    finish_interrupted_moves,
+    open_store,
+)
 
 
 def _stored(args):
     from ..dataset import stored_results
-    from ..store import EmbeddingStore
 
-    with EmbeddingStore(args.store, create=False) as store:
+    with open_store(args.store, write=False) as store:
         return stored_results(store, args.head, args.combine)
 
 
 def cmd_query(args) -> int:
     from ..dataset import stored_results
-    from ..store import EmbeddingStore
 
     problems = Problems()
-    with EmbeddingStore(args.store, create=False) as store:
+    with open_store(args.store, write=bool(args.move)) as store:
         finish_interrupted_moves(store, problems)
         rows = stored_results(store, args.head, args.combine)
         if not rows:
@@ -61,9 +67,8 @@ def cmd_grid(args) -> int:
 
 def cmd_export(args) -> int:
     from ..loading import clip_identity, source_name
-    from ..store import EmbeddingStore
 
-    with EmbeddingStore(args.store, create=False) as store:
+    with open_store(args.store, write=False) as store:
         encoders = store.encoders()
         if not encoders:
             raise ConfigError(f"store {args.store} holds no embeddings yet")
@@ -84,9 +89,7 @@ def cmd_export(args) -> int:
 
 
 def cmd_store_info(args) -> int:
-    from ..store import EmbeddingStore
-
-    with EmbeddingStore(args.store, create=False) as store:
+    with open_store(args.store, write=False) as store:
         print(json.dumps(store.stats(), indent=2))
     return 0
 

@@ -8,8 +8,8 @@
 
 from .protocol import Store
 from .rows import EncoderRow, FileRow, PolicyInfo, StoredScore
-from .sqlite import SCHEMA_VERSION, EmbeddingStore, policy_key
+from .sqlite import SCHEMA_VERSION, EmbeddingStore, ReadOnlyStore, policy_key
 from .stored_encoder import StoredEncoder
 
-__all__ = ["SCHEMA_VERSION", "EmbeddingStore", "EncoderRow", "FileRow", "PolicyInfo", "Store", "StoredEncoder",
+__all__ = ["SCHEMA_VERSION", "EmbeddingStore", "EncoderRow", "FileRow", "PolicyInfo", "ReadOnlyStore", "Store", "StoredEncoder",
            "StoredScore", "policy_key"]

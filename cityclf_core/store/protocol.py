@@ -13,6 +13,7 @@ from .rows import EncoderRow, FileRow, PolicyInfo, StoredScore
 @runtime_checkable
 class Store(Protocol):
     path: os.PathLike
+    readonly: bool
 
     def transaction(self) -> ContextManager: ...
     def reader(self) -> "Store": ...
