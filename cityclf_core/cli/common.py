@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import os
 import sys
 
@@ -36,7 +37,7 @@ class ResultWriter:
             row = {"path": shown(path), "model": name, **r.kind.jsonl_fields(r)}
             if raw_b64(path):  # a name that is not UTF-8: its exact bytes too
                 row["path_b64"] = raw_b64(path)
-            self.stream.write(json.dumps(row, ensure_ascii=False) + "\n")
+            self.stream.write(json.dumps(finite_json(row), ensure_ascii=False, allow_nan=False) + "\n")
 
     def _csv(self, path: str, results: dict) -> None:
         if self._csv_writer is None:
@@ -60,6 +61,17 @@ class ResultWriter:
         for r in results.values():
             cells.append(r.kind.short_text(r))
         self.stream.write("\t".join(cells) + "\n")
+
+
+def finite_json(value):
+    """`value` with any NaN or infinity as null: the stages report such images, this keeps JSON valid regardless."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_json(v) for v in value]
+    return value
 
 
 class Problems:

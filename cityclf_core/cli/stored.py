@@ -22,7 +22,7 @@ def _stored(args):
     from ..dataset import stored_results
 
     with open_store(args.store, write=False) as store:
-        return stored_results(store, args.head, args.combine)
+        return stored_results(store, args.head, args.combine, Problems().add)
 
 
 def cmd_query(args) -> int:
@@ -31,7 +31,7 @@ def cmd_query(args) -> int:
     problems = Problems()
     with open_store(args.store, write=bool(args.move)) as store:
         finish_interrupted_moves(store, problems)
-        rows = stored_results(store, args.head, args.combine)
+        rows = stored_results(store, args.head, args.combine, problems.add)
         if not rows:
             raise ConfigError(f"store {args.store} has no scores{' for ' + ', '.join(args.head) if args.head else ''}"
                               "; run cityclf score --store ... --model ... first")
