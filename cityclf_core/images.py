@@ -17,6 +17,7 @@ import errno
 import io
 import os
 import stat
+import threading
 import warnings
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -47,8 +48,11 @@ class DecodedImage:
     notes: list[str] = field(default_factory=list)
 
 
-def _to_rgb_array(img) -> tuple[np.ndarray, list[str]]:
-    """Any Pillow mode -> HxWx3 uint8, with a note for conversions that lose something."""
+def _to_rgb_array(img, sixteen_bit: bool = False) -> tuple[np.ndarray, list[str]]:
+    """Any Pillow mode -> HxWx3 uint8, with a note for conversions that lose something.
+
+    `sixteen_bit`: the file was 16-bit (an "I" image made from "I;16" to be reduced): scaled like "I;16".
+    """
     from PIL import Image
 
     notes: list[str] = []
@@ -57,7 +61,7 @@ def _to_rgb_array(img) -> tuple[np.ndarray, list[str]]:
         return np.array(img, dtype=np.uint8), notes
     if mode.startswith("I;16") or mode == "I":
         arr = np.array(img).astype(np.float64)
-        if mode == "I" and arr.max(initial=0) <= 255:
+        if mode == "I" and not sixteen_bit and arr.max(initial=0) <= 255:
             scaled = arr
         else:
             scaled = arr / 257.0  # 0..65535 -> 0..255
@@ -79,6 +83,35 @@ def _to_rgb_array(img) -> tuple[np.ndarray, list[str]]:
     return np.array(img.convert("RGB"), dtype=np.uint8), notes
 
 
+_PILLOW_LIMIT_LOCK = threading.Lock()
+
+
+def _allow_pixels(max_pixels: int) -> None:
+    """Let Pillow open images up to `max_pixels` (our own check below then governs).
+
+    Pillow refuses images over twice its global `Image.MAX_IMAGE_PIXELS`
+    whatever the caller asks; raising it only when asked for more keeps its
+    guard as it is for everyone else in the process.
+    """
+    from PIL import Image
+
+    with _PILLOW_LIMIT_LOCK:
+        limit = Image.MAX_IMAGE_PIXELS
+        if limit is not None and max_pixels > 2 * limit:
+            Image.MAX_IMAGE_PIXELS = max_pixels  # its error comes at twice this: ours comes first
+
+
+def _reducible(img):
+    """`img` in a mode Image.reduce accepts (palette, 1-bit and 16-bit images are not), converted losslessly."""
+    if img.mode in ("P", "PA"):
+        return img.convert("RGBA" if img.mode == "PA" or "transparency" in img.info else "RGB")
+    if img.mode == "1":
+        return img.convert("L")
+    if img.mode.startswith("I;16"):
+        return img.convert("I")
+    return img
+
+
 def decode_image(
     path: str | os.PathLike,
     max_pixels: int = DEFAULT_MAX_PIXELS,
@@ -90,6 +123,7 @@ def decode_image(
 
     path = Path(path)
     notes: list[str] = []
+    _allow_pixels(max_pixels)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -126,16 +160,17 @@ def decode_image(
             if factor > 1 and img.format == "JPEG":
                 img.draft("RGB", (width // factor, height // factor))  # DCT scaling: decodes less
             img.load()
+            source_mode = img.mode
             remaining = min(img.size) // MAX_SIDE if factor > 1 else 1
             if remaining > 1:
-                img = img.reduce(remaining)
+                img = _reducible(img).reduce(remaining)
             if img.size != (width, height):
                 notes.append(f"reduced from {width}x{height} to {img.size[0]}x{img.size[1]} while decoding")
             orientation = _orientation(img)
             if orientation not in (None, 1):
                 img = ImageOps.exif_transpose(img)
                 notes.append(f"EXIF orientation {orientation} applied")
-            arr, more = _to_rgb_array(img)
+            arr, more = _to_rgb_array(img, sixteen_bit=source_mode.startswith("I;16"))
         except (OSError, SyntaxError, ValueError, EOFError) as e:
             raise ImageError(f"{path}: truncated or corrupt image data ({e})") from None
     notes.extend(more)
