@@ -29,7 +29,7 @@ from conftest import ROOT, illustration
 from PIL import Image
 
 from cityclf_core.cli import main
-from cityclf_core.dataset.safe_files import TEMP_SUFFIX
+TEMP_SUFFIX = ".cityclf-part"  # our temporaries (cityclf_core/dataset/safe_files.py)
 
 TRIALS = 20
 N_IMAGES = 24
@@ -106,7 +106,8 @@ def store_state(db: Path) -> tuple[str, list[str], list[str], int]:
         check = con.execute("PRAGMA integrity_check").fetchone()[0]
         files = [os.fsdecode(r[0]) if isinstance(r[0], bytes) else r[0] for r in con.execute("SELECT path FROM files")]
         scored = [r[0] for r in con.execute("SELECT DISTINCT path FROM scores")]
-        pending = con.execute("SELECT COUNT(*) FROM moves").fetchone()[0]
+        journal = con.execute("SELECT 1 FROM sqlite_master WHERE name = 'moves'").fetchone()  # made by a move
+        pending = con.execute("SELECT COUNT(*) FROM moves").fetchone()[0] if journal else 0
     finally:
         con.close()
     return check, files, scored, pending

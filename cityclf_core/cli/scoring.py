@@ -136,6 +136,7 @@ def cmd_embed(args) -> int:
         raise ConfigError("name the heads (--model) whose CLIP and crops to embed for, or a --clip")
     problems = Problems()
     with EmbeddingStore(args.store) as store:
+        finish_interrupted_moves(store, problems)
         _embed_into(args, store, problems)
     problems.write_report(args.report)
     return 1 if len(problems) else 0

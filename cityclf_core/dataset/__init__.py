@@ -21,7 +21,7 @@ from .select import Bound, Selection, select
 from .shards import in_shard, parse_shard
 from .transfer import Transfer, copy_or_move, destination
 
-__all__ = ["Bound", "EmbedReport", "ScoreOptions", "Selection", "TagOutcome", "Transfer", "TransferRequest",
-           "MoveJournal", "clip_passes", "copy_or_move", "destination", "embed_files", "finish_interrupted_moves", "in_shard", "parse_shard",
-           "register_passes", "save_results", "score_files", "score_store", "select", "stored_results",
-           "transfer", "write_tags"]
+__all__ = ["Bound", "EmbedReport", "MoveJournal", "ScoreOptions", "Selection", "TagOutcome", "Transfer",
+           "TransferRequest", "clip_passes", "copy_or_move", "destination", "embed_files", "finish_interrupted_moves",
+           "in_shard", "parse_shard", "register_passes", "save_results", "score_files", "score_store", "select",
+           "stored_results", "transfer", "write_tags"]

@@ -11,5 +11,5 @@ from .rows import EncoderRow, FileRow, PolicyInfo, StoredScore
 from .sqlite import SCHEMA_VERSION, EmbeddingStore, ReadOnlyStore, policy_key
 from .stored_encoder import StoredEncoder
 
-__all__ = ["SCHEMA_VERSION", "EmbeddingStore", "EncoderRow", "FileRow", "PolicyInfo", "ReadOnlyStore", "Store", "StoredEncoder",
-           "StoredScore", "policy_key"]
+__all__ = ["SCHEMA_VERSION", "EmbeddingStore", "EncoderRow", "FileRow", "PolicyInfo", "ReadOnlyStore", "Store",
+           "StoredEncoder", "StoredScore", "policy_key"]

@@ -170,8 +170,12 @@ class EmbeddingStore:
         if self.path.exists() and self.path.is_dir():
             raise StoreError(f"store {self.path} is a folder; give a file name such as dataset.cityclf.db")
         if self.path.exists():
-            with open(self.path, "rb") as f:
-                magic = f.read(16)
+            try:
+                with open(self.path, "rb") as f:
+                    magic = f.read(16)
+            except OSError as e:
+                raise StoreError(f"store {self.path} cannot be read ({e.strerror or e}); check its permissions") \
+                    from None
             if magic and magic != b"SQLite format 3\x00":
                 raise StoreError(f"{self.path} is not a cityclf store (not an SQLite file); choose another name")
         if not readonly:
@@ -179,7 +183,10 @@ class EmbeddingStore:
                 why = _writable_problem(self.path)
                 if why:
                     raise _read_only(self.path, why)
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise _read_only(self.path, f"its folder cannot be made: {e.strerror or e}") from None
         try:
             self.db = self._connect(readonly)
             self.db.execute("PRAGMA busy_timeout = 60000")
