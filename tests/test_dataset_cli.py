@@ -85,7 +85,7 @@ def test_copy_keeps_folders_and_never_overwrites(scored, tmp_path, dataset, caps
     code, _, err = run(argv + ["--dry-run"], capsys)
     assert code == 0 and "would copy" in err and not (dest / "img0.png").exists()
     code, _, err = run(argv + ["--on-conflict", "error"], capsys)
-    assert code == 2 and "already exists" in err and not (dest / "img0.png").exists()
+    assert code == 2 and "already exists" in err and "nothing was copied" in err and not (dest / "img0.png").exists()
     code, _, err = run(argv, capsys)
     assert code == 0
     assert occupied.read_bytes() == b"the user's own file"  # never overwritten

@@ -33,6 +33,7 @@ TEMP_SUFFIX = ".cityclf-part"  # our temporaries (cityclf_core/dataset/safe_file
 
 TRIALS = 20
 N_IMAGES = 24
+forks = pytest.mark.skipif(not hasattr(os, "fork"), reason="the kill trials fork this process (POSIX only)")
 
 
 # ---------------------------------------------------------------- a scored dataset, copied per trial
@@ -172,12 +173,14 @@ def other_fs(tmp_path):
     subprocess.run(["umount", str(mnt)], capture_output=True)
 
 
+@forks
 @pytest.mark.parametrize("verb", ["move", "copy"])
 def test_kill_at_random_points_same_file_system(template, tmp_path, verb):
     outcomes = kill_trials(template, tmp_path / "work", tmp_path / "dest", verb, seed=10 if verb == "move" else 11)
     assert outcomes.count("killed") >= TRIALS // 2  # the kills mostly landed inside the run
 
 
+@forks
 @pytest.mark.parametrize("verb", ["move", "copy"])
 def test_kill_at_random_points_across_file_systems(template, tmp_path, other_fs, verb):
     assert os.stat(other_fs).st_dev != os.stat(tmp_path).st_dev

@@ -9,6 +9,7 @@ import math
 import os
 import sys
 
+from ..errors import ConfigError
 from ..images import DEFAULT_MAX_PIXELS
 from ..pathtext import raw_b64, safe_text, shown
 from ..progress import ProgressBar
@@ -88,12 +89,19 @@ class Problems:
 
     def write_report(self, path: str | None) -> None:
         if path:
-            with open(path, "w", encoding="utf-8") as f:
-                for p, why in self.items:
-                    row = {"path": shown(p), "error": safe_text(why)}
-                    if raw_b64(p):
-                        row["path_b64"] = raw_b64(p)
-                    f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            try:
+                self._write_report(path)
+            except OSError as e:
+                raise ConfigError(f"--report {path}: cannot write it ({e.strerror or e}); the skipped files were "
+                                  "listed above") from None
+
+    def _write_report(self, path: str) -> None:
+        with open(path, "w", encoding="utf-8") as f:
+            for p, why in self.items:
+                row = {"path": shown(p), "error": safe_text(why)}
+                if raw_b64(p):
+                    row["path_b64"] = raw_b64(p)
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
     def __len__(self) -> int:
         return len(self.items)

@@ -22,6 +22,7 @@ from .safe_files import copy_file, move_file, same_file_content, sweep_temporari
 SIDECAR_SUFFIXES = (".txt", ".json", ".caption")
 
 ALREADY_THERE = "already there"
+PAST = {"copy": "copied", "move": "moved"}
 
 
 def inside(path: str | os.PathLike, folder: str | os.PathLike) -> bool:
@@ -124,7 +125,7 @@ def plan_transfers(paths: Sequence[str], roots: Sequence[str], to: str | os.Path
             n += 1
         if state == "taken":
             if on_conflict == "error":
-                raise ConfigError(f"{candidate} already exists (from {src}); nothing was {verb}d. "
+                raise ConfigError(f"{candidate} already exists (from {src}); nothing was {PAST[verb]}. "
                                   "Use --on-conflict rename or skip, or another destination.")
             plan.append(Transfer(src, str(candidate), "skip", error="destination exists"))
             continue
