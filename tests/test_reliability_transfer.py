@@ -254,3 +254,14 @@ def test_captions_travel_with_their_image(template, tmp_path, capsys):
     out2 = tmp_path / "moved"
     assert main(["query", "--store", str(db), "--min", "0", "--move", str(out2)]) == 0
     assert (out2 / "im14.txt").is_file() and (out2 / "im14.json").is_file() and not (data / "im14.txt").exists()
+
+
+def test_a_link_at_the_destination_is_never_taken_for_the_file(template, tmp_path):
+    """dest/im01.png -> data/im01.png looks like the same bytes; moving must not delete what it points at."""
+    data, db, dest = fresh_copy(template, tmp_path, tmp_path)
+    original = contents(data)
+    dest.mkdir()
+    os.symlink(data / "im01.png", dest / "im01.png")
+    assert main(["query", "--store", str(db), "--min", "0", "--move", str(dest)]) == 0
+    assert (dest / "im01-1.png").read_bytes() == original["im01.png"]  # moved beside the link, as a conflict
+    assert os.path.islink(dest / "im01.png")

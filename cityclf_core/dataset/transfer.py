@@ -87,6 +87,8 @@ def _state(source: Path, target: Path, taken: set[Path]) -> str:
         return "taken"
     if not os.path.lexists(target):
         return "free"
+    if os.path.islink(target):  # a link (even to the source itself) is never the file: removing the source
+        return "taken"  # for a "finished" move would leave it dangling
     return "same" if same_file_content(source, target) else "taken"
 
 
@@ -148,7 +150,7 @@ def transfer_one(source: Path, target: Path, move: bool) -> None:
     """Copy or move one file to a name that is free or already holds the same bytes."""
     sweep_temporaries(target)
     if os.path.lexists(target):
-        if not same_file_content(source, target):
+        if os.path.islink(target) or not same_file_content(source, target):
             raise FileExistsError(f"{target} appeared meanwhile with other content")
         if move and os.path.lexists(source):
             os.unlink(source)  # the bytes are at the destination already: the move is complete
