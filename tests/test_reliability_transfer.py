@@ -235,6 +235,9 @@ def test_a_journaled_move_is_finished_by_the_next_run(template, tmp_path, capsys
         store.plan_moves([(str(data / first), str(dest / first), True)])
     os.makedirs(dest / Path(first).parent, exist_ok=True)
     os.link(data / first, dest / first)  # killed between link and unlink
+    assert main(["query", "--store", str(db), "--min", "0", "--format", "csv", "--dry-run"]) == 0
+    assert "interrupted move of 1 file(s) is unfinished" in capsys.readouterr().err  # a dry run changes nothing
+    assert (data / first).exists()
     assert main(["query", "--store", str(db), "--min", "0", "--format", "csv"]) == 0
     assert "finished an interrupted move: 1 file(s)" in capsys.readouterr().err
     assert not (data / first).exists() and (dest / first).read_bytes() == original[first]

@@ -265,15 +265,17 @@ def open_store(path, write: bool = True, create: bool = False):
         return EmbeddingStore(path, create=False, readonly=True)
 
 
-def finish_interrupted_moves(store, problems: Problems) -> None:
+def finish_interrupted_moves(store, problems: Problems, dry_run: bool = False) -> None:
     """Complete a move that a killed run left unfinished (the store's journal says which files)."""
     from ..dataset import finish_interrupted_moves as finish_moves
 
-    if store.readonly:
-        if store.pending_moves():
-            print(f"cityclf: note: an interrupted move is unfinished in {store.path}; it is read-only here, so "
-                  "some paths may be stale. Rerun the --move command where the store can be written.",
-                  file=sys.stderr)
+    if store.readonly or dry_run:
+        pending = store.pending_moves()
+        if pending:
+            why = "this is a dry run" if dry_run else "the store is read-only here"
+            how = "run the command without --dry-run" if dry_run else "make the store writable and run any query"
+            print(f"cityclf: note: an interrupted move of {len(pending)} file(s) is unfinished in {store.path} "
+                  f"and {why}, so some paths may be stale; {how} to finish it.", file=sys.stderr)
         return
     done, failed = finish_moves(store)
     if done:

@@ -58,7 +58,7 @@ def _score_with_store(args) -> int:
     problems = Problems()
     paths = None
     with EmbeddingStore(args.store, create=bool(args.paths)) as store:
-        finish_interrupted_moves(store, problems)
+        finish_interrupted_moves(store, problems, args.dry_run)
         if args.paths:  # embed what is missing first, with the CLIPs loaded; score with that same model
             paths, model = _embed_into(args, store, problems)
         else:  # no CLIP needed: the heads are bound to the CLIPs recorded in the store

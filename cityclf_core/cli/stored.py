@@ -30,7 +30,7 @@ def cmd_query(args) -> int:
 
     problems = Problems()
     with open_store(args.store, write=bool(args.move)) as store:
-        finish_interrupted_moves(store, problems)
+        finish_interrupted_moves(store, problems, args.dry_run)
         rows = stored_results(store, args.head, args.combine, problems.add)
         if not rows:
             raise ConfigError(f"store {args.store} has no scores{' for ' + ', '.join(args.head) if args.head else ''}"
