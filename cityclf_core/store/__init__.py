@@ -4,6 +4,7 @@
     sqlite.py          EmbeddingStore: the SQLite backend, one file, WAL journal (all SQL lives here)
     rows.py            the rows every backend hands out
     stored_encoder.py  StoredEncoder: a stored CLIP, for scoring without its weights
+    lock.py            one embedding run per store at a time
 """
 
 from .protocol import Store
