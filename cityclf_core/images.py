@@ -13,8 +13,11 @@ policy uses -- so a 100-megapixel scan does not need gigabytes of memory.
 
 from __future__ import annotations
 
+import errno
 import io
 import os
+import stat
+import threading
 import warnings
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -45,8 +48,11 @@ class DecodedImage:
     notes: list[str] = field(default_factory=list)
 
 
-def _to_rgb_array(img) -> tuple[np.ndarray, list[str]]:
-    """Any Pillow mode -> HxWx3 uint8, with a note for conversions that lose something."""
+def _to_rgb_array(img, sixteen_bit: bool = False) -> tuple[np.ndarray, list[str]]:
+    """Any Pillow mode -> HxWx3 uint8, with a note for conversions that lose something.
+
+    `sixteen_bit`: the file was 16-bit (an "I" image made from "I;16" to be reduced): scaled like "I;16".
+    """
     from PIL import Image
 
     notes: list[str] = []
@@ -55,7 +61,7 @@ def _to_rgb_array(img) -> tuple[np.ndarray, list[str]]:
         return np.array(img, dtype=np.uint8), notes
     if mode.startswith("I;16") or mode == "I":
         arr = np.array(img).astype(np.float64)
-        if mode == "I" and arr.max(initial=0) <= 255:
+        if mode == "I" and not sixteen_bit and arr.max(initial=0) <= 255:
             scaled = arr
         else:
             scaled = arr / 257.0  # 0..65535 -> 0..255
@@ -77,6 +83,35 @@ def _to_rgb_array(img) -> tuple[np.ndarray, list[str]]:
     return np.array(img.convert("RGB"), dtype=np.uint8), notes
 
 
+_PILLOW_LIMIT_LOCK = threading.Lock()
+
+
+def _allow_pixels(max_pixels: int) -> None:
+    """Let Pillow open images up to `max_pixels` (our own check below then governs).
+
+    Pillow refuses images over twice its global `Image.MAX_IMAGE_PIXELS`
+    whatever the caller asks; raising it only when asked for more keeps its
+    guard as it is for everyone else in the process.
+    """
+    from PIL import Image
+
+    with _PILLOW_LIMIT_LOCK:
+        limit = Image.MAX_IMAGE_PIXELS
+        if limit is not None and max_pixels > 2 * limit:
+            Image.MAX_IMAGE_PIXELS = max_pixels  # its error comes at twice this: ours comes first
+
+
+def _reducible(img):
+    """`img` in a mode Image.reduce accepts (palette, 1-bit and 16-bit images are not), converted losslessly."""
+    if img.mode in ("P", "PA"):
+        return img.convert("RGBA" if img.mode == "PA" or "transparency" in img.info else "RGB")
+    if img.mode == "1":
+        return img.convert("L")
+    if img.mode.startswith("I;16"):
+        return img.convert("I")
+    return img
+
+
 def decode_image(
     path: str | os.PathLike,
     max_pixels: int = DEFAULT_MAX_PIXELS,
@@ -88,6 +123,7 @@ def decode_image(
 
     path = Path(path)
     notes: list[str] = []
+    _allow_pixels(max_pixels)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -124,16 +160,17 @@ def decode_image(
             if factor > 1 and img.format == "JPEG":
                 img.draft("RGB", (width // factor, height // factor))  # DCT scaling: decodes less
             img.load()
+            source_mode = img.mode
             remaining = min(img.size) // MAX_SIDE if factor > 1 else 1
             if remaining > 1:
-                img = img.reduce(remaining)
+                img = _reducible(img).reduce(remaining)
             if img.size != (width, height):
                 notes.append(f"reduced from {width}x{height} to {img.size[0]}x{img.size[1]} while decoding")
             orientation = _orientation(img)
             if orientation not in (None, 1):
                 img = ImageOps.exif_transpose(img)
                 notes.append(f"EXIF orientation {orientation} applied")
-            arr, more = _to_rgb_array(img)
+            arr, more = _to_rgb_array(img, sixteen_bit=source_mode.startswith("I;16"))
         except (OSError, SyntaxError, ValueError, EOFError) as e:
             raise ImageError(f"{path}: truncated or corrupt image data ({e})") from None
     notes.extend(more)
@@ -153,21 +190,35 @@ def reason_for(path: str | os.PathLike, message: str) -> str:
     return message[len(prefix):] if message.startswith(prefix) else message
 
 
+def _unusable(path: Path) -> str | None:
+    """Why a path from a walk cannot be read as a file (a symlink loop, a dangling link, ...), or None."""
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return "a symbolic link loop (it never reaches a file)"
+        if os.path.islink(path) and e.errno == errno.ENOENT:
+            return f"a symbolic link to {os.readlink(path)!r}, which does not exist"
+        return f"cannot read it ({e.strerror or e})"
+    if not stat.S_ISREG(st.st_mode):
+        return "not a regular file"
+    return None
+
+
 def find_images(paths: Iterable[str | os.PathLike]) -> tuple[list[Path], list[tuple[Path, str]]]:
     """Expand files and folders (recursively, sorted) into image files.
 
     Returns (images, problems). A file named explicitly is kept whatever its
     extension (decoding will say if it is not an image); in folders only known
-    image extensions are taken and hidden folders are skipped.
+    image extensions are taken and hidden folders are skipped. A symbolic link
+    that loops or leads nowhere is a problem for that path, never for the run.
     """
     found: list[Path] = []
     problems: list[tuple[Path, str]] = []
-    seen: set[Path] = set()
+    seen: set[str] = set()
     for raw in paths:
         p = Path(raw).expanduser()
-        if p.is_file():
-            items = [p]
-        elif p.is_dir():
+        if p.is_dir():
             items = []
             for root, dirs, files in os.walk(p, followlinks=False):
                 dirs[:] = sorted(d for d in dirs if not d.startswith("."))
@@ -177,11 +228,17 @@ def find_images(paths: Iterable[str | os.PathLike]) -> tuple[list[Path], list[tu
                 )
             if not items:
                 problems.append((p, "no image files in this folder"))
+        elif os.path.lexists(p):
+            items = [p]
         else:
             problems.append((p, "no such file or folder"))
             continue
         for item in items:
-            key = item.resolve()
+            why = _unusable(item)
+            if why:
+                problems.append((item, why))
+                continue
+            key = os.path.realpath(item)
             if key not in seen:
                 seen.add(key)
                 found.append(item)

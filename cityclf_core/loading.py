@@ -16,6 +16,7 @@ from pathlib import Path
 
 from .catalogue import VIT_L14_336, default_models_dir, default_policy, paired_clip, resolve_head
 from .encoders import Encoder, TransformersClipEncoder, locate_clip, pick_device, pick_dtype
+from .errors import CityClfError, WeightsError
 from .heads import Head
 from .pipeline import ScoringModel
 from .store import StoredEncoder
@@ -49,13 +50,43 @@ def load_encoder(
         if key in _ENCODERS:
             _ENCODERS.move_to_end(key)
             return _ENCODERS[key]
-    encoder = TransformersClipEncoder.from_folder(Path(folder), name=name, device=dev, dtype=dt,
-                                                  source=source_name(source))
+    encoder = _load_clip_folder(Path(folder), name, dev, dt, source_name(source))
     with _ENCODERS_LOCK:
         _ENCODERS[key] = encoder
         while len(_ENCODERS) > MAX_CACHED_ENCODERS:
             _ENCODERS.popitem(last=False)
     return encoder
+
+
+def _weights_errors() -> tuple[type[BaseException], ...]:
+    """What loading a CLIP folder raises for bad files: wrong config types, truncated or bad safetensors."""
+    errors: list[type[BaseException]] = [OSError, ValueError, TypeError, KeyError, RuntimeError, AttributeError]
+    try:
+        from safetensors import SafetensorError
+
+        errors.append(SafetensorError)
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        from huggingface_hub.errors import StrictDataclassError
+
+        errors.append(StrictDataclassError)
+    except ImportError:  # pragma: no cover - older huggingface_hub validates no config types
+        pass
+    return tuple(errors)
+
+
+def _load_clip_folder(folder: Path, name: str, device, dtype, source: str) -> TransformersClipEncoder:
+    """TransformersClipEncoder.from_folder, with bad files (not bugs) reported as a WeightsError naming the folder."""
+    try:
+        return TransformersClipEncoder.from_folder(folder, name=name, device=device, dtype=dtype, source=source)
+    except CityClfError:
+        raise
+    except _weights_errors() as e:
+        raise WeightsError(
+            f"CLIP folder {folder} could not be loaded ({type(e).__name__}: {e}). Its config.json or "
+            "model.safetensors is damaged or not a CLIP vision model's: download it again, or name another CLIP "
+            "with --clip.") from None
 
 
 def load_scoring_model(

@@ -85,7 +85,7 @@ def test_copy_keeps_folders_and_never_overwrites(scored, tmp_path, dataset, caps
     code, _, err = run(argv + ["--dry-run"], capsys)
     assert code == 0 and "would copy" in err and not (dest / "img0.png").exists()
     code, _, err = run(argv + ["--on-conflict", "error"], capsys)
-    assert code == 2 and "already exists" in err and not (dest / "img0.png").exists()
+    assert code == 2 and "already exists" in err and "nothing was copied" in err and not (dest / "img0.png").exists()
     code, _, err = run(argv, capsys)
     assert code == 0
     assert occupied.read_bytes() == b"the user's own file"  # never overwritten
@@ -93,10 +93,15 @@ def test_copy_keeps_folders_and_never_overwrites(scored, tmp_path, dataset, caps
     assert sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*.png")) == sorted(
         ["img0.png", "img2.png", "img4.png", "img6.png", "sub/img1.png", "sub/img1-1.png", "sub/img3.png",
          "sub/img5.png", "sub/img7.png"])
-    code, _, err = run(argv, capsys)  # again: every name is taken now, so all get new names
-    assert (dest / "img0-1.png").is_file() and occupied.read_bytes() == b"the user's own file"
+    before = sorted(dest.rglob("*"))
+    code, _, err = run(argv, capsys)  # again: the same bytes are there already, so nothing new (no img0-1.png)
+    assert code == 0 and err.count("already there") == 8 and sorted(dest.rglob("*")) == before
+    assert occupied.read_bytes() == b"the user's own file"
+    (dataset / "img0.png").write_bytes((dataset / "img2.png").read_bytes())  # other content under a taken name
     code, _, err = run(argv + ["--on-conflict", "skip"], capsys)
-    assert code == 0 and err.count("skip ") == 8
+    assert code == 0 and err.count("skip ") == 2 and err.count("already there") == 6  # img0, sub/img1 (user's)
+    code, _, err = run(argv, capsys)
+    assert (dest / "img0-1.png").read_bytes() == (dataset / "img2.png").read_bytes()
 
 
 def test_move_updates_the_store(scored, tmp_path, dataset, capsys):

@@ -13,8 +13,9 @@
     cityclf demo            build tiny models and sample images, then score them (no internet needed)
 
 Exit status: 0 when every input was scored, 1 when any input was skipped (each
-is reported on stderr, the rest are still processed), 2 for a usage or model
-error, 130 when interrupted (a store keeps everything finished: rerun to go on).
+is reported on stderr, the rest are still processed), 2 for a usage, model or
+store error, 3 for an internal error (a bug: `--debug` shows its traceback),
+130 when interrupted (a store keeps everything finished: rerun to go on).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import traceback
 
 from .. import __version__
 from ..errors import CityClfError
@@ -30,6 +32,11 @@ from . import info, scoring, stored, training
 #: each group of subcommands registers its own parsers
 GROUPS = (scoring, stored, training, info)
 
+#: exit statuses
+OK, SKIPPED, USAGE, INTERNAL, INTERRUPTED = 0, 1, 2, 3, 130
+
+DEBUG_HELP = "on an internal error, print its traceback (for a bug report)"
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -37,14 +44,20 @@ def build_parser() -> argparse.ArgumentParser:
         description="Score and classify anime images with CityClassifiers heads on CLIP embeddings.",
     )
     parser.add_argument("--version", action="version", version=f"cityclf {__version__}")
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     for group in GROUPS:
         group.register(sub)
+    for command in sub.choices.values():  # `cityclf score ... --debug` works too
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    for stream in (sys.stdout, sys.stderr):  # a file name that is not UTF-8 never stops output
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "batch_size", None) is not None and args.batch_size < 1:
@@ -53,14 +66,23 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except CityClfError as e:
         print(f"cityclf: error: {e}", file=sys.stderr)
-        return 2
+        return USAGE
     except KeyboardInterrupt:
         print("\ncityclf: interrupted" + (" (the store keeps everything finished; rerun to continue)"
                                           if getattr(args, "store", None) else ""), file=sys.stderr)
-        return 130
+        return INTERRUPTED
     except BrokenPipeError:  # e.g. `cityclf score ... | head`
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
+        return OK
+    except Exception as e:  # noqa: BLE001  (anything else is a bug of ours: say so, distinctly)
+        if args.debug:
+            traceback.print_exc()
+        print(f"cityclf: internal error: {type(e).__name__}: {e}\n"
+              "cityclf: this is a bug in cityclf, not in your files or options. "
+              + ("Please report it with the traceback above." if args.debug else
+                 "Run the same command with --debug to see the traceback, and please report it."),
+              file=sys.stderr)
+        return INTERNAL
 
 
 if __name__ == "__main__":

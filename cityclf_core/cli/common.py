@@ -5,9 +5,13 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
+import os
 import sys
 
+from ..errors import ConfigError
 from ..images import DEFAULT_MAX_PIXELS
+from ..pathtext import raw_b64, safe_text, shown
 from ..progress import ProgressBar
 from ..reduce import COMBINES
 
@@ -31,8 +35,10 @@ class ResultWriter:
 
     def _jsonl(self, path: str, results: dict) -> None:
         for name, r in results.items():
-            row = {"path": path, "model": name, **r.kind.jsonl_fields(r)}
-            self.stream.write(json.dumps(row, ensure_ascii=False) + "\n")
+            row = {"path": shown(path), "model": name, **r.kind.jsonl_fields(r)}
+            if raw_b64(path):  # a name that is not UTF-8: its exact bytes too
+                row["path_b64"] = raw_b64(path)
+            self.stream.write(json.dumps(finite_json(row), ensure_ascii=False, allow_nan=False) + "\n")
 
     def _csv(self, path: str, results: dict) -> None:
         if self._csv_writer is None:
@@ -43,7 +49,7 @@ class ResultWriter:
                 header += r.kind.csv_columns(name, r.labels)
             self._csv_writer.writerow(header)
             self._header_done = True
-        row = [path]
+        row = [shown(path)]
         for r in results.values():
             row += r.kind.csv_cells(r)
         self._csv_writer.writerow(row)
@@ -52,10 +58,21 @@ class ResultWriter:
         if not self._header_done:
             self.stream.write("\t".join(["path", *results]) + "\n")
             self._header_done = True
-        cells = [path]
+        cells = [shown(path)]
         for r in results.values():
             cells.append(r.kind.short_text(r))
         self.stream.write("\t".join(cells) + "\n")
+
+
+def finite_json(value):
+    """`value` with any NaN or infinity as null: the stages report such images, this keeps JSON valid regardless."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_json(v) for v in value]
+    return value
 
 
 class Problems:
@@ -67,14 +84,24 @@ class Problems:
 
     def add(self, path, reason: str) -> None:
         self.items.append((str(path), reason))
-        line = f"cityclf: skipped {path}: {reason}"
+        line = f"cityclf: skipped {shown(str(path))}: {safe_text(reason)}"
         (self.bar.write(line) if self.bar else print(line, file=sys.stderr))
 
     def write_report(self, path: str | None) -> None:
         if path:
-            with open(path, "w", encoding="utf-8") as f:
-                for p, why in self.items:
-                    f.write(json.dumps({"path": p, "error": why}, ensure_ascii=False) + "\n")
+            try:
+                self._write_report(path)
+            except OSError as e:
+                raise ConfigError(f"--report {path}: cannot write it ({e.strerror or e}); the skipped files were "
+                                  "listed above") from None
+
+    def _write_report(self, path: str) -> None:
+        with open(path, "w", encoding="utf-8") as f:
+            for p, why in self.items:
+                row = {"path": shown(p), "error": safe_text(why)}
+                if raw_b64(p):
+                    row["path_b64"] = raw_b64(p)
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
     def __len__(self) -> int:
         return len(self.items)
@@ -200,20 +227,62 @@ def finish(args, rows, problems: Problems, roots, writer=None, store=None) -> in
         request = TransferRequest(args.copy or args.move, move=bool(args.move), on_conflict=args.on_conflict,
                                   dry_run=args.dry_run)
         plan = transfer(chosen, rows, roots, request, store)
-        for t in plan:
-            verb = ("would " if args.dry_run else "") + t.action
-            if t.error:
-                print(f"cityclf: {t.action if t.action == 'skip' else 'failed to ' + t.action} {t.source}: {t.error}",
-                      file=sys.stderr)
-            else:
-                print(f"cityclf: {verb} {t.source} -> {t.target}", file=sys.stderr)
-        if any(t.error and t.action != "skip" for t in plan):
-            problems.add("--" + request.verb, "some files could not be transferred")
+        report_transfers(plan, args.dry_run, problems, request.verb)
     problems.write_report(args.report)
     kept = f", {len(chosen)} selected" if selection(args).active else ""
     print(f"cityclf: scored {len(rows)} image(s){kept}" + (f", {len(problems)} skipped" if problems else ""),
           file=sys.stderr)
     return 1 if len(problems) or not rows else 0
+
+
+def report_transfers(plan, dry_run: bool, problems: Problems, verb: str) -> None:
+    from ..dataset.transfer import ALREADY_THERE
+
+    for t in plan:
+        if t.error:
+            print(f"cityclf: {t.action if t.action == 'skip' else 'failed to ' + t.action} {shown(t.source)}: "
+                  f"{safe_text(t.error)}", file=sys.stderr)
+        elif t.action == ALREADY_THERE:
+            print(f"cityclf: already there: {shown(t.source)}" +
+                  (f" = {shown(t.target)}" if t.target != t.source else ""), file=sys.stderr)
+        else:
+            print(f"cityclf: {'would ' if dry_run else ''}{t.action} {shown(t.source)} -> {shown(t.target)}"
+                  + "".join(f" (with {shown(os.path.basename(s))})" for s, _ in t.sidecars), file=sys.stderr)
+        for note in t.notes:
+            print(f"cityclf: note: {safe_text(note)}", file=sys.stderr)
+    if any(t.error and t.action != "skip" for t in plan):
+        problems.add("--" + verb, "some files could not be transferred")
+
+
+def open_store(path, write: bool = True, create: bool = False):
+    """The store at `path`; a command that only reads it (`write` False) also reads one it cannot write."""
+    from ..store import EmbeddingStore, ReadOnlyStore
+
+    if write:
+        return EmbeddingStore(path, create=create)
+    try:
+        return EmbeddingStore(path, create=False)
+    except ReadOnlyStore:
+        return EmbeddingStore(path, create=False, readonly=True)
+
+
+def finish_interrupted_moves(store, problems: Problems, dry_run: bool = False) -> None:
+    """Complete a move that a killed run left unfinished (the store's journal says which files)."""
+    from ..dataset import finish_interrupted_moves as finish_moves
+
+    if store.readonly or dry_run:
+        pending = store.pending_moves()
+        if pending:
+            why = "this is a dry run" if dry_run else "the store is read-only here"
+            how = "run the command without --dry-run" if dry_run else "make the store writable and run any query"
+            print(f"cityclf: note: an interrupted move of {len(pending)} file(s) is unfinished in {store.path} "
+                  f"and {why}, so some paths may be stale; {how} to finish it.", file=sys.stderr)
+        return
+    done, failed = finish_moves(store)
+    if done:
+        print(f"cityclf: finished an interrupted move: {done} file(s) now in place", file=sys.stderr)
+    for path, why in failed:
+        problems.add(path, why)
 
 
 def write_tags(rows, rules, dry_run: bool, problems: Problems) -> None:
@@ -224,7 +293,7 @@ def write_tags(rows, rules, dry_run: bool, problems: Problems) -> None:
         problems.add(path, f"tags not written: {why}")
     if dry_run:
         for path, tags in outcome.planned:
-            print(f"cityclf: would tag {path}: {', '.join(tags) or '(no tags)'}", file=sys.stderr)
+            print(f"cityclf: would tag {shown(path)}: {', '.join(tags) or '(no tags)'}", file=sys.stderr)
     else:
         unchanged = len(rows) - outcome.changed - len(outcome.skipped)
         print(f"cityclf: tags: {outcome.changed} sidecar(s) updated, {unchanged} already up to date",

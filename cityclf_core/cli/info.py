@@ -9,9 +9,9 @@ from .common import progress_enabled
 
 
 def cmd_store_info(args) -> int:
-    from ..store import EmbeddingStore
+    from .common import open_store
 
-    with EmbeddingStore(args.store, create=False) as store:
+    with open_store(args.store, write=False) as store:
         print(json.dumps(store.stats(), indent=2))
     return 0
 

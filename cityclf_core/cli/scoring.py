@@ -8,6 +8,7 @@ import sys
 from ..crops import CropPolicy
 from ..errors import ConfigError
 from ..images import find_images
+from ..pathtext import safe_text, shown
 from ..progress import ProgressBar
 from .engine import add_engine_options, run_engine
 from .common import (
@@ -18,6 +19,7 @@ from .common import (
     add_output_options,
     add_selection_options,
     finish,
+    finish_interrupted_moves,
     load_model,
     progress_enabled,
     score_options,
@@ -60,6 +62,7 @@ def _score_with_store(args) -> int:
     problems = Problems()
     paths = None
     with EmbeddingStore(args.store, create=bool(args.paths)) as store:
+        finish_interrupted_moves(store, problems, args.dry_run)
         if args.paths:  # embed what is missing first, with the CLIPs loaded; score with that same model
             paths, model = _embed_into(args, store, problems)
         else:  # no CLIP needed: the heads are bound to the CLIPs recorded in the store
@@ -81,7 +84,17 @@ def _score_with_store(args) -> int:
 
 
 def _embed_into(args, store, problems: Problems, shard: str | None = None):
-    """Embed args.paths (shard K/N of them) into `store` for the heads' CLIP passes; (absolute paths, model or None)."""
+    """Embed args.paths (shard K/N of them) into `store` for the heads' CLIP passes; (absolute paths, model or None).
+
+    The store is claimed for this run first (a second run is refused before any CLIP is loaded).
+    """
+    from ..store.lock import embedding_run
+
+    with embedding_run(store.path):
+        return _embed_claimed(args, store, problems, shard)
+
+
+def _embed_claimed(args, store, problems: Problems, shard: str | None):
     from ..dataset import clip_passes, embed_files, in_shard, parse_shard
     from ..embedding import ClipPass
     from ..loading import load_encoder
@@ -114,7 +127,7 @@ def _embed_into(args, store, problems: Problems, shard: str | None = None):
                              max_pixels=args.max_pixels, on_file=on_file)
     problems.bar = None
     for path, note in report.notes:
-        print(f"cityclf: note {path}: {note}", file=sys.stderr)
+        print(f"cityclf: note {shown(path)}: {safe_text(note)}", file=sys.stderr)
     print(f"cityclf: {report.summary()}", file=sys.stderr)
     return paths, model
 
@@ -129,6 +142,7 @@ def cmd_embed(args) -> int:
         raise ConfigError("name the heads (--model) whose CLIP and crops to embed for, or a --clip")
     problems = Problems()
     with EmbeddingStore(args.store) as store:
+        finish_interrupted_moves(store, problems)
         _embed_into(args, store, problems, shard=args.shard)
     problems.write_report(args.report)
     return 1 if len(problems) else 0

@@ -6,28 +6,36 @@ import sys
 
 from ..errors import ConfigError
 from ..reduce import COMBINES
-from .common import Problems, ResultWriter, add_output_options, add_selection_options, finish
+from .common import (
+    Problems,
+    ResultWriter,
+    add_output_options,
+    add_selection_options,
+    finish,
+    finish_interrupted_moves,
+    open_store,
+)
 
 
 def _stored(args):
     from ..dataset import stored_results
-    from ..store import EmbeddingStore
 
-    with EmbeddingStore(args.store, create=False) as store:
-        return stored_results(store, args.head, args.combine)
+    with open_store(args.store, write=False) as store:
+        return stored_results(store, args.head, args.combine, Problems().add)
 
 
 def cmd_query(args) -> int:
     from ..dataset import stored_results
-    from ..store import EmbeddingStore
 
-    with EmbeddingStore(args.store, create=False) as store:
-        rows = stored_results(store, args.head, args.combine)
+    problems = Problems()
+    with open_store(args.store, write=bool(args.move)) as store:
+        finish_interrupted_moves(store, problems, args.dry_run)
+        rows = stored_results(store, args.head, args.combine, problems.add)
         if not rows:
             raise ConfigError(f"store {args.store} has no scores{' for ' + ', '.join(args.head) if args.head else ''}"
                               "; run cityclf score --store ... --model ... first")
         writer = ResultWriter(args.format, list(rows[0][1]), sys.stdout)
-        return finish(args, rows, Problems(), roots=None, writer=writer, store=store)
+        return finish(args, rows, problems, roots=None, writer=writer, store=store)
 
 
 def cmd_grid(args) -> int:
@@ -58,9 +66,8 @@ def cmd_grid(args) -> int:
 
 def cmd_export(args) -> int:
     from ..loading import clip_identity, source_name
-    from ..store import EmbeddingStore
 
-    with EmbeddingStore(args.store, create=False) as store:
+    with open_store(args.store, write=False) as store:
         encoders = store.encoders()
         if not encoders:
             raise ConfigError(f"store {args.store} holds no embeddings yet")

@@ -25,6 +25,7 @@ from .common import (
 def cmd_train(args) -> int:
     from ..loading import load_encoder
     from ..store import EmbeddingStore
+    from ..store.lock import embedding_run
     from ..train import (REFERENCE_CLIPS, data_kind, format_metrics, load_config, load_image_dataset,
                         load_npy_dataset, train)
 
@@ -44,7 +45,7 @@ def cmd_train(args) -> int:
         store_path = Path(args.store) if args.store else out / f"{cfg.base}.embeddings.db"
         out.mkdir(parents=True, exist_ok=True)
         reports: list = []
-        with EmbeddingStore(store_path) as store:
+        with EmbeddingStore(store_path) as store, embedding_run(store.path):  # one embedding run per store
             n_files = sum(1 for _ in root.rglob("*") if _.is_file())
             bar = ProgressBar(n_files, "img", enabled=progress_enabled(args), label="embedding")
             problems.bar = bar

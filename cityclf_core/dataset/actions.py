@@ -10,7 +10,8 @@ from ..results import HeadResult
 from ..errors import ImageError
 from ..sidecars import SidecarError, write_sidecar
 from ..tags import TagRules, owner
-from .transfer import Transfer, copy_or_move
+from .journal import MoveJournal
+from .transfer import Transfer, copy_or_move, inside
 
 Rows = list[tuple[str, dict[str, HeadResult]]]
 
@@ -27,10 +28,12 @@ class TransferRequest:
         return "move" if self.move else "copy"
 
 
-def common_root(paths: Sequence[str]) -> list[str]:
-    if not paths:
+def common_root(paths: Sequence[str], to: str | None = None) -> list[str]:
+    """The common folder of `paths`, leaving out those already inside `to` (so `to` never nests in itself)."""
+    outside = [p for p in paths if to is None or not inside(p, to)]
+    if not outside:
         return []
-    return [os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in paths])]
+    return [os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in outside])]
 
 
 def transfer(chosen: Rows, scored: Rows, roots: Sequence[str] | None, request: TransferRequest,
@@ -38,16 +41,14 @@ def transfer(chosen: Rows, scored: Rows, roots: Sequence[str] | None, request: T
     """Copy or move the chosen images; a store's rows follow moved files.
 
     Folders are kept relative to the inputs given, else to the common folder of
-    everything scored (not of the selection, which would make the layout depend
-    on what was selected).
+    everything scored outside the destination (not of the selection, which
+    would make the layout depend on what was selected). A move with a store is
+    journaled in it (journal.py): a killed move is completed by the next run.
     """
-    plan = copy_or_move([p for p, _ in chosen], roots or common_root([p for p, _ in scored]), request.to,
-                        move=request.move, on_conflict=request.on_conflict, dry_run=request.dry_run)
-    if request.move and store is not None:
-        for t in plan:
-            if t.done:
-                store.move_file(t.source, os.path.abspath(t.target))
-    return plan
+    to = os.path.abspath(request.to)
+    return copy_or_move([p for p, _ in chosen], roots or common_root([p for p, _ in scored], to),
+                        to, move=request.move, on_conflict=request.on_conflict, dry_run=request.dry_run,
+                        journal=MoveJournal(store) if store is not None else None)
 
 
 @dataclass

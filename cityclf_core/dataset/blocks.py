@@ -9,6 +9,7 @@ from ..errors import ImageError
 from ..images import DEFAULT_MAX_PIXELS, iter_decoded, reason_for
 from ..pipeline import ScoringModel
 from ..results import HeadResult
+from .finite import OUTPUT, finite_results
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,13 @@ def score_files(
         done = base + len(block)
         progress(done)
         block.clear()
-        return pairs
+        kept = []
+        for name, result in pairs:
+            if finite_results(result):
+                kept.append((name, result))
+            else:
+                on_skip(name, OUTPUT)
+        return kept
 
     for path, decoded, error in iter_decoded(list(files), workers=options.workers, max_pixels=options.max_pixels):
         if error:

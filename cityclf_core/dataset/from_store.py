@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 
@@ -10,6 +10,7 @@ from ..kinds import get_kind
 from ..pipeline import Group, ScoringModel, head_scores
 from ..results import HeadResult
 from ..store import StoredScore
+from .finite import OUTPUT, STORED, STORED_SCORE, finite_array, finite_results, finite_views
 
 Rows = list[tuple[str, dict[str, HeadResult]]]
 
@@ -44,12 +45,23 @@ def score_store(
                                       "run cityclf embed with these models")
             if not found:
                 continue
+            for p, ok in zip(found, finite_views(stacked, counts)):
+                if not ok:
+                    missing.setdefault(p, STORED)
             scores = head_scores(g.bindings, torch.from_numpy(stacked), counts, combine)
             for i, p in enumerate(found):
                 for s in scores:
                     per_path[p][s.binding.name] = s.result(i)
         order = model.names
-        results = [(p, {n: per_path[p][n] for n in order}) for p in part if p not in missing]
+        results = []
+        for p in part:
+            if p in missing:
+                continue
+            result = {n: per_path[p][n] for n in order}
+            if finite_results(result):
+                results.append((p, result))
+            else:
+                missing[p] = OUTPUT
         yield results, sorted(missing.items())
 
 
@@ -60,10 +72,20 @@ def save_results(store, rows: Rows, combine: str) -> None:
                          for path, res in rows for name, r in res.items())
 
 
-def stored_results(store, heads: list[str] | None, combine: str) -> Rows:
-    """The stored scores as results, per path: each rebuilt by its head's kind."""
+def stored_results(store, heads: list[str] | None, combine: str,
+                   on_skip: Callable[[str, str], None] | None = None) -> Rows:
+    """The stored scores as results, per path: each rebuilt by its head's kind.
+
+    A path whose stored numbers are not finite (a damaged store) is left out and passed to `on_skip`.
+    """
     rows = []
     for path, per_head in store.scores(heads, combine).items():
+        numbers = [s.score for s in per_head.values()] + [v for s in per_head.values() if isinstance(s.extra, dict)
+                                                          for v in s.extra.values() if isinstance(v, (int, float))]
+        if not finite_array(numbers):
+            if on_skip:
+                on_skip(path, STORED_SCORE)
+            continue
         rows.append((path, {name: get_kind(s.kind).from_stored(name, s.score, s.label, s.extra)
                             for name, s in per_head.items()}))
     return rows

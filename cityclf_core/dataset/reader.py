@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+import warnings
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -38,6 +39,44 @@ class Prepared:
     notes: list[str] = field(default_factory=list)
     error: str | None = None
     unchanged: bool = False  # same path, size and mtime as stored, all embeddings present
+
+
+#: files up to this size are read once into memory, hashed and decoded from there; larger ones are
+#: hashed in a stream and decoded from the file, so memory never holds a whole large file
+READ_WHOLE_BELOW = 32 << 20
+
+
+def read_and_hash(path: str, size: int | None) -> tuple[str, bytes | None]:
+    """(sha256 of the file, its bytes if small enough to keep), reading a large file only if it is an image.
+
+    A large file is first identified by Pillow from its header (a few KiB): one
+    that is not an image is refused without reading the rest.
+    """
+    if size is not None and size <= READ_WHOLE_BELOW:
+        with open(path, "rb") as f:
+            data = f.read()
+        return hashlib.sha256(data).hexdigest(), data
+    sniff_image(path)
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest(), None
+
+
+def sniff_image(path: str) -> None:
+    """ImageError unless Pillow recognises the file's header as an image (reads only the header)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path):
+                pass
+    except UnidentifiedImageError:
+        raise ImageError(f"{path}: not an image, or a format Pillow cannot read") from None
+    except (Image.DecompressionBombError, OSError, SyntaxError, ValueError):
+        pass  # an image, or something Pillow half-recognises: decoding says exactly what is wrong
 
 
 class Known:
@@ -84,9 +123,7 @@ class FileReader:
                     and not self.known.missing(prior.content)):
                 item.content, item.unchanged = prior.content, True  # not even read
                 return item
-            with open(path, "rb") as f:
-                data = f.read()
-            item.content = hashlib.sha256(data).hexdigest()
+            item.content, data = read_and_hash(path, item.size)
             needed = self.known.missing(item.content)
             if not needed:
                 return item  # touched, renamed or a duplicate: embeddings exist
@@ -99,7 +136,7 @@ class FileReader:
             item.error = "not enough memory to decode it"
         return item
 
-    def _make_views(self, item: Prepared, needed: list[int], data: bytes) -> None:
+    def _make_views(self, item: Prepared, needed: list[int], data: bytes | None) -> None:
         decoded = decode_image(item.path, max_pixels=self.max_pixels, data=data)
         item.width, item.height = decoded.size
         item.notes = decoded.notes

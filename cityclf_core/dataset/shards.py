@@ -33,7 +33,7 @@ def in_shard(path: str | os.PathLike, roots: Sequence[str | os.PathLike], shard:
         if p.startswith(root.rstrip(os.sep) + os.sep):
             rel = os.path.relpath(p, root)
             break
-    digest = hashlib.sha1(rel.replace(os.sep, "/").encode()).digest()
+    digest = hashlib.sha1(os.fsencode(rel.replace(os.sep, "/"))).digest()  # any name
     return int.from_bytes(digest[:8], "big") % n == k
 
 

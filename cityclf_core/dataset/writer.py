@@ -11,6 +11,7 @@ from typing import Callable
 
 import torch
 
+from .finite import EMBEDDING, finite_array
 from .reader import Known, Prepared
 
 OnFile = Callable[[str, "str | None"], None]
@@ -31,11 +32,22 @@ class StoreWriter:
     def write(self, done_per_pass: list[list[tuple[int, torch.Tensor]]]) -> None:
         """Commit finished embeddings ([(item index, [views, D])] per CLIP pass)."""
         finished: list[Prepared] = []
+        broken: list[Prepared] = []
         with self.store.transaction():
             for pi, done in enumerate(done_per_pass):
                 for index, emb in done:
+                    if index not in self._waiting:
+                        continue  # an earlier pass of this file gave NaN: it is recorded as failed already
                     item, missing = self._waiting[index]
-                    self.store.put_embedding(item.content, self.rows[pi].id, self.keys[pi], emb.numpy())
+                    arr = emb.numpy()
+                    if not finite_array(arr):  # never stored: reported like a bad file
+                        item.error = EMBEDDING
+                        self.store.put_file(item.path, item.size, item.mtime_ns, None, status="failed",
+                                            error=item.error)
+                        self._waiting.pop(index)
+                        broken.append(item)
+                        continue
+                    self.store.put_embedding(item.content, self.rows[pi].id, self.keys[pi], arr)
                     missing.discard(pi)
                     self.known.add(pi, item.content)
                     if not missing:
@@ -44,6 +56,9 @@ class StoreWriter:
                 self.store.put_file(item.path, item.size, item.mtime_ns, item.content, item.width, item.height,
                                     notes=item.notes)
                 self._waiting.pop(item.index)
+        for item in broken:
+            self.report.failed.append((item.path, item.error))
+            self._done(item.path, item.error)
         for item in finished:
             self.report.embedded += 1
             self.report.notes += [(item.path, note) for note in item.notes]

@@ -4,12 +4,13 @@
     sqlite.py          EmbeddingStore: the SQLite backend, one file, WAL journal (all SQL lives here)
     rows.py            the rows every backend hands out
     stored_encoder.py  StoredEncoder: a stored CLIP, for scoring without its weights
+    lock.py            one embedding run per store at a time
 """
 
 from .protocol import Store
 from .rows import EncoderRow, FileRow, PolicyInfo, StoredScore
-from .sqlite import SCHEMA_VERSION, EmbeddingStore, policy_key
+from .sqlite import SCHEMA_VERSION, EmbeddingStore, ReadOnlyStore, policy_key
 from .stored_encoder import StoredEncoder
 
-__all__ = ["SCHEMA_VERSION", "EmbeddingStore", "EncoderRow", "FileRow", "PolicyInfo", "Store", "StoredEncoder",
-           "StoredScore", "policy_key"]
+__all__ = ["SCHEMA_VERSION", "EmbeddingStore", "EncoderRow", "FileRow", "PolicyInfo", "ReadOnlyStore", "Store",
+           "StoredEncoder", "StoredScore", "policy_key"]

@@ -7,6 +7,11 @@ Layout (one file, no server; WAL journal, so readers never block the writer):
     files       path, size, mtime_ns, content, width, height, status ('ok' | 'failed'), error, notes
     scores      path, head, combine, score, label, probs (JSON), updated, kind (the head's kind; added in
                 schema 2, NULL in older stores: read as a classifier when probs are stored, else a score)
+    moves       source, target, image, planned: a move in progress (the journal; see dataset/journal.py)
+
+Paths are stored as text when they are valid UTF-8 (every path of older
+stores), else as the file system's bytes in a BLOB (a name that is not UTF-8
+on Linux), so every path is kept exactly; `_to_db` and `_from_db` convert.
 
 Embeddings are keyed by the file's *content*, the CLIP's identity and the crop
 policy: an unchanged file is never embedded twice (a touched one is re-hashed,
@@ -18,17 +23,20 @@ whole rows, and a rerun carries on from them.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sqlite3
 import time
 from pathlib import Path
+from urllib.request import pathname2url
 from typing import Iterable
 
 import numpy as np
 
 from ..crops import CropPolicy
 from ..errors import StoreError
+from ..pathtext import safe_text
 from .rows import EncoderRow, FileRow, PolicyInfo, StoredScore
 
 SCHEMA_VERSION = 2  # 2: scores.kind
@@ -76,6 +84,71 @@ CREATE TABLE IF NOT EXISTS scores (
     PRIMARY KEY (path, head, combine)
 ) WITHOUT ROWID;
 """
+#: created by the first move (not on open: opening a store never writes to it unasked)
+MOVES = """
+CREATE TABLE IF NOT EXISTS moves (
+    source TEXT PRIMARY KEY,
+    target TEXT NOT NULL,
+    image INTEGER NOT NULL,
+    planned REAL NOT NULL
+) WITHOUT ROWID;
+"""
+#: SQLite's words for a file that is not (or no longer) a sound database
+DAMAGE = ("malformed", "not a database", "corrupt", "disk i/o error")
+
+
+def store_error(path: Path, e: sqlite3.Error, doing: str = "") -> StoreError:
+    """A clear StoreError for an SQLite error on the store at `path`."""
+    text = str(e)
+    if any(word in text.lower() for word in DAMAGE):
+        return StoreError(
+            f"store {path} is damaged ({text}){' while ' + doing if doing else ''}; nothing was changed in it. "
+            f"Restore it from a backup, or save what can be read with `sqlite3 {path} .recover | sqlite3 NEW.db` "
+            "and use NEW.db")
+    if "readonly" in text.replace(" ", "").lower():
+        return _read_only(path, text)
+    if "locked" in text.lower() or "busy" in text.lower():
+        return StoreError(f"store {path} is busy: another program holds it ({text}); try again when it is done")
+    return StoreError(f"store {path} cannot be used ({text})")
+
+
+class ReadOnlyStore(StoreError):
+    """A store that this command would have to write, but cannot."""
+
+
+def _read_only(path: Path, why: str) -> StoreError:
+    return ReadOnlyStore(
+        f"store {path} is read-only ({why}); nothing was changed. This command writes to the store: make it "
+        "writable (and its folder: SQLite adds -wal and -shm files beside it), or copy it somewhere writable. "
+        "query (without --move), grid, export and store-info only read it.")
+
+
+def _writable_problem(path: Path) -> str | None:
+    """Why SQLite could not write the store at `path` (the file or its folder read-only), or None."""
+    folder = path.parent if str(path.parent) else Path(".")
+    if path.exists() and not os.access(path, os.W_OK):
+        return "the file cannot be written"
+    if not os.access(folder, os.W_OK):
+        return f"its folder {folder} cannot be written"
+    return None
+
+
+def _to_db(path: str):
+    """A path as stored: text when it is valid UTF-8, else its bytes (lossless; see the module's notes)."""
+    try:
+        path.encode("utf-8")
+        return path
+    except UnicodeEncodeError:
+        return os.fsencode(path)
+
+
+def _from_db(value) -> str:
+    return os.fsdecode(value) if isinstance(value, bytes) else value
+
+
+def _text(message: str | None) -> str | None:
+    """Free text (an error message) that may quote a non-UTF-8 name: stored with that name's bytes as \\xNN."""
+    return None if message is None else safe_text(message)
 
 
 def policy_key(policy: CropPolicy) -> str:
@@ -91,21 +164,31 @@ class EmbeddingStore:
 
     def __init__(self, path: str | os.PathLike, create: bool = True, readonly: bool = False):
         self.path = Path(path)
+        self.readonly = readonly
         if not self.path.exists() and not create:
             raise StoreError(f"store {self.path} does not exist; create it with `cityclf embed ... --store {path}`")
         if self.path.exists() and self.path.is_dir():
             raise StoreError(f"store {self.path} is a folder; give a file name such as dataset.cityclf.db")
         if self.path.exists():
-            with open(self.path, "rb") as f:
-                magic = f.read(16)
+            try:
+                with open(self.path, "rb") as f:
+                    magic = f.read(16)
+            except OSError as e:
+                raise StoreError(f"store {self.path} cannot be read ({e.strerror or e}); check its permissions") \
+                    from None
             if magic and magic != b"SQLite format 3\x00":
                 raise StoreError(f"{self.path} is not a cityclf store (not an SQLite file); choose another name")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        uri = f"file:{self.path}?mode=ro" if readonly else str(self.path)
+        if not readonly:
+            if self.path.parent.exists() or not create:
+                why = _writable_problem(self.path)
+                if why:
+                    raise _read_only(self.path, why)
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise _read_only(self.path, f"its folder cannot be made: {e.strerror or e}") from None
         try:
-            # a read-only connection belongs to one worker thread but is closed by the thread that made the pool
-            self.db = sqlite3.connect(uri, uri=readonly, timeout=60, isolation_level=None,
-                                      check_same_thread=not readonly)
+            self.db = self._connect(readonly)
             self.db.execute("PRAGMA busy_timeout = 60000")
             if not readonly:
                 self.db.execute("PRAGMA journal_mode = WAL")
@@ -115,8 +198,37 @@ class EmbeddingStore:
             self._score_columns = {r[1] for r in self.db.execute("PRAGMA table_info(scores)")}
             if not readonly and "kind" not in self._score_columns:
                 self._migrate_to_2()
+            self._check_encoders()
         except sqlite3.DatabaseError as e:
+            if any(word in str(e).lower() for word in DAMAGE):
+                raise store_error(self.path, e, "opening it") from None
+            if "readonly" in str(e).replace(" ", "").lower():
+                raise _read_only(self.path, str(e)) from None
             raise StoreError(f"{self.path} cannot be used as a store ({e})") from None
+
+    def _connect(self, readonly: bool) -> sqlite3.Connection:
+        # a read-only connection belongs to one worker thread but is closed by the thread that made the pool
+        if not readonly:
+            return sqlite3.connect(str(self.path), timeout=60, isolation_level=None)
+        uri = f"file:{pathname2url(str(self.path.absolute()))}?mode=ro"
+        db = sqlite3.connect(uri, uri=True, timeout=60, isolation_level=None, check_same_thread=False)
+        try:
+            db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+            return db
+        except sqlite3.OperationalError:
+            db.close()
+            if _writable_problem(self.path) is None:
+                raise
+        # on read-only media SQLite cannot make the WAL index beside the file: read it as immutable
+        return sqlite3.connect(uri + "&immutable=1", uri=True, timeout=60, isolation_level=None,
+                               check_same_thread=False)
+
+    def _check_encoders(self) -> None:
+        """Damage that SQLite does not notice may still show as impossible rows: refuse those."""
+        for row in self.db.execute("SELECT id, identity, name, source, image_size, embed_dim FROM encoders"):
+            if any(v is None for v in row) or not isinstance(row[4], int) or not isinstance(row[5], int):
+                raise StoreError(f"store {self.path} is damaged (a CLIP record reads {row}); nothing was changed "
+                                 "in it. Restore it from a backup.")
 
     def _check_version(self, readonly: bool) -> None:
         row = self.db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
@@ -151,7 +263,7 @@ class EmbeddingStore:
     # ------------------------------------------------------------ transactions
 
     def transaction(self):
-        return _Transaction(self.db)
+        return _Transaction(self.db, self.path)
 
     # ------------------------------------------------------------ encoders
 
@@ -198,8 +310,8 @@ class EmbeddingStore:
 
     def file(self, path: str) -> FileRow | None:
         r = self.db.execute("SELECT path, size, mtime_ns, content, status, error FROM files WHERE path = ?",
-                            (path,)).fetchone()
-        return FileRow(*r) if r else None
+                            (_to_db(path),)).fetchone()
+        return FileRow(_from_db(r[0]), *r[1:]) if r else None
 
     def files(self, paths: Iterable[str] | None = None, status: str | None = "ok") -> list[FileRow]:
         sql = "SELECT path, size, mtime_ns, content, status, error FROM files"
@@ -207,7 +319,7 @@ class EmbeddingStore:
         if status:
             where.append("status = ?")
             args.append(status)
-        rows = [FileRow(*r) for r in self.db.execute(
+        rows = [FileRow(_from_db(r[0]), *r[1:]) for r in self.db.execute(
             sql + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY path", args)]
         if paths is not None:
             wanted = set(paths)
@@ -220,13 +332,51 @@ class EmbeddingStore:
         self.db.execute(
             "INSERT OR REPLACE INTO files (path, size, mtime_ns, content, width, height, status, error, notes, "
             "updated) VALUES (?,?,?,?,?,?,?,?,?,?)",
-            (path, size, mtime_ns, content, width, height, status, error,
+            (_to_db(path), size, mtime_ns, content, width, height, status, _text(error),
              json.dumps(notes) if notes else None, time.time()))
 
     def move_file(self, old: str, new: str) -> None:
         with self.transaction():
-            self.db.execute("UPDATE OR REPLACE files SET path = ?, updated = ? WHERE path = ?", (new, time.time(), old))
-            self.db.execute("UPDATE OR REPLACE scores SET path = ? WHERE path = ?", (new, old))
+            self._move_rows(old, new)
+
+    def _move_rows(self, old: str, new: str) -> None:
+        old, new = _to_db(old), _to_db(new)
+        self.db.execute("UPDATE OR REPLACE files SET path = ?, updated = ? WHERE path = ?", (new, time.time(), old))
+        self.db.execute("UPDATE OR REPLACE scores SET path = ? WHERE path = ?", (new, old))
+
+    # ------------------------------------------------------------ the move journal
+
+    def plan_moves(self, moves: list[tuple[str, str, bool]]) -> None:
+        """Record (source, target, is_image) for files about to move, in one transaction."""
+        now = time.time()
+        self.db.executescript(MOVES)
+        with self.transaction():
+            self.db.executemany("INSERT OR REPLACE INTO moves (source, target, image, planned) VALUES (?,?,?,?)",
+                                [(_to_db(s), _to_db(t), int(bool(i)), now) for s, t, i in moves])
+
+    def moved(self, source: str, target: str, is_image: bool) -> None:
+        """One file has landed at its target: its rows follow it and its journal row goes, in one transaction."""
+        with self.transaction():
+            if is_image:
+                self._move_rows(source, target)
+            self.db.execute("DELETE FROM moves WHERE source = ?", (_to_db(source),))
+
+    def drop_moves(self, sources: list[str]) -> None:
+        if not sources or not self._has_moves():
+            return
+        with self.transaction():
+            self.db.executemany("DELETE FROM moves WHERE source = ?", [(_to_db(s),) for s in sources])
+
+    def _has_moves(self) -> bool:
+        return self.db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'moves'").fetchone() \
+            is not None
+
+    def pending_moves(self) -> list[tuple[str, str, bool]]:
+        """The moves an interrupted run left unfinished: (source, target, is_image), images first."""
+        if not self._has_moves():
+            return []  # no move has touched this store
+        return [(_from_db(s), _from_db(t), bool(i)) for s, t, i in self.db.execute(
+            "SELECT source, target, image FROM moves ORDER BY image DESC, planned, source")]
 
     # ------------------------------------------------------------ embeddings
 
@@ -252,13 +402,13 @@ class EmbeddingStore:
         found, counts, blobs, missing = [], [], [], []
         rows = {}
         for start in range(0, len(paths), 900):  # SQLite's limit on bound parameters
-            part = paths[start : start + 900]
+            part = [_to_db(p) for p in paths[start : start + 900]]
             marks = ",".join("?" * len(part))
             for path, views, data in self.db.execute(
                     f"SELECT f.path, e.views, e.data FROM files f JOIN embeddings e ON e.content = f.content "
                     f"WHERE f.path IN ({marks}) AND f.status = 'ok' AND e.encoder_id = ? AND e.policy = ?",
                     (*part, encoder.id, policy)):
-                rows[path] = (views, data)
+                rows[_from_db(path)] = (views, data)
         for p in paths:
             if p in rows:
                 views, data = rows[p]
@@ -296,7 +446,7 @@ class EmbeddingStore:
         self.db.executemany(
             "INSERT OR REPLACE INTO scores (path, head, combine, score, label, probs, updated, kind) "
             "VALUES (?,?,?,?,?,?,?,?)",
-            [(path, head, combine, r.score, r.label, json.dumps(r.extra) if r.extra is not None else None, now,
+            [(_to_db(path), head, combine, r.score, r.label, json.dumps(r.extra) if r.extra is not None else None, now,
               r.kind) for path, head, combine, r in rows])
 
     def scores(self, heads: list[str] | None = None, combine: str | None = None) -> dict[str, dict[str, StoredScore]]:
@@ -314,7 +464,7 @@ class EmbeddingStore:
                 extra = json.loads(extra) if extra else None
                 # schema 1 stored no kind: its classifiers were the rows with probabilities
                 kind = kind or ("class" if extra else "score")
-                out.setdefault(path, {})[head] = StoredScore(score, label, extra, kind)
+                out.setdefault(_from_db(path), {})[head] = StoredScore(score, label, extra, kind)
         return out
 
     def stats(self) -> dict:
@@ -378,19 +528,47 @@ class EmbeddingStore:
 
 
 class _Transaction:
-    def __init__(self, db):
-        self.db = db
+    def __init__(self, db, path: Path):
+        self.db, self.path = db, path
 
     def __enter__(self):
-        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as e:
+            raise store_error(self.path, e) from None
         return self.db
 
     def __exit__(self, exc_type, exc, tb):
-        if exc_type is None:
-            self.db.execute("COMMIT")
-        else:
-            self.db.execute("ROLLBACK")
+        try:
+            if exc_type is None:
+                self.db.execute("COMMIT")
+            else:
+                self.db.execute("ROLLBACK")
+        except sqlite3.Error as e:
+            if exc_type is None:
+                raise store_error(self.path, e) from None
+            # the rollback failed too: SQLite undoes the transaction when the connection closes
+        if exc_type is not None and issubclass(exc_type, sqlite3.Error):
+            raise store_error(self.path, exc) from None
         return False
 
 
-__all__ = ["EmbeddingStore", "policy_key"]
+def _guarded(method):
+    """An SQLite error inside a store method becomes a StoreError naming the store (damaged, read-only, busy)."""
+
+    @functools.wraps(method)
+    def call(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.Error as e:
+            raise store_error(self.path, e) from None
+
+    return call
+
+
+for _name, _method in list(vars(EmbeddingStore).items()):
+    if callable(_method) and not _name.startswith("_") and _name not in ("transaction", "reader", "close"):
+        setattr(EmbeddingStore, _name, _guarded(_method))
+
+
+__all__ = ["EmbeddingStore", "ReadOnlyStore", "policy_key", "store_error"]
