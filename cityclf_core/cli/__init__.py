@@ -25,10 +25,10 @@ import sys
 
 from .. import __version__
 from ..errors import CityClfError
-from . import info, scoring, stored, training
+from . import info, pixiv, scoring, stored, training
 
 #: each group of subcommands registers its own parsers
-GROUPS = (scoring, stored, training, info)
+GROUPS = (scoring, stored, training, info, pixiv)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -12,7 +12,7 @@ What is planted (so that a test can check a pipeline finds it):
     has a central block whose brightness and size grow with q. Popularity
     (log views and the log bookmark rate) rises with q.
   * artist effects: each artist has a popularity offset (a following) and a
-    background colour of their own. A head that sees an artist's works in
+    signature colour of their own (a stripe along the bottom). A head that sees an artist's works in
     training can score their test works by recognising the colour: the leak
     an ungrouped split rewards and an artist split removes.
   * metadata effects, weaker: older works have more views (upload age), the
@@ -70,9 +70,9 @@ class SynthReport:
 
 def _picture(rng, size: int, hue: np.ndarray, q: float, sanity: int, ai: bool, page: int) -> np.ndarray:
     yy, xx = np.mgrid[0:size, 0:size] / max(size - 1, 1)
-    img = np.empty((size, size, 3), dtype=np.float64)
-    img[:] = hue * 255.0
+    img = np.full((size, size, 3), 110.0)
     img += rng.normal(0, 6, img.shape)
+    img[-max(2, size // 6):] = hue * 255.0  # the artist's signature stripe
     if ai:  # a smooth glossy gradient over the whole picture
         img += (60 * (xx + yy) - 60)[..., None]
     half = int(size * (0.15 + 0.25 * q))
@@ -109,13 +109,18 @@ def _sidecar(work: dict, page: int, ext: str = "png") -> dict:
     }
 
 
+IMAGE_EFFECT = 3.0  # latent popularity per unit of the picture's quality q in [0, 1]
+ARTIST_EFFECT = 0.9  # standard deviation of the artists' offsets
+AGE_EFFECT = 0.15  # log views per unit of log(1 + age in days)
+
+
 def _works(rng, n_works: int, n_artists: int, size: int) -> tuple[list[dict], list[dict]]:
     artists = []
     for a in range(n_artists):
         hue = rng.uniform(0.15, 0.85, 3)
         uid = int(rng.integers(100_000, 99_999_999))
         artists.append({"id": uid, "name": f"artist{a}", "account": f"artist_{a}", "hue": hue,
-                        "effect": float(rng.normal(0, 1.0))})
+                        "effect": float(rng.normal(0, ARTIST_EFFECT))})
     start, span = datetime(2019, 1, 1, tzinfo=timezone.utc), (datetime(2024, 10, 1) - datetime(2019, 1, 1)).days
     crawl0 = datetime(2025, 1, 15, tzinfo=timezone.utc)
     works, used = [], set()
@@ -140,9 +145,9 @@ def _works(rng, n_works: int, n_artists: int, size: int) -> tuple[list[dict], li
             ai_type = 1
         if ai and (ai_type != 2 or rng.uniform() < 0.5):
             tags.append(str(rng.choice(AI_TAG_CHOICES)))
-        latent = (2.0 * (q - 0.5) + 0.9 * artist["effect"] + 0.25 * (sanity == 4) - 0.2 * ai
+        latent = (IMAGE_EFFECT * (q - 0.5) + artist["effect"] + 0.25 * (sanity == 4) - 0.2 * ai
                   + float(rng.normal(0, 0.25)))
-        views = int(round(math.exp(5.5 + 0.9 * latent + 0.3 * math.log1p(age) + float(rng.normal(0, 0.15)))))
+        views = int(round(math.exp(5.5 + 0.9 * latent + AGE_EFFECT * math.log1p(age) + float(rng.normal(0, 0.15)))))
         rate = math.exp(-2.8 + 0.5 * latent + float(rng.normal(0, 0.15)))
         works.append({
             "id": illust_id, "user": artist, "q": q, "uploaded": uploaded, "crawled": crawled, "sanity": sanity,
