@@ -29,6 +29,7 @@ from __future__ import annotations
 import os
 import shutil
 import sqlite3
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -95,7 +96,7 @@ def open_database(path: Path, report: IngestReport | None = None) -> sqlite3.Con
                                  "a comma after 'total_bookmarks INTEGER', so SQLite read 'total_view INTEGER' as "
                                  "part of its type. Added the column; views come from the sidecars, and rows "
                                  "without a sidecar have none (reported below)"))
-        with db:
+        with transaction(db):
             for c in missing:
                 db.execute(f"ALTER TABLE illusts ADD COLUMN {c} {COLUMN_TYPES.get(c, 'INTEGER').split()[0]}")
         if report is not None:
@@ -212,10 +213,22 @@ def _write(db: sqlite3.Connection, rows: list[tuple]) -> None:
         return
     marks = ",".join("?" * len(COLUMNS))
     updates = ", ".join(f"{c} = excluded.{c}" for c in COLUMNS if c != "filename")
-    with db:
+    with transaction(db):
         db.executemany(f"INSERT INTO illusts ({', '.join(COLUMNS)}) VALUES ({marks}) "
                        f"ON CONFLICT(filename) DO UPDATE SET {updates}", rows)
     rows.clear()
+
+
+@contextmanager
+def transaction(db: sqlite3.Connection):
+    """One transaction (the connection is in autocommit mode, where `with db:` would commit every row)."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
 
 
 def _check_rows(db: sqlite3.Connection, report: IngestReport, path: Path) -> None:

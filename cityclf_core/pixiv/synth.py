@@ -220,19 +220,22 @@ def _document_database(path: Path, works: list[dict]) -> None:
     os.replace(tmp, path)
 
 
-def sidecars_only(out: str | os.PathLike, works: int, seed: int = 0, artists: int = 1000) -> int:
-    """Sidecars without pictures (for the ingest benchmark); returns how many were written."""
+def sidecars_only(out: str | os.PathLike, sidecars: int, seed: int = 0, artists: int = 1000) -> int:
+    """`sidecars` sidecars without pictures (for the ingest benchmark); returns how many works they are."""
     out = Path(out)
     rng = np.random.default_rng(seed)
-    _, work_list = _works(rng, works, artists, 512)
-    n = 0
+    _, work_list = _works(rng, sidecars, artists, 512)  # at least one page each: enough works
+    n = works = 0
     for w in work_list:
         folder = out / str(w["id"])[:2]
         folder.mkdir(parents=True, exist_ok=True)
+        works += 1
         for page in range(w["page_count"]):
             write_sidecar(folder / f"{w['id']}_p{page}.png.json", _sidecar(w, page), w["crawled"].timestamp())
             n += 1
-    return n
+            if n == sidecars:
+                return works
+    return works
 
 
 __all__ = ["DOCUMENT_SCHEMA", "SynthReport", "sidecars_only", "synthesize", "write_sidecar"]
