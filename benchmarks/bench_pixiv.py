@@ -6,7 +6,8 @@ Prints a table, in one run on one machine:
   database, rows/s, then an unchanged rerun (nothing is parsed or written again);
 * training: a multi-task popularity head on N stored 768-d embeddings (records built in memory, the
   embeddings in an SQLite embedding store), one epoch, with the training embeddings read per batch
-  from the store (stream) and, for comparison, loaded in memory. Each training runs in its own
+  from the store (stream; on N/5 and on N works: the memory must not grow with N) and, for
+  comparison, loaded in memory. Each training runs in its own
   process so that its peak RSS is its own; the table shows the RSS after setup (imports, records,
   the store's file index) and the peak during training.
 
@@ -110,8 +111,8 @@ def records_for(n: int, q: np.ndarray):
         page_count=np.ones(n, dtype=np.int64), uploaded=np.full(n, 1.6e9), crawled=np.full(n, 1.7e9))
 
 
-def train_once(store: Path, records_file: Path, stream: str, batch: int, out: Path) -> dict:
-    """Runs in its own process: one epoch of a multi-task head; RSS after setup and at the peak."""
+def train_once(store: Path, records_file: Path, stream: str, batch: int, out: Path, n: int) -> dict:
+    """Runs in its own process: one epoch of a multi-task head on the first n works; RSS after setup and peak."""
     import torch
 
     from cityclf_core.pixiv.config import PixivSettings
@@ -120,7 +121,7 @@ def train_once(store: Path, records_file: Path, stream: str, batch: int, out: Pa
 
     torch.set_num_threads(1)
     q = np.load(records_file)["q"]
-    rec = records_for(len(q), q)
+    rec = records_for(len(q), q).subset(np.arange(n))
     settings = PixivSettings(source="bench", dataset=out, store=store, clip=CLIP, stream=stream, width=256,
                              epochs=1.0, batch=batch, lr=1e-3, max_validation=2000)
     data = load_data(settings, records=rec)
@@ -142,9 +143,9 @@ def bench_training(tmp: Path, n: int, batch: int) -> tuple[dict, list[dict]]:
     store, records = make_store(tmp, n)
     made = {"embeddings": n, "store_mb": store.stat().st_size / 2**20, "store_s": time.perf_counter() - t0}
     runs = []
-    for stream in ("yes", "no"):
+    for stream, size in (("yes", n // 5), ("yes", n), ("no", n)):
         cmd = [sys.executable, __file__, "--train-child", str(store), str(records), stream, str(batch),
-               str(tmp / f"out-{stream}")]
+               str(tmp / f"out-{stream}-{size}"), str(size)]
         done = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if done.returncode != 0:
             raise SystemExit(f"training ({stream}) failed:\n{done.stderr[-3000:]}")
@@ -156,11 +157,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=100_000, help="sidecars and embeddings (default 100,000)")
     parser.add_argument("--batch", type=int, default=256)
-    parser.add_argument("--train-child", nargs=5, help=argparse.SUPPRESS)
+    parser.add_argument("--train-child", nargs=6, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.train_child:
-        store, records, stream, batch, out = args.train_child
-        print(json.dumps(train_once(Path(store), Path(records), stream, int(batch), Path(out))))
+        store, records, stream, batch, out, size = args.train_child
+        print(json.dumps(train_once(Path(store), Path(records), stream, int(batch), Path(out), int(size))))
         return
     from bench_pipeline import machine
 
