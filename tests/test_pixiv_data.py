@@ -170,7 +170,15 @@ def test_targets_are_fitted_on_train_only(synth_records):
     np.testing.assert_allclose(t.score(train), (w - w.min()) / np.ptp(w))
     assert Target.value(np.array([0.0, 1.0, 2.0, -1.0])).tolist() == [1.0, 100.0, 100.0, 1.0]
     rate = Target.fit("bookmark_rate", train, k=50)
-    assert rate.params["prior"] == pytest.approx(train.bookmarks.sum() / train.views.sum())
+    p = train.bookmarks.sum() / train.views.sum()
+    assert rate.params["prior"] == pytest.approx(p)
+    lr = np.log((test.bookmarks + 50 * p) / (test.views + 50))
+    lr_train = np.log((train.bookmarks + 50 * p) / (train.views + 50))
+    np.testing.assert_allclose(rate.score(test), (lr - lr_train.min()) / np.ptp(lr_train))
+    aged = Target.fit("age_aware", train)
+    la = np.log1p(train.age_days)
+    eb, ev = aged._age_residuals(train)
+    assert abs(np.corrcoef(eb, la)[0, 1]) < 1e-6 and abs(np.corrcoef(ev, la)[0, 1]) < 1e-6  # age removed
 
 
 def test_splits(synth_records):
@@ -186,3 +194,18 @@ def test_splits(synth_records):
     assert artists_on_both_sides(rec, r) > 0  # ungrouped: the leak is possible
     with pytest.raises(ConfigError, match="split must be"):
         make_split("by-magic", rec)
+
+
+def test_cli_ingest_reports_skipped_inputs(tmp_path, capsys):
+    from cityclf_core.cli import main
+
+    put(tmp_path, 30000001)
+    put(tmp_path, 30000002, text="{")
+    report = tmp_path / "skipped.jsonl"
+    assert main(["pixiv", "ingest", str(tmp_path), "--report", str(report)]) == 1
+    err = capsys.readouterr().err
+    assert "skipped" in err and "30000002_p0.png.json" in err and "1 row(s) added" in err
+    lines = [json.loads(line) for line in report.read_text(encoding="utf-8").splitlines()]
+    assert [Path(x["path"]).name for x in lines] == ["30000002_p0.png.json"]
+    assert main(["pixiv", "ingest", str(tmp_path / "nope")]) == 2
+    assert "not found" in capsys.readouterr().err

@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 
+from ..errors import ConfigError
 from ..progress import ProgressBar
 from .common import Problems, progress_enabled
 
@@ -48,6 +49,9 @@ def cmd_train(args) -> int:
     split = make_split(settings.split, data.records, settings.test_fraction, settings.val_fraction, settings.seed)
     print(f"cityclf: {describe_split(data, split)}", file=sys.stderr)
     out = Path(args.out)
+    test_path = out / f"{settings.base}-{settings.rev}.test.json"
+    if test_path.exists() and not args.overwrite:
+        raise ConfigError(f"{test_path} already exists; choose a new model.rev, another --out, or --overwrite")
     total = [0]
     bar = ProgressBar(1, "step", enabled=progress_enabled(args), label="training")
 
@@ -68,7 +72,6 @@ def cmd_train(args) -> int:
                            data.records.subset(keep))
     print(f"test ({settings.split} split, {m['n']} works): Spearman {m['spearman']:.3f}, Pearson {m['pearson']:.3f}, "
           f"MAE {m['mae']:.4f}, top-10% precision {m['top10_precision']:.2f}")
-    test_path = out / f"{head.config.display_name}.test.json"
     tmp = test_path.with_name(test_path.name + ".tmp")
     tmp.write_text(json.dumps(m, indent=2, default=float) + "\n", encoding="utf-8")
     os.replace(tmp, test_path)
