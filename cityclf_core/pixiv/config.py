@@ -7,7 +7,7 @@
       split: artist              # artist | time | random (random: the ungrouped leak test only)
       test_fraction: 0.2
       val_fraction: 0.1
-      stream: auto               # read training embeddings per batch from the store: auto (above 50,000 works) | yes | no
+      stream: auto               # read training embeddings per batch from the store: auto (> 50,000 works), yes, no
       max_validation: 5000       # works validated during training (a seeded sample when there are more)
     target:
       name: weighted_log         # weighted_log | bookmark_rate | age_aware (formulas in targets.py)
