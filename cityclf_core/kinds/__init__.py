@@ -45,9 +45,11 @@ def kind_names() -> list[str]:
 
 
 def kind_choices() -> str:
-    """The registered kinds for a message: "'score' or 'class'"."""
-    names = [repr(n) for n in _KINDS]
-    return " or ".join(names) if len(names) < 3 else ", ".join(names[:-1]) + " or " + names[-1]
+    """The registered kinds for a message: "'score' or 'class'", then kinds trained elsewhere in brackets."""
+    names = [repr(n) for n, k in _KINDS.items() if k.trains_from_folders]
+    others = [repr(n) for n, k in _KINDS.items() if not k.trains_from_folders]
+    text = " or ".join(names) if len(names) < 3 else ", ".join(names[:-1]) + " or " + names[-1]
+    return text + (f" (other kinds: {', '.join(others)})" if others else "")
 
 
 def kind_for_outputs(outputs: int) -> HeadKind:
@@ -56,10 +58,13 @@ def kind_for_outputs(outputs: int) -> HeadKind:
 
 
 from .classes import ClassKind  # noqa: E402  (the built-in kinds)
+from .popularity import PopularityAttentionKind, PopularityKind, PopularityMultiKind  # noqa: E402
 from .score import ScoreKind  # noqa: E402
 
 register_kind(ScoreKind())
 register_kind(ClassKind())
+for _kind in (PopularityKind(), PopularityMultiKind(), PopularityAttentionKind()):
+    register_kind(_kind)
 
 __all__ = ["ClassKind", "HeadKind", "ScoreKind", "TrainingTargets", "get_kind", "kind_choices",
            "kind_for_outputs", "kind_names", "register_kind", "unregister_kind"]

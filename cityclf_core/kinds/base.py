@@ -35,6 +35,8 @@ class HeadKind:
     description: str = ""
     #: crop policy when nothing else says: five tiles (artifact classifiers) or the whole image
     tiles_by_default: bool = False
+    #: trained by `cityclf train` from category folders (False: by a command of its own, e.g. `cityclf pixiv train`)
+    trains_from_folders: bool = True
     #: the validation metric training reports beside the loss, and whether larger is better
     metric_name: str = "loss"
 

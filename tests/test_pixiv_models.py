@@ -1,0 +1,180 @@
+"""Popularity head kinds and networks, streamed training data, the pixiv config."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import cityclf_core
+from cityclf_core.errors import ConfigError, WeightsError
+from cityclf_core.heads import HeadConfig, load_head_file, save_head
+from cityclf_core.kinds import get_kind
+from cityclf_core.pixiv.config import parse_settings
+from cityclf_core.pixiv.records import Records
+from cityclf_core.results import HeadResult
+
+KINDS = {"popularity": 1, "popularity-multitask": 6, "popularity-attention": 6}
+
+
+def config(arch: str, **extra) -> HeadConfig:
+    return HeadConfig(name="Pop", rev="v1", arch=arch, features=16, hidden=8, outputs=KINDS[arch], extra=extra)
+
+
+@pytest.mark.parametrize("arch", list(KINDS))
+def test_saved_head_loads_back_and_predicts_the_same(tmp_path, arch):
+    kind = get_kind(arch)
+    torch.manual_seed(0)
+    net = kind.build_net(config(arch))
+    net.train()
+    net.logits(torch.randn(32, 16) * 3 + 1)  # collect input statistics, as training does
+    net.eval()
+    path = save_head(net, config(arch, target={"name": "weighted_log", "scalers": {"weighted": [0, 1]}}),
+                     tmp_path / "Pop-v1.safetensors")
+    head = cityclf_core.load_head(path)
+    assert head.kind is kind and head.config.extra["target"]["scalers"] == {"weighted": [0, 1]}
+    x = torch.randn(5, 16)
+    with torch.no_grad():
+        expected = kind.activate(net.logits(x))
+    values = head.predict(x)
+    torch.testing.assert_close(values, expected)
+    assert ((values[:, 0] >= 0) & (values[:, 0] <= 1)).all()
+    if KINDS[arch] == 6:
+        torch.testing.assert_close(values[:, 1:4].sum(1), torch.ones(5))
+        torch.testing.assert_close(values[:, 4:6].sum(1), torch.ones(5))
+    result = HeadResult("Pop-v1", arch, head.labels, values[0].tolist(), float(values[0, 0]), 1)
+    assert result.label == f"{int(round(1 + 99 * result.score))}/100"
+    assert result.value_of("popularity") == result.score
+    score, label, extra = kind.to_stored(result)
+    back = kind.from_stored("Pop-v1", score, label, extra)
+    assert back.labels == result.labels and back.values == pytest.approx(result.values) and back.label == label
+    assert kind.csv_columns("Pop", result.labels)[:2] == ["Pop:label", "Pop:score"]
+    assert len(kind.csv_columns("Pop", result.labels)) == len(kind.csv_cells(result))
+
+
+def test_a_head_of_another_kind_is_refused(tmp_path):
+    net = get_kind("popularity-multitask").build_net(config("popularity-multitask"))
+    path = save_head(net, config("popularity-multitask"), tmp_path / "m.safetensors")
+    with pytest.raises(WeightsError, match="not a popularity-attention head"):
+        load_head_file(path, config=config("popularity-attention"))
+    with pytest.raises(WeightsError, match="has 1 output"):
+        HeadConfig(name="x", arch="popularity", outputs=6)
+
+
+def test_uncertainty_weighted_loss():
+    kind = get_kind("popularity-multitask")
+    net = kind.build_net(config("popularity-multitask"))
+    logits = torch.randn(8, 6, requires_grad=True)
+    targets = torch.tensor([[0.2, 0, 1], [0.9, 2, 0]] * 4)
+    mse = torch.nn.functional.mse_loss(torch.sigmoid(logits[:, 0]), targets[:, 0])
+    ce_s = torch.nn.functional.cross_entropy(logits[:, 1:4], targets[:, 1].long())
+    ce_a = torch.nn.functional.cross_entropy(logits[:, 4:6], targets[:, 2].long())
+    loss = kind.train_loss(net, logits, targets, None)
+    torch.testing.assert_close(loss, 0.5 * mse + ce_s + ce_a)  # log-variances start at 0
+    loss.backward()
+    assert net.log_vars.grad is not None and (net.log_vars.grad != 0).all()  # they are learned
+    with torch.no_grad():
+        net.log_vars.copy_(torch.tensor([1.0, -1.0, 0.5]))
+    weighted = kind.train_loss(net, logits, targets, None)
+    e = torch.exp
+    expected = (0.5 * e(torch.tensor(-1.0)) * mse + 0.5 + e(torch.tensor(1.0)) * ce_s - 0.5
+                + e(torch.tensor(-0.5)) * ce_a + 0.25)
+    torch.testing.assert_close(weighted, expected)
+
+
+def test_folder_training_of_a_popularity_head_points_to_pixiv_train():
+    from cityclf_core.train import parse_config
+
+    with pytest.raises(ConfigError, match="cityclf pixiv train"):
+        parse_config({"model": {"base": "x", "arch": "popularity"}})
+
+
+# ---------------------------------------------------------------- streamed training data
+
+
+@pytest.fixture
+def small_store(tmp_path):
+    from cityclf_core.store import EmbeddingStore
+
+    rng = np.random.default_rng(0)
+    n, dim = 90, 16
+    q = rng.uniform(size=n)
+    paths = [str(tmp_path / f"img{i}.png") for i in range(n)]
+    with EmbeddingStore(tmp_path / "e.db") as store:
+        row = store.register_encoder("ident", "tiny", "tiny-clip", 32, dim)
+        with store.transaction():
+            for i, p in enumerate(paths):
+                content = hashlib.sha256(p.encode()).hexdigest()
+                store.put_file(p, 1, 1, content)
+                store.put_embedding(content, row.id, "whole", (rng.normal(size=(1, dim)) + q[i]).astype(np.float32))
+    views = np.exp(5 + 2 * q)
+    rec = Records(np.array([f"{i}_p0" for i in range(n)], dtype=object), np.array(paths, dtype=object),
+                  np.arange(n), np.arange(n) % 9, np.round(views * 0.1), np.round(views), rng.choice([2, 4, 6], n),
+                  rng.uniform(size=n) < 0.3, np.full(n, 3), np.ones(n, dtype=np.int64), np.full(n, 1.6e9),
+                  np.full(n, 1.7e9))
+    return tmp_path, rec
+
+
+def test_streamed_and_in_memory_training_give_the_same_head(small_store):
+    from safetensors.torch import load_file
+
+    from cityclf_core.pixiv.config import PixivSettings
+    from cityclf_core.pixiv.splits import make_split
+    from cityclf_core.pixiv.training import fit_and_train, load_data, views_of
+
+    tmp, rec = small_store
+    heads = {}
+    for stream in ("yes", "no"):
+        settings = PixivSettings(source="test", dataset=tmp, store=tmp / "e.db", clip="tiny-clip", stream=stream,
+                                 width=8, epochs=3, batch=16)
+        data = load_data(settings, records=rec)
+        split = make_split("artist", data.records, seed=0)
+        result, target = fit_and_train(settings, data, split, "popularity-multitask", tmp / stream,
+                                       log=lambda m: None)
+        heads[stream] = load_file(str(result.weights))
+        sidecar = json.loads(result.config.read_text(encoding="utf-8"))
+        assert sidecar["target"] == json.loads(json.dumps(target.to_dict()))
+    assert heads["yes"].keys() == heads["no"].keys()
+    for k in heads["yes"]:
+        torch.testing.assert_close(heads["yes"][k], heads["no"][k])
+    from cityclf_core.store import EmbeddingStore
+
+    views = views_of(data, np.array([5, 2, 5]))
+    rows = views.rows(np.array([0, 1, 2]))
+    views.close()
+    with EmbeddingStore(tmp / "e.db", create=False) as store:
+        _, _, stored, _ = store.read_embeddings([data.records.image[i] for i in (5, 2, 5)], data.encoder, "whole")
+    np.testing.assert_array_equal(rows, stored)
+
+
+# ---------------------------------------------------------------- config
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"data": {"dataset": "d", "store": "s.db"}}, "data.clip is required"),
+    ({"data": {"split": "by-luck"}}, "data.split must be one of artist, time, random"),
+    ({"target": {"name": "likes"}}, "target.name must be one of"),
+    ({"model": {"arch": "score"}}, "model.arch must be one of popularity"),
+    ({"train": {"epochs": 3, "steps": 100}}, "not both"),
+    ({"train": {"batch": 1}}, "batch must be at least 2"),
+    ({"train": {"momentum": 0.9}}, "unknown key.*train.momentum"),
+    ({"eval": {"models": ["popularity", "nope"]}}, "eval.models takes some of"),
+])
+def test_config_errors_are_clear(tmp_path, change, message):
+    data = {"data": {"dataset": "d", "store": "s.db", "clip": "c"}}
+    for section, body in change.items():
+        data[section] = body if section != "data" or "dataset" in body else {**data["data"], **body}
+    with pytest.raises(ConfigError, match=message):
+        parse_settings(data, "pixiv.yaml", tmp_path)
+
+
+def test_config_paths_are_taken_from_the_config_folder(tmp_path):
+    (tmp_path / "clip").mkdir()
+    s = parse_settings({"data": {"dataset": "d", "store": "s.db", "clip": "clip"}}, "x.yaml", tmp_path)
+    assert s.dataset == tmp_path / "d" and s.store == tmp_path / "s.db" and s.clip == str(tmp_path / "clip")
+    s = parse_settings({"data": {"dataset": "d", "store": "s.db", "clip": "openai/clip-vit-large-patch14-336"}},
+                       "x.yaml", tmp_path)
+    assert s.clip == "openai/clip-vit-large-patch14-336" and s.epochs == 40.0
