@@ -44,10 +44,10 @@ class HeadResult:
 
     @classmethod
     def from_dict(cls, head: str, d: dict) -> "HeadResult":
-        """The inverse of to_dict (e.g. a node reading Predict's JSON output)."""
-        probs = d.get("probs")
-        labels, values = (list(probs), list(probs.values())) if probs else (["score"], [d["score"]])
-        return cls(head, d["arch"], labels, values, d["score"], d.get("views", 0))
+        """The inverse of to_dict (e.g. a node reading Predict's JSON output), as the head's kind rebuilds it."""
+        result = get_kind(d["arch"]).from_stored(head, d["score"], d["label"], d.get("probs"))
+        result.views = d.get("views", 0)
+        return result
 
     def summary(self) -> str:
         return self.kind.summary(self)
