@@ -91,7 +91,8 @@ def rescoring(work: Path, n: int, heads: dict, rate32: float, views: int) -> lis
     return rows
 
 
-def from_files(work: Path, clip_dir: Path, head_path: Path, count: int, workers: int, batch: int | None):
+def from_files(work: Path, clip_dir: Path, head_path: Path, count: int, workers: int, batch: int | None,
+               device: str = "cpu"):
     folder = work / "files"
     folder.mkdir(exist_ok=True)
     from PIL import Image
@@ -102,7 +103,7 @@ def from_files(work: Path, clip_dir: Path, head_path: Path, count: int, workers:
         p = folder / (f"{i:04d}.jpg" if i % 2 else f"{i:04d}.png")
         Image.fromarray(draw_illustration(w, h, i)).save(p, quality=92)
         paths.append(str(p))
-    enc = load_encoder(clip_dir, device="cpu", dtype="fp32")
+    enc = load_encoder(clip_dir, device=device, dtype="fp32")
     enc.source = str(clip_dir)
     model = ScoringModel().add(load_head(head_path), enc, CropPolicy(tiling=False))
     store = EmbeddingStore(work / "files.db")
@@ -120,6 +121,8 @@ def main():
     ap.add_argument("--stored", type=int, default=200_000, help="images in the synthetic store (default 200k)")
     ap.add_argument("--files", type=int, default=None, help="image files to embed (default 12, or 64 with --quick)")
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                    help="where CLIP runs for the from-files part (re-scoring runs the heads on the CPU)")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="cityclf-bench-ds-"))
     print(f"cityclf dataset benchmark, {datetime.date.today()}, {machine()}")
@@ -135,7 +138,8 @@ def main():
 
     clip_dir = build_clip(work / "clip", args.quick)
     count = args.files or (64 if args.quick else 12)
-    ips, busy, report = from_files(work, clip_dir, heads["score head (1 output)"], count, args.workers, None)
+    ips, busy, report = from_files(work, clip_dir, heads["score head (1 output)"], count, args.workers, None,
+                                   args.device)
 
     print("Re-scoring from the store (no CLIP loaded):\n")
     print("| head | views/image | embeddings/s | images/s (core) | images/s with result objects "
@@ -145,7 +149,7 @@ def main():
         print(f"| {name} | {views} | {eps:,.0f} | {core_ips:,.0f} | {full_ips:,.0f} | {eff:.0%} | "
               f"{read_share:.0%} | {core_ips / ips:,.0f}x |")
     print(f"\nEmbedding from files ({count} JPEG/PNG files, 768..1344 px, whole image, "
-          f"{'small CLIP' if args.quick else 'ViT-L/14-336'}, {args.workers} decode threads):\n")
+          f"{'small CLIP' if args.quick else 'ViT-L/14-336'} fp32 on {args.device}, {args.workers} decode threads):\n")
     print("| images/s end to end | model busy (CLIP forward / wall) |")
     print("|---|---|")
     print(f"| {ips:.3f} | {busy:.1%} |")

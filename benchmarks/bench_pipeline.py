@@ -116,7 +116,8 @@ def run_reference(clip_model, size, head_paths, paths):
     from PIL import Image
     from reference_pipeline import ReferencePipeline, load_reference_head
 
-    heads = {name: load_reference_head(p) for name, p in head_paths.items()}
+    device = next(clip_model.parameters()).device  # ReferencePipeline.embed returns embeddings there
+    heads = {name: load_reference_head(p).to(device) for name, p in head_paths.items()}
     ref = ReferencePipeline(clip_model, size, heads)
     out = []
     t = time.perf_counter()

@@ -8,8 +8,15 @@ the pack under the name `cityclf_pack`, sharing this process's `cityclf_core`.
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 from pathlib import Path
+
+# CPU-only by design: on a machine with a GPU, 'auto' (the CLI's --device/--dtype, train's device)
+# would otherwise mean cuda + bf16 and the suite would test another configuration than CI's.
+# CITYCLF_TEST_GPU=1 keeps the GPU visible. Set before torch is imported; subprocesses inherit it.
+if not os.environ.get("CITYCLF_TEST_GPU"):
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""
 
 import numpy as np
 import pytest

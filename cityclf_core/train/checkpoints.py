@@ -30,6 +30,9 @@ def save_checkpoint(path: Path, net, opt, sched, gen: torch.Generator, state: di
             tensors[f"optim.{names[idx]}.{key}"] = torch.as_tensor(value).detach().cpu().contiguous().float()
     tensors["rng.generator"] = gen.get_state()
     tensors["rng.torch"] = torch.get_rng_state()
+    device = next(net.parameters()).device
+    if device.type == "cuda":  # dropout on a GPU draws from that device's generator, not the CPU's
+        tensors["rng.cuda"] = torch.cuda.get_rng_state(device)
     meta = {"state": json.dumps(state), "scheduler": json.dumps(sched.state_dict(), default=float),
             "param_groups": json.dumps(opt_state["param_groups"])}
     tmp = path.with_name(path.name + ".tmp")
@@ -64,5 +67,8 @@ def load_checkpoint(path: Path, net, opt, sched, gen: torch.Generator) -> tuple[
     sched.load_state_dict(json.loads(meta["scheduler"]))
     gen.set_state(tensors["rng.generator"])
     torch.set_rng_state(tensors["rng.torch"])
+    device = next(net.parameters()).device
+    if device.type == "cuda" and "rng.cuda" in tensors:
+        torch.cuda.set_rng_state(tensors["rng.cuda"], device)
     best = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")} or None
     return json.loads(meta["state"]), best
