@@ -145,7 +145,8 @@ def test_comfyui_predict_then_sort_keeps_the_most_popular(pipeline, pack, monkey
 
     monkeypatch.setenv("CITYCLF_MODELS", str(pipeline["root"] / "eval" / "runs" / "artist-s0"))
     nodes = import_module("cityclf_pack.nodes")
-    model = nodes.CityClfLoader().load(head="popularity-attention-v1.safetensors", clip=str(pipeline["clip"]))[0]
+    model = nodes.CityClfLoader().load(head="popularity-attention-v1.safetensors",
+                                       clip=str(pipeline["clip"]))["result"][0]
     paths = sorted(pipeline["data"].glob("*/*_p0.png"))[:6]
     batch = torch.stack([torch.from_numpy(np.array(Image.open(p).convert("RGB"))).float() / 255 for p in paths])
     scores, labels, _ = nodes.CityClfPredict().predict(model=[model], images=[batch], tiling=["auto"],

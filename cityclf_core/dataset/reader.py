@@ -14,11 +14,11 @@ import os
 import threading
 import warnings
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
-from ..crops import render_views
+from ..crops import CropPlan, render_views
 from ..embedding import ClipPass, to_bchw
 from ..errors import ImageError
 from ..images import DEFAULT_MAX_PIXELS, decode_image, reason_for
@@ -100,6 +100,7 @@ class FileReader:
 
     def __init__(self, store, passes: Sequence[ClipPass], known: Known, max_pixels: int = DEFAULT_MAX_PIXELS):
         self.store, self.passes, self.known, self.max_pixels = store, list(passes), known, max_pixels
+        self.plans = [(p.plan, p.encoder.image_size) for p in self.passes]
         self.pin = any(p.encoder.device.type == "cuda" for p in self.passes)
         self._local = threading.local()
         self._readers: list = []
@@ -114,41 +115,60 @@ class FileReader:
         return self._local.store.file(path)
 
     def read(self, index: int, path: str) -> Prepared:
-        item = Prepared(index, path)
-        try:
-            st = os.stat(path)
-            item.size, item.mtime_ns = st.st_size, st.st_mtime_ns
-            prior = self._stored(path)
-            if (prior is not None and prior.status == "ok" and (prior.size, prior.mtime_ns) == (item.size, item.mtime_ns)
-                    and not self.known.missing(prior.content)):
-                item.content, item.unchanged = prior.content, True  # not even read
-                return item
-            item.content, data = read_and_hash(path, item.size)
-            needed = self.known.missing(item.content)
-            if not needed:
-                return item  # touched, renamed or a duplicate: embeddings exist
-            self._make_views(item, needed, data)
-        except ImageError as e:
-            item.error = reason_for(path, str(e))
-        except OSError as e:
-            item.error = f"cannot read it ({e.strerror or e})"
-        except MemoryError:
-            item.error = "not enough memory to decode it"
-        return item
+        return read_file(Prepared(index, path), self.plans, self.known.missing, self.max_pixels, self.pin,
+                         unchanged=self._unchanged)
 
-    def _make_views(self, item: Prepared, needed: list[int], data: bytes | None) -> None:
-        decoded = decode_image(item.path, max_pixels=self.max_pixels, data=data)
-        item.width, item.height = decoded.size
-        item.notes = decoded.notes
-        x = decoded.pixels
-        for i in needed:
-            clip_pass = self.passes[i]
-            plan = clip_pass.plan(int(x.shape[0]), int(x.shape[1]), item.content)
-            views = render_views(to_bchw(x, None, item.path), plan, clip_pass.encoder.image_size)
-            views = views.mul_(255).round_().to(torch.uint8)  # exact: views are 8-bit already
-            item.views[i] = views.pin_memory() if self.pin else views
+    def _unchanged(self, item: Prepared) -> bool:
+        """Same path, size and mtime as stored, and every pass has its content: nothing to read."""
+        prior = self._stored(item.path)
+        if (prior is not None and prior.status == "ok" and (prior.size, prior.mtime_ns) == (item.size, item.mtime_ns)
+                and not self.known.missing(prior.content)):
+            item.content, item.unchanged = prior.content, True
+        return item.unchanged
 
     def close(self) -> None:
         for reader in self._readers:
             reader.close()
         self._readers.clear()
+
+
+#: how one CLIP pass cuts an image: (plan(height, width, content) -> CropPlan, CLIP input size)
+Plan = tuple[Callable[[int, int, str], CropPlan], int]
+
+
+def read_file(item: Prepared, plans: Sequence[Plan], missing: Callable[[str], list[int]],
+              max_pixels: int = DEFAULT_MAX_PIXELS, pin: bool = False,
+              unchanged: Callable[[Prepared], bool] | None = None) -> Prepared:
+    """Stat and hash `item.path` (large files in a stream) and, for the passes `missing(content)` names,
+    decode it and make their uint8 views. The one reader of files for every engine; errors are
+    returned in `item.error` in the words a run reports, never raised."""
+    try:
+        st = os.stat(item.path)
+        item.size, item.mtime_ns = st.st_size, st.st_mtime_ns
+        if unchanged is not None and unchanged(item):
+            return item  # not even read
+        item.content, data = read_and_hash(item.path, item.size)
+        needed = missing(item.content)
+        if needed:  # else touched, renamed or a duplicate: embeddings exist
+            _make_views(item, plans, needed, data, max_pixels, pin)
+    except ImageError as e:
+        item.error = reason_for(item.path, str(e))
+    except OSError as e:
+        item.error = f"cannot read it ({e.strerror or e})"
+    except MemoryError:
+        item.error = "not enough memory to decode it"
+    return item
+
+
+def _make_views(item: Prepared, plans: Sequence[Plan], needed: list[int], data: bytes | None, max_pixels: int,
+                pin: bool) -> None:
+    decoded = decode_image(item.path, max_pixels=max_pixels, data=data)
+    item.width, item.height = decoded.size
+    item.notes = decoded.notes
+    x = decoded.pixels
+    for i in needed:
+        plan_fn, clip_size = plans[i]
+        plan = plan_fn(int(x.shape[0]), int(x.shape[1]), item.content)
+        views = render_views(to_bchw(x, None, item.path), plan, clip_size)
+        views = views.mul_(255).round_().to(torch.uint8)  # exact: views are 8-bit already
+        item.views[i] = views.pin_memory() if pin else views

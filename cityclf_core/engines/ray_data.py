@@ -3,7 +3,7 @@
     driver     list files; skip those the store already has (same path, size,
                mtime, embeddings present); group the rest into shards of
                `files_per_shard`
-    CPU tasks  read, hash, decode, crop: prepare.prepare_file, one file at a time
+    CPU tasks  read, hash, decode, crop: dataset.reader.read_file (the local reader's), one file at a time
     actors     CLIP (one per GPU, or CPU actors), chunked like a local run
                (pipeline.ChunkedEncoder); every head sharing that CLIP pass
                runs in the same actor (pipeline.head_scores) when scoring
@@ -35,12 +35,13 @@ from ..crops import CropPolicy, plan_crops
 from ..encoders import Encoder, TimedEncoder
 from ..errors import ConfigError, StoreError
 from ..images import DEFAULT_MAX_PIXELS
-from ..dataset.embed import EmbedReport
+from ..dataset.embed import EmbedReport, register_passes
+from ..dataset.reader import Prepared, read_file
+from ..embedding import ClipPass
 from ..embedding import ChunkedEncoder, default_batch_size
-from ..pipeline import HeadBinding, ScoringModel, head_scores
-from ..store import EmbeddingStore, policy_key
+from ..pipeline import Group, ScoringModel, head_scores
+from ..store import EmbeddingStore
 from . import parquet, require_ray
-from .prepare import prepare_file
 
 #: files per CPU task call, and per CLIP actor call
 PREPARE_BATCH = 4
@@ -52,19 +53,10 @@ DECODE_MEMORY = 512 * 2**20
 # ---------------------------------------------------------------- what to run
 
 
-@dataclass
-class Target:
-    """One CLIP pass: an encoder, a crop policy, its store key, and the heads that share it."""
-
-    encoder: Encoder
-    policy: CropPolicy
-    key: str
-    bindings: list[HeadBinding] = field(default_factory=list)
-
-    def describe(self) -> dict:
-        e = self.encoder
-        return {"identity": e.identity, "name": e.name, "source": str(getattr(e, "source", e.name)),
-                "image_size": int(e.image_size), "embed_dim": int(e.embed_dim)}
+def encoder_meta(e: Encoder) -> dict:
+    """How a shard's metadata names a CLIP."""
+    return {"identity": e.identity, "name": e.name, "source": e.source, "image_size": int(e.image_size),
+            "embed_dim": int(e.embed_dim)}
 
 
 @dataclass(frozen=True)
@@ -91,7 +83,7 @@ class ModelSpec:
         return replace(self, models=tuple(absolute(m) for m in self.models), clip=absolute(self.clip),
                        models_dir=absolute(self.models_dir))
 
-    def load(self, device: str) -> tuple[ScoringModel | None, list[Target]]:
+    def load(self, device: str) -> tuple[ScoringModel | None, list[Group]]:
         """The heads (None when embedding for a bare --clip) and the CLIP passes they need, on `device`."""
         from ..loading import load_encoder, load_scoring_model
 
@@ -99,19 +91,12 @@ class ModelSpec:
             model = load_scoring_model(list(self.models), clip=self.clip, device=device, dtype=self.dtype,
                                        pairing=self.pairing, allow_download=self.allow_download,
                                        models_dir=self.models_dir, tile_size=self.tile_size)
-            targets = []
-            for g in model.groups(self.tiling, self.upscale):
-                if g.encoder.embed_dim is None:
-                    raise StoreError(f"CLIP {g.encoder.name}: its embedding size is unknown until it runs; "
-                                     "use a transformers CLIP")
-                targets.append(Target(g.encoder, g.policy, policy_key(g.policy), list(g.bindings)))
-            return model, targets
+            return model, model.groups(self.tiling, self.upscale)
         if not self.clip:
             raise ConfigError("name the heads (--model) whose CLIP and crops to embed for, or a --clip")
         encoder = load_encoder(self.clip, device, self.dtype, allow_download=self.allow_download)
-        policy = CropPolicy(tiling=self.tiling == "on", tile_size=self.tile_size,
-                            upscale=self.upscale).resolved(encoder.image_size)
-        return None, [Target(encoder, policy, policy_key(policy))]
+        policy = CropPolicy(tiling=self.tiling == "on", tile_size=self.tile_size, upscale=self.upscale)
+        return None, [Group(ClipPass(encoder, policy))]
 
 
 @dataclass
@@ -157,9 +142,8 @@ def run_job(
         report.resumed += 1
     model, targets = spec.load("cpu")  # the driver never runs CLIP: it needs identities, sizes and heads
     report.model = model
-    rows = [store.register_encoder(t.encoder.identity, t.encoder.name, str(getattr(t.encoder, "source", t.encoder.name)),
-                                   t.encoder.image_size, t.encoder.embed_dim) for t in targets]
-    known = [store.known_contents(r.id, t.key) for r, t in zip(rows, targets)]
+    rows = register_passes(store, [t.clip for t in targets])  # also refuses a CLIP of unknown embedding size
+    known = [store.known_contents(r.id, t.clip.key) for r, t in zip(rows, targets)]
     work = []
     for path in paths:
         try:
@@ -177,12 +161,12 @@ def run_job(
         work.append((path, size, mtime))
     if not work:
         return report
-    signature = json.dumps([[t.encoder.identity, t.key, [b.name for b in t.bindings]] for t in targets]
+    signature = json.dumps([[t.encoder.identity, t.clip.key, [b.name for b in t.bindings]] for t in targets]
                            + [spec.combine, spec.score])
     n = options.files_per_shard
     shards = {parquet.shard_name(signature, work[i:i + n]): [p for p, _, _ in work[i:i + n]]
               for i in range(0, len(work), n)}
-    encoders = list({t.encoder.identity: t.describe() for t in targets}.values())
+    encoders = list({t.encoder.identity: encoder_meta(t.encoder) for t in targets}.values())
 
     def finish(name: str, got: list[dict]) -> None:
         order = {p: i for i, p in enumerate(shards[name])}
@@ -211,20 +195,20 @@ def run_job(
     return report
 
 
-def _shard_row(r: dict, targets: list[Target], combine: str) -> dict:
+def _shard_row(r: dict, targets: list[Group], combine: str) -> dict:
     """An actor's output row as a shard row (see parquet.py)."""
     embeddings = []
     for i, t in enumerate(targets):
         if r[f"n_{i}"]:
             emb = np.frombuffer(r[f"emb_{i}"], dtype="<f4").reshape(r[f"n_{i}"], t.encoder.embed_dim)
-            embeddings.append(parquet.embedding_cell(t.encoder.identity, t.key, emb))
+            embeddings.append(parquet.embedding_cell(t.encoder.identity, t.clip.key, emb))
     return {"path": r["path"], "size": r["size"], "mtime_ns": r["mtime_ns"], "content": r["content"],
             "width": r["width"], "height": r["height"], "status": "failed" if r["error"] else "ok",
             "error": r["error"], "notes": r["notes"] or [], "embeddings": embeddings,
             "scores": json.loads(r["scores"]) if r["scores"] else []}
 
 
-def _stream(spec: ModelSpec, targets: list[Target], known: list[set[str]], shards: dict[str, list[str]],
+def _stream(spec: ModelSpec, targets: list[Group], known: list[set[str]], shards: dict[str, list[str]],
             options: RayOptions, finish: Callable[[str, list[dict]], None]) -> None:
     """Run the Ray Data pipeline over the shards' files; `finish(shard, rows)` as each shard completes."""
     ray = require_ray()
@@ -250,7 +234,7 @@ def _stream(spec: ModelSpec, targets: list[Target], known: list[set[str]], shard
                             compute=ray.data.ActorPoolStrategy(size=actors),
                             num_gpus=gpus or None, num_cpus=1,
                             fn_constructor_kwargs={"spec": spec, "device": device, "batch_size": options.batch_size,
-                                                   "expected": [(t.encoder.identity, t.key) for t in targets]})
+                                                   "expected": [(t.encoder.identity, t.clip.key) for t in targets]})
         waiting: dict[str, list[dict]] = defaultdict(list)
         for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
             for r in batch.to_pylist():
@@ -322,7 +306,8 @@ def prepare_batch(batch, views: list[tuple[CropPolicy, int]], known_ref, max_pix
     planners = [(functools.partial(_plan, policy=p, clip_size=s), s) for p, s in views]
     out: dict[str, list] = defaultdict(list)
     for path, shard in zip(batch.column("path").to_pylist(), batch.column("shard").to_pylist()):
-        item = prepare_file(path, planners, lambda c: [i for i, k in enumerate(known) if c not in k], max_pixels)
+        item = read_file(Prepared(0, path), planners, lambda c: [i for i, k in enumerate(known) if c not in k],
+                         max_pixels)
         for k in ("path", "size", "mtime_ns", "content", "width", "height", "error"):
             out[k].append(getattr(item, k))
         out["shard"].append(shard)
@@ -347,7 +332,7 @@ class ClipWorker:
 
     def __init__(self, spec: ModelSpec, device: str, expected: list[tuple[str, str]], batch_size: int | None):
         model, self.targets = spec.load(device)
-        got = [(t.encoder.identity, t.key) for t in self.targets]
+        got = [(t.encoder.identity, t.clip.key) for t in self.targets]
         if got != [tuple(x) for x in expected]:
             raise StoreError(f"the CLIP on this Ray node ({got}) is not the driver's ({expected}); install the "
                              "same CLIP and heads on every node")
@@ -392,5 +377,5 @@ class ClipWorker:
                          for k, v in out.items()})
 
 
-__all__ = ["ClipWorker", "ModelSpec", "RayOptions", "RayReport", "Target", "connect", "pool_size",
+__all__ = ["ClipWorker", "ModelSpec", "RayOptions", "RayReport", "connect", "pool_size",
            "prepare_batch", "run_job"]
