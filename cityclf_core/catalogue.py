@@ -148,7 +148,8 @@ def default_policy(head: Head, clip_size: int, pairing: str = "best") -> CropPol
 
     A release run on its paired CLIP gets the pairing's policy (e.g. 512 px tiles
     for chromatic aberration on ViT-L/14); on any other CLIP, tiles are 2*S.
-    Other heads: as their kind says (score heads the whole image, classifiers five tiles).
+    A head whose config records the CLIP it was trained with, on a CLIP of that
+    input size: the recorded policy. Other heads: as their kind says (score heads the whole image, classifiers five tiles).
     """
     release = head.release
     if release is not None:
@@ -156,7 +157,11 @@ def default_policy(head: Head, clip_size: int, pairing: str = "best") -> CropPol
             if p is not None and p.clip.image_size == clip_size:
                 return p.policy
         return CropPolicy(tiling=release.pairing.policy.tiling)
-    return CropPolicy(tiling=head.kind.tiles_by_default)
+    from .clip_record import recorded_clip
+
+    rec = recorded_clip(head)
+    trained = rec.policy_for(clip_size) if rec is not None else None
+    return trained or CropPolicy(tiling=head.kind.tiles_by_default)
 
 
 def paired_clip(head: Head, pairing: str = "best") -> ClipModel | None:

@@ -23,8 +23,10 @@ from .common import (
 
 
 def cmd_train(args) -> int:
-    from ..loading import load_encoder
+    from ..clip_record import record_for
+    from ..loading import load_encoder, source_name
     from ..store import EmbeddingStore
+    from ..train.data import inference_policy
     from ..train import (REFERENCE_CLIPS, data_kind, format_metrics, load_config, load_image_dataset,
                         load_npy_dataset, train)
 
@@ -41,6 +43,7 @@ def cmd_train(args) -> int:
             raise ConfigError(f"model.clip {cfg.clip} has no CLIP to embed images with here; give --clip, "
                               "set model.clip_model, or train from ..npy embeddings")
         encoder = load_encoder(source, args.device, args.dtype, allow_download=not args.offline)
+        cfg.clip_record = record_for(encoder, source_name(source), inference_policy(cfg, encoder.image_size)).to_dict()
         store_path = Path(args.store) if args.store else out / f"{cfg.base}.embeddings.db"
         out.mkdir(parents=True, exist_ok=True)
         reports: list = []

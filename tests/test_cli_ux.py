@@ -1,0 +1,104 @@
+"""cityclf as its users meet it (issue 13): each test drives the command line as a user types it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from conftest import illustration
+from PIL import Image
+
+from cityclf_core.cli import main
+from cityclf_core.samples import build_head
+
+
+def run(argv, capsys):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def jsonl(out):
+    return [json.loads(x) for x in out.splitlines() if x.strip()]
+
+
+@pytest.fixture(scope="module")
+def labelled(tmp_path_factory):
+    """A small labelled folder: 0_dark and 1_bright pictures."""
+    root = tmp_path_factory.mktemp("labelled")
+    for folder, bright in (("0_dark", False), ("1_bright", True)):
+        (root / folder).mkdir()
+        for i in range(8):
+            a = illustration(70 + 4 * i, 60, 300 + i + (50 if bright else 0))
+            a = (a // 2 + (120 if bright else 0)).astype("uint8")
+            Image.fromarray(a).save(root / folder / f"{i}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(labelled, tiny_clip_dir, tmp_path_factory):
+    """A head trained through `cityclf train` on the tiny CLIP (a copy, so tests may move it away)."""
+    base = tmp_path_factory.mktemp("trained")
+    clip = base / "my-clip"
+    shutil.copytree(tiny_clip_dir, clip)
+    cfg = base / "cfg.yaml"
+    cfg.write_text("model: {base: Bright, rev: v1, arch: class}\n"
+                   "train: {lr: 1.0e-3, steps: 256, batch: 16, val_fraction: 0.25}\n"
+                   "labels:\n  0: {name: Dark, loss: 1.0}\n  1: {name: Bright, loss: 1.0}\n")
+    code = main(["train", "--config", str(cfg), "--data", str(labelled), "--out", str(base / "m"),
+                 "--clip", str(clip), "--no-progress"])
+    assert code == 0
+    return base / "m" / "Bright-v1.safetensors", clip
+
+
+# ---------------------------------------------------------------- 1. a head remembers its CLIP
+
+
+def test_trained_head_records_its_clip_and_uses_it_by_default(trained, labelled, tiny_clip_dir_b, capsys):
+    head, clip = trained
+    sidecar = json.loads(head.with_name("Bright-v1.config.json").read_text())
+    assert list(sidecar)[:5] == ["name", "rev", "arch", "labels", "model_params"]  # the released format, first
+    rec = sidecar["clip"]
+    assert rec["source"] == str(clip.resolve()) and rec["image_size"] == 32
+    assert rec["tiling"] is True and rec["tile_size"] == 64 and len(rec["identity"]) > 8
+    img = labelled / "1_bright" / "0.png"
+    # no --clip and offline: the recorded CLIP, not ViT-L/14-336
+    code, out, err = run(["score", img, "-m", head, "--offline", "--format", "jsonl", "--no-progress"], capsys)
+    assert code == 0, err
+    code, out2, _ = run(["score", img, "-m", head, "--clip", clip, "--format", "jsonl", "--no-progress"], capsys)
+    assert jsonl(out)[0]["probs"] == pytest.approx(jsonl(out2)[0]["probs"])
+    assert "warning" not in err
+    # another CLIP: a warning naming both
+    code, _, err = run(["score", img, "-m", head, "--clip", tiny_clip_dir_b, "--no-progress"], capsys)
+    assert code == 0
+    assert "warning" in err and str(clip.resolve()) in err and str(tiny_clip_dir_b) in err
+
+
+def test_stored_scoring_uses_the_recorded_clip(trained, labelled, tmp_path, capsys):
+    head, clip = trained
+    db = tmp_path / "s.db"
+    code, _, err = run(["embed", labelled, "--store", db, "-m", head, "--no-progress"], capsys)
+    assert code == 0, err
+    code, out, err = run(["score", "--store", db, "-m", head, "--format", "csv", "--no-progress"], capsys)
+    assert code == 0, err
+    assert len(out.splitlines()) == 17
+
+
+# ---------------------------------------------------------------- 2. score --store without --clip
+
+
+def test_score_store_uses_the_only_clip_that_fits(tmp_path, tiny_clip_dir, calibration, capsys):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(3):
+        Image.fromarray(illustration(60 + 10 * i, 50, i)).save(folder / f"{i}.png")
+    head = build_head(tmp_path / "Mine-v1.safetensors", "score", name="Mine", rev="v1", seed=3,
+                      calibrate_with=calibration)  # no CLIP recorded (an older head)
+    db = tmp_path / "s.db"
+    code, _, err = run(["embed", folder, "--store", db, "-m", head, "--clip", tiny_clip_dir, "--no-progress"], capsys)
+    assert code == 0, err
+    code, out, err = run(["score", "--store", db, "-m", head, "--format", "csv", "--no-progress"], capsys)
+    assert code == 0, err
+    assert len(out.splitlines()) == 4
+    assert "using the store's only 768-d CLIP" in err and str(tiny_clip_dir) in err
