@@ -102,3 +102,44 @@ def test_score_store_uses_the_only_clip_that_fits(tmp_path, tiny_clip_dir, calib
     assert code == 0, err
     assert len(out.splitlines()) == 4
     assert "using the store's only 768-d CLIP" in err and str(tiny_clip_dir) in err
+
+
+# ---------------------------------------------------------------- 3. export and store-info on a mixed store
+
+
+@pytest.fixture
+def photos(tmp_path):
+    folder = tmp_path / "photos"
+    (folder / "sub").mkdir(parents=True)
+    for i in range(6):
+        Image.fromarray(illustration(80 + 10 * i, 70 + 5 * i, 40 + i)).save(
+            folder / ("sub" if i % 2 else "") / f"p{i}.png")
+    return folder
+
+
+@pytest.fixture
+def mixed_store(tmp_path, photos, tiny_clip_dir, score_head_path, class_head_path, capsys):
+    db = tmp_path / "ds.db"
+    code, _, err = run(["score", photos, "--store", db, "-m", score_head_path, "-m", class_head_path, "--clip",
+                        tiny_clip_dir, "--no-progress"], capsys)
+    assert code == 0, err
+    return db
+
+
+def test_export_as_the_readme_writes_it_on_a_store_with_a_score_head_and_a_classifier(mixed_store, tmp_path,
+                                                                                     capsys):
+    import numpy as np
+
+    out = tmp_path / "emb.npz"
+    code, _, err = run(["export", "--store", mixed_store, "--out", out], capsys)
+    assert code == 0, err
+    data = np.load(out)
+    assert sorted(data["sets"]) == ["tiles-64-1536-up", "whole"]
+    assert len(data["whole.paths"]) == 6 and data["whole.embeddings"].shape == (6, 768)
+    assert data["tiles-64-1536-up.offsets"][-1] == data["tiles-64-1536-up.embeddings"].shape[0]
+    code, _, err = run(["export", "--store", mixed_store, "--out", tmp_path / "w.npz", "--policy", "whole"], capsys)
+    assert code == 0 and np.load(tmp_path / "w.npz")["embeddings"].shape == (6, 768)
+    code, out, _ = run(["store-info", "--store", mixed_store], capsys)
+    info = json.loads(out)
+    assert sorted(p["policy"] for p in info["policies"]) == ["tiles:64:1536:up", "whole"]
+    assert info["heads"] == {"TestAesthetics-v1": {"mean": 6}, "TestCompression-v1": {"mean": 6}}

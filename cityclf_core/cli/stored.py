@@ -62,22 +62,25 @@ def cmd_export(args) -> int:
     from ..store import EmbeddingStore
 
     with EmbeddingStore(args.store, create=False) as store:
-        encoders = store.encoders()
-        if not encoders:
+        if not store.encoders():
             raise ConfigError(f"store {args.store} holds no embeddings yet")
-        if args.clip:
-            row = store.find_encoder(clip_identity(args.clip), source_name(args.clip))
-        elif len(encoders) == 1:
-            row = encoders[0]
-        else:
-            raise ConfigError("the store holds embeddings of several CLIPs; choose one with --clip: " +
-                              ", ".join(e.source for e in encoders))
-        policies = sorted(p.policy for p in store.policies(row))
-        policy = args.policy or (policies[0] if len(policies) == 1 else None)
-        if policy not in policies:
-            raise ConfigError(f"choose --policy among: {', '.join(policies)}")
-        n = store.export_numpy(args.out, row, policy)
-    print(f"cityclf: wrote {args.out}: {n} images, CLIP {row.source}, {policy}", file=sys.stderr)
+        rows = [store.find_encoder(clip_identity(args.clip), source_name(args.clip))] if args.clip else None
+        sets = [(p.encoder, p.policy) for p in store.policies()
+                if rows is None or p.encoder.id == rows[0].id]
+        if args.policy:
+            known = sorted({p for _, p in sets})
+            sets = [(e, p) for e, p in sets if p == args.policy]
+            if not sets:
+                raise ConfigError(f"store {args.store} has no embeddings with --policy {args.policy}; "
+                                  f"it has: {', '.join(known)}")
+        if not sets:
+            raise ConfigError(f"store {args.store} holds no embeddings of that CLIP")
+        counts = store.export_sets(args.out, sets)
+    for (row, policy), n in zip(sets, counts):
+        print(f"cityclf: wrote {args.out}: {n} images, CLIP {row.source}, {policy}", file=sys.stderr)
+    if len(sets) > 1:
+        print(f"cityclf: {len(sets)} sets of embeddings, named in its 'sets' array (arrays NAME.paths, "
+              "NAME.offsets, NAME.embeddings)", file=sys.stderr)
     return 0
 
 
@@ -112,11 +115,16 @@ def register(sub) -> None:
     p.add_argument("--thumb", type=int, default=256, metavar="PX", help="thumbnail size (default 256)")
     p.set_defaults(func=cmd_grid)
 
-    p = sub.add_parser("export", help="export stored embeddings to a numpy .npz")
-    p.add_argument("--store", required=True, metavar="DB")
-    p.add_argument("--out", required=True, metavar="NPZ")
-    p.add_argument("--clip", metavar="ID_OR_DIR", help="which CLIP's embeddings (when the store has several)")
-    p.add_argument("--policy", help="which crop policy's embeddings, e.g. whole or tiles:672:1536:up")
+    p = sub.add_parser("export", help="export stored embeddings to a numpy .npz",
+                       description="Write stored embeddings to a numpy .npz: every (CLIP, crop policy) set the "
+                                   "store holds, or the ones --clip/--policy choose. One set: arrays paths, "
+                                   "offsets, embeddings; several: a 'sets' array of names and NAME.paths, "
+                                   "NAME.offsets, NAME.embeddings per set.")
+    p.add_argument("--store", required=True, metavar="DB", help="the store to read")
+    p.add_argument("--out", required=True, metavar="NPZ", help="the .npz file to write")
+    p.add_argument("--clip", metavar="ID_OR_DIR", help="only this CLIP's embeddings (default: every CLIP's)")
+    p.add_argument("--policy", help="only this crop policy's embeddings, e.g. whole or tiles:672:1536:up "
+                                    "(default: every policy; store-info lists them)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("store-info", help="what a store holds")

@@ -311,6 +311,9 @@ class EmbeddingStore:
             "embeddings": q("SELECT COUNT(*) FROM embeddings"),
             "scores": q("SELECT COUNT(*) FROM scores"),
             "encoders": [e.__dict__ for e in self.encoders()],
+            "policies": [{"clip": p.encoder.source, "clip_name": p.encoder.name, "policy": p.policy,
+                          "embedded": p.count} for p in self.policies()],
+            "heads": self.score_heads(),
         }
 
     def policies(self, encoder: EncoderRow | None = None) -> list[PolicyInfo]:
@@ -326,12 +329,42 @@ class EmbeddingStore:
 
     def export_numpy(self, out: str | os.PathLike, encoder: EncoderRow, policy: str) -> int:
         """Write an .npz: paths [N], offsets [N+1], embeddings [total views, D] (float32), and the CLIP."""
+        return self.export_sets(out, [(encoder, policy)])[0]
+
+    def export_sets(self, out: str | os.PathLike, sets: list[tuple[EncoderRow, str]]) -> list[int]:
+        """Write an .npz of one or more (CLIP, policy) sets of embeddings; the number of images of each.
+
+        One set: arrays paths [N], offsets [N+1], embeddings [total views, D] (float32), clip_identity,
+        clip_source, policy. Several: `sets` lists their names, and each set's arrays are named
+        `NAME.paths`, `NAME.offsets`, ... (NAME: the policy, prefixed by the CLIP's name when there are
+        several CLIPs).
+        """
         paths = [f.path for f in self.files()]
-        found, counts, stacked, _ = self.read_embeddings(paths, encoder, policy)
-        offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-        np.savez(out, paths=np.array(found, dtype=str), offsets=offsets, embeddings=stacked,
-                 clip_identity=encoder.identity, clip_source=encoder.source, policy=policy)
-        return len(found)
+        arrays: dict[str, np.ndarray] = {}
+        counts_out, names = [], []
+        several_clips = len({e.id for e, _ in sets}) > 1
+        for encoder, policy in sets:
+            found, counts, stacked, _ = self.read_embeddings(paths, encoder, policy)
+            offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+            name = set_name(encoder, policy, several_clips)
+            prefix = "" if len(sets) == 1 else name + "."
+            arrays.update({f"{prefix}paths": np.array(found, dtype=str), f"{prefix}offsets": offsets,
+                           f"{prefix}embeddings": stacked, f"{prefix}clip_identity": np.array(encoder.identity),
+                           f"{prefix}clip_source": np.array(encoder.source), f"{prefix}policy": np.array(policy)})
+            counts_out.append(len(found))
+            names.append(name)
+        if len(sets) > 1:
+            arrays["sets"] = np.array(names, dtype=str)
+        np.savez(out, **arrays)
+        return counts_out
+
+    def score_heads(self) -> dict[str, dict[str, int]]:
+        """{head: {combine: number of scored files}} for the stored scores."""
+        out: dict[str, dict[str, int]] = {}
+        for head, combine, n in self.db.execute(
+                "SELECT head, combine, COUNT(*) FROM scores GROUP BY head, combine ORDER BY head, combine"):
+            out.setdefault(head, {})[combine] = n
+        return out
 
     def merge_from(self, sources: Iterable[str | os.PathLike]) -> dict[str, int]:
         """Copy every encoder, embedding, file and score of the stores `sources` into this one (existing rows win)."""
@@ -361,6 +394,12 @@ class EmbeddingStore:
 
     def _count(self, table: str) -> int:
         return self.db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
+
+
+def set_name(encoder: EncoderRow, policy: str, with_clip: bool) -> str:
+    """A name for one (CLIP, policy) set of embeddings in an export: 'whole', 'tiles-672-1536-up', with the CLIP."""
+    safe = policy.replace(":", "-")
+    return f"{encoder.name}.{safe}" if with_clip else safe
 
 
 class _Transaction:
