@@ -143,3 +143,43 @@ def test_export_as_the_readme_writes_it_on_a_store_with_a_score_head_and_a_class
     info = json.loads(out)
     assert sorted(p["policy"] for p in info["policies"]) == ["tiles:64:1536:up", "whole"]
     assert info["heads"] == {"TestAesthetics-v1": {"mean": 6}, "TestCompression-v1": {"mean": 6}}
+
+
+# ---------------------------------------------------------------- 4. forgetting files that are gone
+
+
+def test_prune_forgets_gone_files_and_selections_skip_them(mixed_store, photos, tmp_path, score_head_path,
+                                                          tiny_clip_dir, capsys):
+    from cityclf_core.store import EmbeddingStore
+
+    (photos / "p0.png").rename(photos / "renamed.png")  # renamed outside the tool
+    (photos / "sub" / "p1.png").unlink()  # deleted
+    shutil.copy(photos / "p2.png", photos / "p2-copy.png")  # a duplicate: shares p2's embeddings
+    # before pruning: stored scores skip (and report) the gone files instead of failing
+    code, out, err = run(["score", "--store", mixed_store, "-m", score_head_path, "--format", "csv",
+                          "--no-progress"], capsys)
+    assert code == 1 and len(out.splitlines()) == 1 + 4 and "p0.png: the file is gone" in err
+    assert "scored 4 image(s)" in err
+    code, out, err = run(["query", "--store", mixed_store, "--top", "10", "--copy", tmp_path / "keep",
+                          "--format", "csv"], capsys)
+    assert len(out.splitlines()) == 1 + 4 and "p0.png: the file is gone" in err and "cityclf prune" in err
+    assert len(list((tmp_path / "keep").rglob("*.png"))) == 4
+    code, _, err = run(["grid", "--store", mixed_store, "--out", tmp_path / "sheet.png"], capsys)
+    assert "(4 images)" in err and "p1.png: the file is gone" in err
+    # prune: a dry run first, then for real
+    code, _, err = run(["prune", "--store", mixed_store, "--dry-run"], capsys)
+    assert code == 0 and "would forget 2 file(s)" in err
+    with EmbeddingStore(mixed_store) as store:
+        assert len(store.files()) == 6
+    code, _, err = run(["score", photos, "--store", mixed_store, "-m", score_head_path, "--clip", tiny_clip_dir,
+                        "--no-progress"], capsys)  # records the renamed file and the copy
+    assert code == 0, err
+    code, _, err = run(["prune", "--store", mixed_store], capsys)
+    assert code == 0 and f"forgot {photos / 'p0.png'} (gone)" in err and "forgot 2 file(s)" in err
+    with EmbeddingStore(mixed_store) as store:
+        files = {f.path for f in store.files()}
+        assert str(photos / "p0.png") not in files and str(photos / "renamed.png") in files
+        assert store.stats()["embeddings"] == 2 * 5  # p1's are gone, p0's are kept for renamed.png
+        assert str(photos / "sub" / "p1.png") not in store.scores()
+    code, out, err = run(["query", "--store", mixed_store, "--format", "csv"], capsys)
+    assert code == 0 and "gone" not in err

@@ -189,6 +189,8 @@ def finish(args, rows, problems: Problems, roots, writer=None, store=None) -> in
     from ..dataset import TransferRequest, transfer
     from ..tags import TagRules
 
+    if store is not None:
+        rows = present(rows, problems, store.path)
     chosen = selection(args).apply(rows)
     if writer is not None:
         for path, result in chosen:
@@ -213,6 +215,20 @@ def finish(args, rows, problems: Problems, roots, writer=None, store=None) -> in
     print(f"cityclf: scored {len(rows)} image(s){kept}" + (f", {len(problems)} skipped" if problems else ""),
           file=sys.stderr)
     return 1 if len(problems) or not rows else 0
+
+
+def present(rows, problems: Problems, store_path) -> list:
+    """The rows whose files still exist; the others are reported as skipped (the store still names them)."""
+    import os
+
+    kept = []
+    for row in rows:
+        if os.path.exists(row[0]):
+            kept.append(row)
+        else:
+            problems.add(row[0], f"the file is gone (renamed or deleted outside cityclf); "
+                                 f"`cityclf prune --store {store_path}` forgets it")
+    return kept
 
 
 def write_tags(rows, rules, dry_run: bool) -> None:

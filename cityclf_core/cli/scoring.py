@@ -18,6 +18,7 @@ from .common import (
     add_selection_options,
     finish,
     load_model,
+    present,
     progress_enabled,
     score_options,
     selection,
@@ -69,7 +70,7 @@ def _score_with_store(args) -> int:
             for path, why in missing:
                 problems.add(path, why)
             save_results(store, results, args.combine)
-            for path, result in results:
+            for path, result in present(results, problems, store.path):
                 if stream:
                     writer.write(path, result)
                 rows.append((path, result))

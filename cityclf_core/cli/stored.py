@@ -7,7 +7,7 @@ import sys
 
 from ..errors import ConfigError
 from ..reduce import COMBINES
-from .common import Problems, ResultWriter, add_output_options, add_selection_options, finish
+from .common import Problems, ResultWriter, add_output_options, add_selection_options, finish, present
 
 
 def _stored(args):
@@ -38,6 +38,8 @@ def cmd_grid(args) -> int:
     rows = _stored(args)
     if not rows:
         raise ConfigError(f"store {args.store} has no scores; run cityclf score --store ... --model ... first")
+    problems = Problems()
+    rows = present(rows, problems, args.store)
     chosen_by = Selection.parse(args.min, args.max, None, args.bottom, args.sort_by)
     top = args.top if (args.top or args.bottom) else (None if chosen_by.bounds else 24)
     chosen = Selection(chosen_by.bounds, top, args.bottom, args.sort_by).apply(rows)
@@ -54,7 +56,7 @@ def cmd_grid(args) -> int:
         print(f"cityclf: wrote {out}", file=sys.stderr)
     if not args.out and not args.histogram:
         raise ConfigError("nothing to draw: give --out SHEET.png and/or --histogram HIST.png")
-    return 0
+    return 1 if len(problems) else 0
 
 
 def cmd_export(args) -> int:
@@ -81,6 +83,22 @@ def cmd_export(args) -> int:
     if len(sets) > 1:
         print(f"cityclf: {len(sets)} sets of embeddings, named in its 'sets' array (arrays NAME.paths, "
               "NAME.offsets, NAME.embeddings)", file=sys.stderr)
+    return 0
+
+
+def cmd_prune(args) -> int:
+    import os
+
+    from ..store import EmbeddingStore
+
+    with EmbeddingStore(args.store, create=False) as store:
+        report = store.prune(lambda p: not os.path.exists(p), dry_run=args.dry_run)
+    verb = "would forget" if args.dry_run else "forgot"
+    for path in report.files:
+        print(f"cityclf: {verb} {path} (gone)", file=sys.stderr)
+    shared = f"; {report.kept_shared} kept, as another path has the same content" if report.kept_shared else ""
+    print(f"cityclf: {verb} {len(report.files)} file(s) no longer on disk, {report.embeddings} embedding set(s) "
+          f"and {report.scores} score(s) only they had{shared}", file=sys.stderr)
     return 0
 
 
@@ -127,6 +145,17 @@ def register(sub) -> None:
                                     "(default: every policy; store-info lists them)")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("store-info", help="what a store holds")
-    p.add_argument("--store", required=True, metavar="DB")
+    p = sub.add_parser("prune", help="forget stored files that are gone from disk (renamed or deleted)",
+                       description="Forget the rows of files that no longer exist: their scores, and their "
+                                   "embeddings unless another stored path has the same content (a renamed file "
+                                   "that was embedded again keeps them). Prints what it removed.")
+    p.add_argument("--store", required=True, metavar="DB", help="the store to prune")
+    p.add_argument("--dry-run", action="store_true", help="print what would be forgotten, change nothing")
+    p.set_defaults(func=cmd_prune)
+
+    p = sub.add_parser("store-info", help="what a store holds",
+                       description="Print, as JSON, how many files, embeddings and scores a store holds, its "
+                                   "CLIPs, its sets of embeddings (CLIP and crop policy) and which heads have "
+                                   "scores (per tile combine).")
+    p.add_argument("--store", required=True, metavar="DB", help="the store to describe")
     p.set_defaults(func=cmd_store_info)

@@ -7,9 +7,9 @@
 """
 
 from .protocol import Store
-from .rows import EncoderRow, FileRow, PolicyInfo, StoredScore
+from .rows import EncoderRow, FileRow, PolicyInfo, PruneReport, StoredScore
 from .sqlite import SCHEMA_VERSION, EmbeddingStore, policy_key
 from .stored_encoder import StoredEncoder
 
-__all__ = ["SCHEMA_VERSION", "EmbeddingStore", "EncoderRow", "FileRow", "PolicyInfo", "Store", "StoredEncoder",
+__all__ = ["SCHEMA_VERSION", "EmbeddingStore", "EncoderRow", "FileRow", "PolicyInfo", "PruneReport", "Store", "StoredEncoder",
            "StoredScore", "policy_key"]

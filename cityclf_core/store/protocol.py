@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import os
-from typing import ContextManager, Iterable, Protocol, runtime_checkable
+from typing import Callable, ContextManager, Iterable, Protocol, runtime_checkable
 
 import numpy as np
 
-from .rows import EncoderRow, FileRow, PolicyInfo, StoredScore
+from .rows import EncoderRow, FileRow, PolicyInfo, PruneReport, StoredScore
 
 
 @runtime_checkable
@@ -31,6 +31,7 @@ class Store(Protocol):
                  width: int | None = None, height: int | None = None, status: str = "ok",
                  error: str | None = None, notes: list[str] | None = None) -> None: ...
     def move_file(self, old: str, new: str) -> None: ...
+    def prune(self, gone: Callable[[str], bool], dry_run: bool = False) -> PruneReport: ...
 
     # embeddings
     def known_contents(self, encoder_id: int, policy: str) -> set[str]: ...

@@ -23,13 +23,13 @@ import os
 import sqlite3
 import time
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 import numpy as np
 
 from ..crops import CropPolicy
 from ..errors import StoreError
-from .rows import EncoderRow, FileRow, PolicyInfo, StoredScore
+from .rows import EncoderRow, FileRow, PolicyInfo, PruneReport, StoredScore
 
 SCHEMA_VERSION = 2  # 2: scores.kind
 
@@ -228,6 +228,42 @@ class EmbeddingStore:
             self.db.execute("UPDATE OR REPLACE files SET path = ?, updated = ? WHERE path = ?", (new, time.time(), old))
             self.db.execute("UPDATE OR REPLACE scores SET path = ? WHERE path = ?", (new, old))
 
+    def prune(self, gone: Callable[[str], bool], dry_run: bool = False, block: int = 10_000) -> PruneReport:
+        """Forget the files for which `gone(path)` holds: their rows, their scores, and their embeddings
+        unless another stored path has the same content. With `dry_run`, only count."""
+        report = PruneReport()
+        last = ""
+        while True:  # in blocks of paths: memory bounded by the block, not the store
+            part = [r[0] for r in self.db.execute("SELECT path FROM files WHERE path > ? ORDER BY path LIMIT ?",
+                                                  (last, block))]
+            if not part:
+                break
+            last = part[-1]
+            report.files += [p for p in part if gone(p)]
+        if not report.files:
+            return report
+        with self.transaction():
+            contents = set()
+            for start in range(0, len(report.files), 900):
+                part = report.files[start : start + 900]
+                marks = ",".join("?" * len(part))
+                contents.update(r[0] for r in self.db.execute(
+                    f"SELECT DISTINCT content FROM files WHERE path IN ({marks}) AND content IS NOT NULL", part))
+                report.scores += self.db.execute(f"SELECT COUNT(*) FROM scores WHERE path IN ({marks})",
+                                                 part).fetchone()[0]
+                self.db.execute(f"DELETE FROM files WHERE path IN ({marks})", part)
+                self.db.execute(f"DELETE FROM scores WHERE path IN ({marks})", part)
+            for content in sorted(contents):
+                if self.db.execute("SELECT 1 FROM files WHERE content = ? LIMIT 1", (content,)).fetchone():
+                    report.kept_shared += 1  # another path still uses these embeddings
+                    continue
+                report.embeddings += self.db.execute("SELECT COUNT(*) FROM embeddings WHERE content = ?",
+                                                     (content,)).fetchone()[0]
+                self.db.execute("DELETE FROM embeddings WHERE content = ?", (content,))
+            if dry_run:
+                raise _DryRun
+        return report
+
     # ------------------------------------------------------------ embeddings
 
     def known_contents(self, encoder_id: int, policy: str) -> set[str]:
@@ -402,6 +438,10 @@ def set_name(encoder: EncoderRow, policy: str, with_clip: bool) -> str:
     return f"{encoder.name}.{safe}" if with_clip else safe
 
 
+class _DryRun(Exception):
+    """Raised inside a transaction to roll back what a dry run did."""
+
+
 class _Transaction:
     def __init__(self, db):
         self.db = db
@@ -415,7 +455,7 @@ class _Transaction:
             self.db.execute("COMMIT")
         else:
             self.db.execute("ROLLBACK")
-        return False
+        return exc_type is _DryRun
 
 
 __all__ = ["EmbeddingStore", "policy_key"]
