@@ -19,6 +19,7 @@ from .encoders import Encoder, TransformersClipEncoder, locate_clip, pick_device
 from .clip_record import check_clip, recorded_clip
 from .errors import StoreError, WeightsError
 from .heads import Head
+from .hub import is_hub_id, local_clip
 from .pipeline import ScoringModel
 
 _ENCODERS: "OrderedDict[tuple, Encoder]" = OrderedDict()
@@ -51,7 +52,10 @@ def load_encoder(
     """A transformers CLIP encoder, loaded once per (folder, device, dtype) and then reused."""
     dev = pick_device(device)
     dt = pick_dtype(dtype, dev)
-    folder, name = locate_clip(source, allow_download=allow_download, download_dir=download_dir)
+    folder, name = locate_clip(local_clip(source, allow_download), allow_download=allow_download,
+                               download_dir=download_dir)
+    if is_hub_id(str(source)):
+        name = str(source).split("/")[-1]
     key = (os.path.realpath(folder), str(dev), str(dt))
     with _ENCODERS_LOCK:
         if key in _ENCODERS:
@@ -105,7 +109,7 @@ def clip_identity(source: str) -> str | None:
     from .errors import CityClfError
 
     try:
-        folder, _ = locate_clip(source, allow_download=False)
+        folder, _ = locate_clip(local_clip(source), allow_download=False)
         return folder_fingerprint(folder)
     except (CityClfError, OSError, ValueError):
         return None

@@ -183,3 +183,116 @@ def test_prune_forgets_gone_files_and_selections_skip_them(mixed_store, photos, 
         assert str(photos / "sub" / "p1.png") not in store.scores()
     code, out, err = run(["query", "--store", mixed_store, "--format", "csv"], capsys)
     assert code == 0 and "gone" not in err
+
+
+# ---------------------------------------------------------------- 6. hub CLIPs with only pytorch_model.bin
+
+
+class _Pwn:
+    """A pickle that would run code when unpickled (touch a marker file)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import pathlib
+
+        return (pathlib.Path.touch, (pathlib.Path(self.marker),))
+
+
+@pytest.fixture
+def fake_hub(tmp_path, tiny_clip_dir, monkeypatch):
+    """A local stand-in for the hub (no network): a repo with only pytorch_model.bin (a full tiny CLIP, as
+    openai's repos are), one with model.safetensors, one whose .bin holds a pickled callable."""
+    import types
+
+    import huggingface_hub
+    import torch
+    from transformers import CLIPConfig, CLIPModel
+
+    repos = {}
+    full = tmp_path / "hub" / "bin-clip"
+    full.mkdir(parents=True)
+    cfg = CLIPConfig(text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                      num_attention_heads=2, vocab_size=100, max_position_embeddings=16),
+                     vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                        num_attention_heads=2, image_size=32, patch_size=8), projection_dim=768)
+    torch.manual_seed(0)
+    clip = CLIPModel(cfg).eval()
+    cfg.save_pretrained(full)
+    try:  # transformers 4 writes pytorch_model.bin with safe_serialization=False; 5 always writes safetensors
+        clip.save_pretrained(full, safe_serialization=False)
+    finally:
+        for f in full.glob("*.safetensors"):
+            f.unlink()
+        if not (full / "pytorch_model.bin").is_file():
+            torch.save(clip.state_dict(), full / "pytorch_model.bin")
+    repos["fake/bin-clip"] = full
+    repos["fake/st-clip"] = tiny_clip_dir
+    evil = tmp_path / "hub" / "evil-clip"
+    evil.mkdir()
+    cfg.save_pretrained(evil)
+    marker = tmp_path / "pwned"
+    torch.save({"vision_model.x": torch.zeros(1), "payload": _Pwn(marker)}, evil / "pytorch_model.bin")
+    repos["fake/evil-clip"] = evil
+    calls = []
+
+    def model_info(repo_id, revision=None, **kw):
+        calls.append(("info", repo_id))
+        return types.SimpleNamespace(sha="0123abcd" * 5, siblings=[types.SimpleNamespace(rfilename=f.name)
+                                                                   for f in repos[repo_id].iterdir()])
+
+    def hf_hub_download(repo_id, filename, revision=None, **kw):
+        calls.append(("download", repo_id, filename, revision))
+        return str(repos[repo_id] / filename)
+
+    def snapshot_download(repo_id, local_files_only=False, allow_patterns=None, **kw):
+        calls.append(("snapshot", repo_id, local_files_only))
+        if local_files_only or not any(f.suffix == ".safetensors" for f in repos[repo_id].iterdir()):
+            raise huggingface_hub.errors.LocalEntryNotFoundError("not in the cache")
+        return str(repos[repo_id])
+
+    monkeypatch.setattr(huggingface_hub, "model_info", model_info)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", hf_hub_download)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    monkeypatch.setenv("CITYCLF_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    return types.SimpleNamespace(calls=calls, clip=clip, marker=marker, cache=tmp_path / "cache")
+
+
+def test_hub_clip_with_only_a_bin_is_converted_once_and_scores(fake_hub, photos, score_head_path, capsys):
+    import torch
+
+    from cityclf_core.errors import WeightsError
+    from cityclf_core.loading import load_encoder
+
+    img = photos / "p0.png"
+    code, out, err = run(["score", img, "-m", score_head_path, "--clip", "fake/bin-clip", "--format", "jsonl",
+                          "--no-progress"], capsys)
+    assert code == 0, err
+    assert "no safetensors weights" in err and "converting it once to safetensors" in err
+    converted = fake_hub.cache / "clip" / "fake--bin-clip"
+    assert (converted / "model.safetensors").is_file() and not list(converted.glob("*.bin"))
+    assert ("download", "fake/bin-clip", "pytorch_model.bin", "0123abcd" * 5) in fake_hub.calls  # one commit
+    # the converted CLIP is the original's vision tower
+    enc = load_encoder("fake/bin-clip")
+    x = torch.rand(2, 3, 32, 32)
+    with torch.inference_mode():
+        want = fake_hub.clip.visual_projection(fake_hub.clip.vision_model(pixel_values=x).pooler_output)
+    assert torch.allclose(enc.model(pixel_values=x).image_embeds, want, atol=1e-5)
+    assert enc.name == "bin-clip"
+    # converted once: later runs (offline too) never ask the hub again
+    fake_hub.calls.clear()
+    code, out2, err = run(["score", img, "-m", score_head_path, "--clip", "fake/bin-clip", "--offline",
+                           "--format", "jsonl", "--no-progress"], capsys)
+    assert code == 0 and out2 == out and not fake_hub.calls
+    # a repo with model.safetensors takes the ordinary download
+    enc = load_encoder("fake/st-clip", allow_download=True)
+    assert enc.image_size == 32 and ("snapshot", "fake/st-clip", False) in fake_hub.calls
+    assert not (fake_hub.cache / "clip" / "fake--st-clip").exists()
+    # a .bin holding a pickled callable is refused, and its code never runs
+    with pytest.raises(WeightsError, match="holds more than tensors"):
+        load_encoder("fake/evil-clip", allow_download=True)
+    assert not fake_hub.marker.exists()
+    code, _, err = run(["score", img, "-m", score_head_path, "--clip", "fake/evil-clip", "--no-progress"], capsys)
+    assert code == 2 and "fake/evil-clip: pytorch_model.bin holds more than tensors" in err
