@@ -296,3 +296,22 @@ def test_hub_clip_with_only_a_bin_is_converted_once_and_scores(fake_hub, photos,
     assert not fake_hub.marker.exists()
     code, _, err = run(["score", img, "-m", score_head_path, "--clip", "fake/evil-clip", "--no-progress"], capsys)
     assert code == 2 and "fake/evil-clip: pytorch_model.bin holds more than tensors" in err
+
+
+# ---------------------------------------------------------------- 7. a local file that is not the release
+
+
+def test_a_file_named_like_a_release_but_not_it_is_a_custom_head(tmp_path, photos, tiny_clip_dir, calibration,
+                                                                   capsys):
+    models = tmp_path / "models"
+    fake = build_head(models / "CCAnime-Compression-v1.5.safetensors", "class", name="x", rev=None,
+                      calibrate_with=calibration, labels={"0": "a", "1": "b", "2": "c"})
+    fake.with_name("CCAnime-Compression-v1.5.config.json").unlink()
+    code, out, _ = run(["models", "--models-dir", models], capsys)
+    block = out.split("CCAnime-Compression-v1.5\n")[1].split("\n\n")[0]
+    assert code == 0 and "on disk, but not the released file (sha256 " in block
+    assert "on disk: " not in block
+    code, out, err = run(["score", photos / "p0.png", "-m", "CCAnime-Compression-v1.5", "--models-dir", models,
+                          "--clip", tiny_clip_dir, "--offline", "--no-progress", "--format", "jsonl"], capsys)
+    assert code == 0, err
+    assert "is not the released file" in err and "custom head" in err
