@@ -315,3 +315,135 @@ def test_a_file_named_like_a_release_but_not_it_is_a_custom_head(tmp_path, photo
                           "--clip", tiny_clip_dir, "--offline", "--no-progress", "--format", "jsonl"], capsys)
     assert code == 0, err
     assert "is not the released file" in err and "custom head" in err
+
+
+# ---------------------------------------------------------------- 8. smaller rough edges
+
+
+def test_top_must_be_positive_and_its_help_says_what_it_means_for_a_classifier(mixed_store, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["query", "--store", str(mixed_store), "--top", "-1"])
+    assert e.value.code == 2 and "must be at least 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["query", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "worst" in text and "--bottom N for the cleanest" in text
+
+
+def test_misspelt_option_is_named_with_the_nearest_one(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["score", "x.png", "--modle", "h.safetensors"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "unknown option --modle; did you mean --model?" in err
+    assert "required" not in err
+
+
+def test_grid_names_without_an_extension_are_clear_errors(mixed_store, tmp_path, capsys):
+    code, _, err = run(["grid", "--store", mixed_store, "--out", tmp_path / "sheet"], capsys)
+    assert code == 2 and "give a picture file name ending in .png" in err and "Traceback" not in err
+    code, _, err = run(["grid", "--store", mixed_store, "--histogram", tmp_path / "hist"], capsys)
+    assert code == 2 and "--histogram" in err
+
+
+def test_query_with_another_combine_says_how_to_get_those_scores(mixed_store, capsys):
+    code, _, err = run(["query", "--store", mixed_store, "--combine", "max"], capsys)
+    assert code == 2 and "made with --combine mean" in err and "--combine max" in err
+    assert "cityclf score --store" in err
+
+
+def test_merge_with_a_missing_part_leaves_the_target_as_it_was(mixed_store, tmp_path, capsys):
+    from cityclf_core.store import EmbeddingStore
+
+    other = tmp_path / "empty.db"
+    EmbeddingStore(other).close()
+    target = tmp_path / "all.db"
+    shutil.copy(other, target)
+    before = target.read_bytes()
+    code, _, err = run(["merge", mixed_store, tmp_path / "missing.db", "--store", target], capsys)
+    assert code == 2 and "missing.db" in err
+    assert target.read_bytes() == before and not list(tmp_path.glob("all.db.merging*"))
+    code, _, err = run(["merge", mixed_store, "--store", target], capsys)
+    assert code == 0
+    with EmbeddingStore(target) as store:
+        assert len(store.files()) == 6
+
+
+def test_score_paths_with_store_reports_a_bad_file_once(tmp_path, photos, score_head_path, tiny_clip_dir, capsys):
+    (photos / "broken.png").write_bytes(b"not a picture")
+    code, out, err = run(["score", photos, "--store", tmp_path / "s.db", "-m", score_head_path, "--clip",
+                          tiny_clip_dir, "--no-progress"], capsys)
+    assert code == 1 and err.count("broken.png") == 1 and "not in the store" not in err
+    assert "1 skipped" in err
+
+
+def test_train_refuses_an_existing_rev_before_loading_data(trained, labelled, capsys):
+    head, clip = trained
+    cfg = head.parent.parent / "cfg.yaml"
+    code, _, err = run(["train", "--config", cfg, "--data", labelled, "--out", head.parent, "--clip",
+                        clip / "nowhere", "--no-progress"], capsys)  # no CLIP there: it must not get that far
+    assert code == 2 and "already exists" in err
+
+
+def test_demo_says_building_only_when_it_builds(tmp_path, capsys):
+    from cityclf_core.demo import run_demo
+
+    run_demo(tmp_path / "demo", progress=False)
+    assert "building tiny models" in capsys.readouterr().out
+    run_demo(tmp_path / "demo", progress=False)
+    out = capsys.readouterr().out
+    assert "building tiny models" not in out and "already in" in out
+
+
+def test_tables_line_up_in_a_terminal_and_stay_tsv_in_a_pipe(score_head, class_head, encoder):
+    import io
+
+    import torch
+
+    from cityclf_core import ScoringModel
+    from cityclf_core.cli.common import ResultWriter
+
+    model = ScoringModel().add(score_head, encoder).add(class_head, encoder)
+    res = model.score([torch.from_numpy(illustration(60, 50, 1)), torch.from_numpy(illustration(90, 70, 2))])
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    for stream, tty in ((Tty(), True), (io.StringIO(), False)):
+        w = ResultWriter("table", model.names, stream)
+        w.write("a.png", res[0])
+        w.write("a-much-longer-name.png", res[1])
+        lines = stream.getvalue().splitlines()
+        if tty:
+            assert "\t" not in stream.getvalue()
+            col = lines[2].index(lines[2].split()[1])
+            assert lines[1].index(lines[1].split()[1]) <= col
+        else:
+            assert all(line.count("\t") == 2 for line in lines)
+
+
+def test_library_score_takes_paths_and_pil_images(photos, score_head, encoder):
+    import torch
+
+    from cityclf_core import ScoringModel
+
+    model = ScoringModel().add(score_head, encoder)
+    img = Image.open(photos / "p0.png")
+    by_tensor = model.score(torch.from_numpy(illustration(80, 70, 40)).float()[None] / 255)
+    by_path = model.score([photos / "p0.png", str(photos / "p0.png")])
+    by_pil = model.score(img)
+    name = score_head.name
+    assert by_path[0][name].score == pytest.approx(by_pil[0][name].score, abs=1e-4)
+    assert by_path[0][name].score == pytest.approx(by_tensor[0][name].score, abs=1e-4)
+    assert len(by_path) == 2
+
+
+def test_first_eta_is_unknown_rather_than_wild():
+    import time
+
+    from cityclf_core.progress import ProgressBar
+
+    bar = ProgressBar(1000, enabled=False)
+    time.sleep(0.3)  # e.g. loading a model before the first image
+    bar.set(1)
+    assert "ETA ?" in bar.text()

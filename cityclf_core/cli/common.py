@@ -14,6 +14,22 @@ from ..reduce import COMBINES
 FORMATS = ("table", "jsonl", "csv")
 
 
+def positive_int(text: str) -> int:
+    """argparse type: a whole number of at least 1 (so --top -1 is an error, not 'all but the last')."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
+    return n
+
+
+TOP_HELP = ("keep the N highest by --sort-by. For a score head that is the best images; for a classifier its "
+            "score is the probability of a non-pass class, so --top gives the most affected (worst) images: use "
+            "--bottom N for the cleanest, or --sort-by HEAD:CLASS for one class")
+
+
 # ---------------------------------------------------------------- output
 
 
@@ -24,6 +40,8 @@ class ResultWriter:
         self.fmt, self.heads, self.stream = fmt, heads, stream
         self._csv_writer = None
         self._header_done = False
+        self._widths: list[int] = []  # a terminal gets padded columns; a pipe or file gets TSV
+        self._pad = bool(getattr(stream, "isatty", lambda: False)())
 
     def write(self, path: str, results: dict) -> None:
         getattr(self, f"_{self.fmt}")(path, results)
@@ -50,12 +68,20 @@ class ResultWriter:
 
     def _table(self, path: str, results: dict) -> None:
         if not self._header_done:
-            self.stream.write("\t".join(["path", *results]) + "\n")
+            self._line(["path", *results])
             self._header_done = True
         cells = [path]
         for r in results.values():
             cells.append(r.kind.short_text(r))
-        self.stream.write("\t".join(cells) + "\n")
+        self._line(cells)
+
+    def _line(self, cells: list[str]) -> None:
+        if not self._pad:
+            self.stream.write("\t".join(cells) + "\n")
+            return
+        # columns as wide as the widest cell so far (streamed rows cannot wait for the last one)
+        self._widths = [max(w, len(c)) for w, c in zip(self._widths + [0] * len(cells), cells)]
+        self.stream.write("  ".join(c.ljust(w) for c, w in zip(cells, self._widths)).rstrip() + "\n")
 
 
 class Problems:
@@ -127,8 +153,9 @@ def add_selection_options(p: argparse.ArgumentParser) -> None:
                    help="keep images scoring at least this: 0.6 (the first head), HEAD=0.6, or HEAD:CLASS=0.6 "
                         "(a class probability). Repeat to combine (all must hold).")
     g.add_argument("--max", action="append", default=[], metavar="SPEC", help="keep images scoring at most this")
-    g.add_argument("--top", type=int, metavar="N", help="keep the N best by --sort-by")
-    g.add_argument("--bottom", type=int, metavar="N", help="keep the N worst by --sort-by")
+    g.add_argument("--top", type=positive_int, metavar="N", help=TOP_HELP)
+    g.add_argument("--bottom", type=positive_int, metavar="N",
+                   help="keep the N lowest by --sort-by (a classifier: the cleanest images)")
     g.add_argument("--sort-by", metavar="HEAD[:CLASS]", help="the head (or class) --top/--bottom use (default: first)")
     a = g.add_mutually_exclusive_group()
     a.add_argument("--copy", metavar="TO", help="copy the kept images under TO, keeping their sub-folders")

@@ -59,6 +59,8 @@ def _score_with_store(args) -> int:
     with EmbeddingStore(args.store, create=bool(args.paths)) as store:
         if args.paths:  # embed what is missing first, with the CLIPs loaded; score with that same model
             paths, model = _embed_into(args, store, problems)
+            reported = {p for p, _ in problems.items}  # skipped while embedding: not again as "not in the store"
+            paths = [p for p in paths if p not in reported]
         else:  # no CLIP needed: the heads are bound to the CLIPs recorded in the store
             model = load_stored_model(args.model, store, clip=args.clip, pairing=args.pairing,
                                       allow_download=not args.offline, models_dir=args.models_dir,
@@ -130,10 +132,9 @@ def cmd_embed(args) -> int:
 
 
 def cmd_merge(args) -> int:
-    from ..store import EmbeddingStore
+    from ..store import merge_stores
 
-    with EmbeddingStore(args.store) as store:
-        added = store.merge_from(args.sources)
+    added = merge_stores(args.store, args.sources)
     print(f"cityclf: merged {len(args.sources)} store(s) into {args.store}: " +
           ", ".join(f"{n} {what}" for what, n in added.items()), file=sys.stderr)
     return 0
@@ -165,7 +166,11 @@ def register(sub) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.set_defaults(func=cmd_embed)
 
-    p = sub.add_parser("merge", help="merge stores (e.g. one per shard) into one")
-    p.add_argument("sources", nargs="+", metavar="DB", help="stores to merge in")
+    p = sub.add_parser("merge", help="merge stores (e.g. one per shard) into one",
+                       description="Merge stores (e.g. one per --shard) into one. Rows are keyed by content, so "
+                                   "parts merge without conflicts (rows already in the target win). All or "
+                                   "nothing: every part is checked first and the merge is renamed into place "
+                                   "only when complete.")
+    p.add_argument("sources", nargs="+", metavar="DB", help="the stores to merge in")
     p.add_argument("--store", required=True, metavar="DB", help="the store to merge into (created if missing)")
     p.set_defaults(func=cmd_merge)

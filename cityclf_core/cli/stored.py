@@ -7,7 +7,8 @@ import sys
 
 from ..errors import ConfigError
 from ..reduce import COMBINES
-from .common import Problems, ResultWriter, add_output_options, add_selection_options, finish, present
+from .common import (TOP_HELP, Problems, ResultWriter, add_output_options, add_selection_options, finish,
+                     positive_int, present)
 
 
 def _stored(args):
@@ -18,6 +19,19 @@ def _stored(args):
         return stored_results(store, args.head, args.combine)
 
 
+def no_scores_message(store, args) -> str:
+    """Why a store has no scores to show, and the command that makes them."""
+    heads = {h: c for h, c in store.score_heads().items() if not args.head or h in args.head}
+    which = f" for {', '.join(args.head)}" if args.head else ""
+    others = sorted({combine for per in heads.values() for combine in per})
+    if others:
+        names = " ".join(f"--model {h}" for h in heads)
+        return (f"store {args.store} has scores{which} made with --combine {', '.join(others)}, none with "
+                f"--combine {args.combine}; make them with: cityclf score --store {args.store} {names} "
+                f"--combine {args.combine}")
+    return f"store {args.store} has no scores{which}; run cityclf score --store {args.store} --model ... first"
+
+
 def cmd_query(args) -> int:
     from ..dataset import stored_results
     from ..store import EmbeddingStore
@@ -25,19 +39,33 @@ def cmd_query(args) -> int:
     with EmbeddingStore(args.store, create=False) as store:
         rows = stored_results(store, args.head, args.combine)
         if not rows:
-            raise ConfigError(f"store {args.store} has no scores{' for ' + ', '.join(args.head) if args.head else ''}"
-                              "; run cityclf score --store ... --model ... first")
+            raise ConfigError(no_scores_message(store, args))
         writer = ResultWriter(args.format, list(rows[0][1]), sys.stdout)
         return finish(args, rows, Problems(), roots=None, writer=writer, store=store)
+
+
+PICTURES = (".png", ".jpg", ".jpeg", ".webp")
+
+
+def _picture_name(option: str, name: str | None) -> None:
+    if name and not name.lower().endswith(PICTURES):
+        raise ConfigError(f"{option} {name}: give a picture file name ending in .png, .jpg or .webp "
+                          f"(e.g. {name}.png)")
 
 
 def cmd_grid(args) -> int:
     from ..dataset import Selection
     from ..grid import contact_sheet, histograms
 
+    _picture_name("--out", args.out)
+    _picture_name("--histogram", args.histogram)
+
     rows = _stored(args)
     if not rows:
-        raise ConfigError(f"store {args.store} has no scores; run cityclf score --store ... --model ... first")
+        from ..store import EmbeddingStore
+
+        with EmbeddingStore(args.store, create=False) as store:
+            raise ConfigError(no_scores_message(store, args))
     problems = Problems()
     rows = present(rows, problems, args.store)
     chosen_by = Selection.parse(args.min, args.max, None, args.bottom, args.sort_by)
@@ -112,25 +140,29 @@ def cmd_store_info(args) -> int:
 
 def register(sub) -> None:
     p = sub.add_parser("query", help="select and act on stored scores (no models needed)")
-    p.add_argument("--store", required=True, metavar="DB")
+    p.add_argument("--store", required=True, metavar="DB", help="the store with the scores")
     p.add_argument("--head", action="append", metavar="NAME", help="only these heads' scores (default: all)")
     p.add_argument("--combine", choices=COMBINES, default="mean", help="the tile combine the scores were made with")
     add_selection_options(p)
     add_output_options(p)
     p.set_defaults(func=cmd_query)
 
-    p = sub.add_parser("grid", help="a contact sheet and score histograms from stored scores")
-    p.add_argument("--store", required=True, metavar="DB")
-    p.add_argument("--out", metavar="PNG", help="the contact sheet to write")
-    p.add_argument("--histogram", metavar="PNG", help="a histogram of each head's scores")
+    p = sub.add_parser("grid", help="a contact sheet and score histograms from stored scores",
+                       description="Draw a contact sheet of stored images with their scores (--out) and/or a "
+                                   "histogram of each head's scores (--histogram), from stored scores.")
+    p.add_argument("--store", required=True, metavar="DB", help="the store with the scores")
+    p.add_argument("--out", metavar="PNG", help="the contact sheet to write (.png, .jpg or .webp)")
+    p.add_argument("--histogram", metavar="PNG", help="a histogram of each head's scores (.png, .jpg or .webp)")
     p.add_argument("--head", action="append", metavar="NAME", help="only these heads (default: all)")
-    p.add_argument("--combine", choices=COMBINES, default="mean")
+    p.add_argument("--combine", choices=COMBINES, default="mean",
+                   help="the tile combine the scores were made with (default: mean)")
     p.add_argument("--min", action="append", default=[], metavar="SPEC", help="as for score: a band to show")
-    p.add_argument("--max", action="append", default=[], metavar="SPEC")
-    p.add_argument("--top", type=int, metavar="N", help="the N best (default: 24 unless a band is given)")
-    p.add_argument("--bottom", type=int, metavar="N", help="the N worst")
-    p.add_argument("--sort-by", metavar="HEAD[:CLASS]")
-    p.add_argument("--thumb", type=int, default=256, metavar="PX", help="thumbnail size (default 256)")
+    p.add_argument("--max", action="append", default=[], metavar="SPEC", help="as for score: a band to show")
+    p.add_argument("--top", type=positive_int, metavar="N",
+                   help="the N highest by --sort-by (default: 24 unless a band is given). " + TOP_HELP.split(". ", 1)[1])
+    p.add_argument("--bottom", type=positive_int, metavar="N", help="the N lowest by --sort-by")
+    p.add_argument("--sort-by", metavar="HEAD[:CLASS]", help="the head (or class) to order by (default: as score)")
+    p.add_argument("--thumb", type=positive_int, default=256, metavar="PX", help="thumbnail size (default 256)")
     p.set_defaults(func=cmd_grid)
 
     p = sub.add_parser("export", help="export stored embeddings to a numpy .npz",

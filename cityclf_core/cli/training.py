@@ -17,6 +17,7 @@ from .common import (
     add_crop_options,
     add_model_options,
     load_model,
+    positive_int,
     progress_enabled,
     score_options,
 )
@@ -33,6 +34,10 @@ def cmd_train(args) -> int:
     cfg = load_config(args.config, overrides={"device": args.device if args.device != "auto" else None})
     root, kind = data_kind(args.data, cfg.clip)
     out = Path(args.out)
+    if not args.overwrite and not args.resume:  # before any data is loaded or embedded
+        from ..train.outputs import OutputFiles
+
+        OutputFiles.for_run(out, cfg.name).refuse_existing()
     problems = Problems()
     if kind == "npy":
         print(f"cityclf: training on .npy embeddings in {root}", file=sys.stderr)
@@ -64,6 +69,8 @@ def cmd_train(args) -> int:
     with bar:
         result = train(cfg, data, out, resume=args.resume, overwrite=args.overwrite, log=bar.write,
                        progress=lambda step, total: bar.set(step))
+        if result.steps_done < bar.total:
+            bar.finish_at(result.steps_done)
     print(format_metrics(result.metrics))
     for what, path in (("weights", result.weights), ("config", result.config), ("log", result.log),
                        ("curves", result.curves), ("metrics", result.metrics_path)):
@@ -171,7 +178,7 @@ def register(sub) -> None:
     add_model_options(p)
     add_crop_options(p)
     p.add_argument("--expect", metavar="CLASS", help="what every image in PATH should be (a class name or number)")
-    p.add_argument("--top", type=int, default=50, metavar="N", help="list at most N (default 50)")
+    p.add_argument("--top", type=positive_int, default=50, metavar="N", help="list at most N (default 50)")
     p.add_argument("--sheet", metavar="PNG", help="also write a contact sheet of them")
     p.add_argument("--thumb", type=int, default=200, metavar="PX")
     p.add_argument("--format", choices=FORMATS, default="table")

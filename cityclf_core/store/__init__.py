@@ -8,8 +8,8 @@
 
 from .protocol import Store
 from .rows import EncoderRow, FileRow, PolicyInfo, PruneReport, StoredScore
-from .sqlite import SCHEMA_VERSION, EmbeddingStore, policy_key
+from .sqlite import SCHEMA_VERSION, EmbeddingStore, merge_stores, policy_key
 from .stored_encoder import StoredEncoder
 
 __all__ = ["SCHEMA_VERSION", "EmbeddingStore", "EncoderRow", "FileRow", "PolicyInfo", "PruneReport", "Store", "StoredEncoder",
-           "StoredScore", "policy_key"]
+           "StoredScore", "merge_stores", "policy_key"]

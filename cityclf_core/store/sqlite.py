@@ -432,6 +432,33 @@ class EmbeddingStore:
         return self.db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
 
 
+def merge_stores(target: str | os.PathLike, sources: Iterable[str | os.PathLike]) -> dict[str, int]:
+    """Merge `sources` into `target` all or nothing: every source is checked first, the merge is done on a
+    copy (`TARGET.merging`) and renamed over the target only when it finished; a failure leaves the target
+    as it was. (Run no other writer on the target meanwhile.)"""
+    sources = list(sources)
+    for src in sources:  # a missing or foreign part fails here, before anything is written
+        EmbeddingStore(src, create=False, readonly=True).close()
+    target = Path(target)
+    tmp = target.with_name(target.name + ".merging")
+    for leftover in (tmp, Path(f"{tmp}-wal"), Path(f"{tmp}-shm")):
+        leftover.unlink(missing_ok=True)  # our own temporary file from an interrupted merge
+    try:
+        if target.exists():
+            with EmbeddingStore(target, create=False) as current:
+                copy = sqlite3.connect(str(tmp))
+                try:
+                    current.db.backup(copy)
+                finally:
+                    copy.close()
+        with EmbeddingStore(tmp) as merged:
+            added = merged.merge_from(sources)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return added
+
+
 def set_name(encoder: EncoderRow, policy: str, with_clip: bool) -> str:
     """A name for one (CLIP, policy) set of embeddings in an export: 'whole', 'tiles-672-1536-up', with the CLIP."""
     safe = policy.replace(":", "-")
@@ -458,4 +485,4 @@ class _Transaction:
         return exc_type is _DryRun
 
 
-__all__ = ["EmbeddingStore", "policy_key"]
+__all__ = ["EmbeddingStore", "merge_stores", "policy_key"]
