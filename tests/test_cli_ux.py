@@ -447,3 +447,21 @@ def test_first_eta_is_unknown_rather_than_wild():
     time.sleep(0.3)  # e.g. loading a model before the first image
     bar.set(1)
     assert "ETA ?" in bar.text()
+
+
+# ---------------------------------------------------------------- 10. review without re-embedding
+
+
+def test_review_with_a_store_embeds_once(trained, labelled, tmp_path, capsys):
+    head, clip = trained
+    db = tmp_path / "review.db"
+    code, plain, _ = run(["review", labelled, "-m", head, "--format", "jsonl", "--no-progress"], capsys)
+    assert code == 0
+    code, first, err = run(["review", labelled, "-m", head, "--store", db, "--format", "jsonl", "--no-progress"],
+                           capsys)
+    assert code == 0 and "16 embedded" in err
+    code, second, err = run(["review", labelled, "-m", head, "--store", db, "--format", "jsonl", "--no-progress"],
+                            capsys)
+    assert code == 0 and "0 embedded, 16 already in the store" in err
+    key = lambda rows: [(r["path"], r["predicted"], round(r["loss"], 4)) for r in jsonl(rows)]  # noqa: E731
+    assert key(first) == key(second) == key(plain)

@@ -102,8 +102,11 @@ def cmd_review(args) -> int:
     for path, reason in missing:
         problems.add(path, reason)
     with bar:
-        rows = [(os.path.abspath(p), r[model.names[0]])
-                for p, r in score_files(model, files, score_options(args), problems.add, bar.set)]
+        if args.store:
+            rows = _review_rows_from_store(args, model, files, problems, bar)
+        else:
+            rows = [(os.path.abspath(p), r[model.names[0]])
+                    for p, r in score_files(model, files, score_options(args), problems.add, bar.set)]
     items = review_items(rows, expected, head)[: args.top]
     if args.format == "jsonl":
         for it in items:
@@ -121,6 +124,27 @@ def cmd_review(args) -> int:
         print(f"cityclf: wrote {sheet}", file=sys.stderr)
     print(f"cityclf: {len(rows)} image(s) reviewed, {len(items)} listed", file=sys.stderr)
     return 1 if len(problems) else 0
+
+
+def _review_rows_from_store(args, model, files, problems, bar) -> list:
+    """Embed only what the store lacks (nothing, the second time), then score from the stored embeddings."""
+    from ..dataset import clip_passes, embed_files, score_store
+    from ..store import EmbeddingStore
+
+    paths = [os.path.abspath(p) for p in files]
+    rows = []
+    with EmbeddingStore(args.store) as store:
+        report = embed_files(store, clip_passes(model, args.tiling, args.upscale), paths,
+                             batch_size=args.batch_size, workers=args.workers, max_pixels=args.max_pixels,
+                             on_file=lambda p, e: (problems.add(p, e) if e else None, bar.update(1)))
+        bar.write(f"cityclf: {report.summary()} ({args.store})")
+        failed = {p for p, _ in report.failed}
+        for results, absent in score_store(store, model, [p for p in paths if p not in failed], args.combine,
+                                           args.tiling, args.upscale):
+            for path, why in absent:
+                problems.add(path, why)
+            rows += [(path, res[model.names[0]]) for path, res in results]
+    return rows
 
 
 def cmd_synth(args) -> int:
@@ -178,6 +202,8 @@ def register(sub) -> None:
     add_model_options(p)
     add_crop_options(p)
     p.add_argument("--expect", metavar="CLASS", help="what every image in PATH should be (a class name or number)")
+    p.add_argument("--store", metavar="DB", help="an embedding store (e.g. the one train wrote: OUT/<base>."
+                                                 "embeddings.db): embed only what it lacks, keep the rest")
     p.add_argument("--top", type=positive_int, default=50, metavar="N", help="list at most N (default 50)")
     p.add_argument("--sheet", metavar="PNG", help="also write a contact sheet of them")
     p.add_argument("--thumb", type=int, default=200, metavar="PX")
