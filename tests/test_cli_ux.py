@@ -160,8 +160,8 @@ def test_prune_forgets_gone_files_and_selections_skip_them(mixed_store, photos, 
                           "--no-progress"], capsys)
     assert code == 1 and len(out.splitlines()) == 1 + 4 and "p0.png: the file is gone" in err
     assert "scored 4 image(s)" in err
-    code, out, err = run(["query", "--store", mixed_store, "--top", "10", "--copy", tmp_path / "keep",
-                          "--format", "csv"], capsys)
+    code, out, err = run(["query", "--store", mixed_store, "--top", "10", "--sort-by", "TestAesthetics",
+                          "--copy", tmp_path / "keep", "--format", "csv"], capsys)
     assert len(out.splitlines()) == 1 + 4 and "p0.png: the file is gone" in err and "cityclf prune" in err
     assert len(list((tmp_path / "keep").rglob("*.png"))) == 4
     code, _, err = run(["grid", "--store", mixed_store, "--out", tmp_path / "sheet.png"], capsys)
@@ -465,3 +465,20 @@ def test_review_with_a_store_embeds_once(trained, labelled, tmp_path, capsys):
     assert code == 0 and "0 embedded, 16 already in the store" in err
     key = lambda rows: [(r["path"], r["predicted"], round(r["loss"], 4)) for r in jsonl(rows)]  # noqa: E731
     assert key(first) == key(second) == key(plain)
+
+
+# ---------------------------------------------------------------- 14. one rule for a bare --min in score and query
+
+
+def test_a_bare_min_means_the_same_head_in_score_and_query(mixed_store, score_head_path, class_head_path, capsys):
+    # score: the first --model is the classifier (named after the score head alphabetically)
+    code, out, err = run(["score", "--store", mixed_store, "-m", class_head_path, "-m", score_head_path, "--min",
+                          "0.3", "--format", "csv", "--no-progress"], capsys)
+    by_score = sorted(line.split(",")[0] for line in out.splitlines()[1:])
+    code, out, err = run(["query", "--store", mixed_store, "--min", "0.3", "--format", "csv"], capsys)
+    assert code == 2 and "needs a head" in err and "TestAesthetics-v1, TestCompression-v1" in err
+    code, out, err = run(["query", "--store", mixed_store, "--head", "TestCompression-v1", "--head",
+                          "TestAesthetics-v1", "--min", "0.3", "--format", "csv"], capsys)
+    assert code == 0 and sorted(line.split(",")[0] for line in out.splitlines()[1:]) == by_score
+    assert out.splitlines()[0].startswith("path,TestCompression-v1")
+    assert f"selected {len(by_score)} of 6 image(s)" in err and "scored" not in err

@@ -211,7 +211,7 @@ def selection(args):
 # ---------------------------------------------------------------- the end of score and query
 
 
-def finish(args, rows, problems: Problems, roots, writer=None, store=None) -> int:
+def finish(args, rows, problems: Problems, roots, writer=None, store=None, verb: str = "scored") -> int:
     """Select, print (unless already streamed), act (copy/move/tags), report; the exit status."""
     from ..dataset import TransferRequest, transfer
     from ..tags import TagRules
@@ -238,9 +238,12 @@ def finish(args, rows, problems: Problems, roots, writer=None, store=None) -> in
         if any(t.error and t.action != "skip" for t in plan):
             problems.add("--" + request.verb, "some files could not be transferred")
     problems.write_report(args.report)
-    kept = f", {len(chosen)} selected" if selection(args).active else ""
-    print(f"cityclf: scored {len(rows)} image(s){kept}" + (f", {len(problems)} skipped" if problems else ""),
-          file=sys.stderr)
+    skipped = f", {len(problems)} skipped" if problems else ""
+    if verb == "selected":  # query: nothing was scored, stored scores were selected
+        print(f"cityclf: selected {len(chosen)} of {len(rows)} image(s){skipped}", file=sys.stderr)
+    else:
+        kept = f", {len(chosen)} selected" if selection(args).active else ""
+        print(f"cityclf: scored {len(rows)} image(s){kept}{skipped}", file=sys.stderr)
     return 1 if len(problems) or not rows else 0
 
 

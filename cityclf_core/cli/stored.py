@@ -8,7 +8,7 @@ import sys
 from ..errors import ConfigError
 from ..reduce import COMBINES
 from .common import (TOP_HELP, Problems, ResultWriter, add_output_options, add_selection_options, finish,
-                     positive_int, present)
+                     positive_int, present, selection)
 
 
 def _stored(args):
@@ -32,6 +32,20 @@ def no_scores_message(store, args) -> str:
     return f"store {args.store} has no scores{which}; run cityclf score --store {args.store} --model ... first"
 
 
+def ordered_heads(args, rows) -> list[str]:
+    """The heads in the order a bare --min/--max/--top refers to: as score does, the first head named (here by
+    --head); with several stored heads and none named, a bare value is an error rather than a guess."""
+    stored = sorted({h for _, res in rows for h in res})
+    named = [h for h in (args.head or []) if h in stored]
+    heads = named + [h for h in stored if h not in named]
+    bare = any(b.head is None for b in selection(args).bounds) or ((args.top or args.bottom) and not args.sort_by)
+    if bare and not named and len(stored) > 1:
+        raise ConfigError(f"a bare --min/--max/--top value needs a head: the store has scores of {', '.join(stored)}. "
+                          "Write HEAD=VALUE (and --sort-by HEAD), or name the first head with --head, "
+                          "as score takes its first --model")
+    return heads
+
+
 def cmd_query(args) -> int:
     from ..dataset import stored_results
     from ..store import EmbeddingStore
@@ -40,8 +54,10 @@ def cmd_query(args) -> int:
         rows = stored_results(store, args.head, args.combine)
         if not rows:
             raise ConfigError(no_scores_message(store, args))
-        writer = ResultWriter(args.format, list(rows[0][1]), sys.stdout)
-        return finish(args, rows, Problems(), roots=None, writer=writer, store=store)
+        heads = ordered_heads(args, rows)
+        rows = [(path, {h: res[h] for h in heads if h in res}) for path, res in rows]
+        writer = ResultWriter(args.format, heads, sys.stdout)
+        return finish(args, rows, Problems(), roots=None, writer=writer, store=store, verb="selected")
 
 
 PICTURES = (".png", ".jpg", ".jpeg", ".webp")
