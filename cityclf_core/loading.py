@@ -19,6 +19,7 @@ from .encoders import Encoder, TransformersClipEncoder, locate_clip, pick_device
 from .clip_record import check_clip, recorded_clip
 from .errors import StoreError, WeightsError
 from .heads import Head
+from .fingerprints import remembered_fingerprint
 from .hub import is_hub_id, local_clip
 from .pipeline import ScoringModel
 
@@ -110,7 +111,7 @@ def clip_identity(source: str) -> str | None:
 
     try:
         folder, _ = locate_clip(local_clip(source), allow_download=False)
-        return folder_fingerprint(folder)
+        return remembered_fingerprint(folder, folder_fingerprint)
     except (CityClfError, OSError, ValueError):
         return None
 

@@ -482,3 +482,39 @@ def test_a_bare_min_means_the_same_head_in_score_and_query(mixed_store, score_he
     assert code == 0 and sorted(line.split(",")[0] for line in out.splitlines()[1:]) == by_score
     assert out.splitlines()[0].startswith("path,TestCompression-v1")
     assert f"selected {len(by_score)} of 6 image(s)" in err and "scored" not in err
+
+
+# ---------------------------------------------------------------- 11. an unchanged rerun does not load the CLIP
+
+
+def test_unchanged_rerun_never_loads_the_clip(photos, tmp_path, tiny_clip_dir, score_head_path, class_head_path,
+                                              monkeypatch, capsys):
+    from cityclf_core import encoders, loading
+
+    monkeypatch.setenv("CITYCLF_CACHE", str(tmp_path / "cache"))
+    clip = tmp_path / "clip"
+    shutil.copytree(tiny_clip_dir, clip)
+    db = tmp_path / "s.db"
+    argv = ["embed", photos, "--store", db, "-m", score_head_path, "-m", class_head_path, "--clip", clip,
+            "--no-progress"]
+    code, _, err = run(argv, capsys)
+    assert code == 0 and "6 embedded" in err
+    loading._ENCODERS.clear()
+
+    def no_loading(*a, **k):
+        raise AssertionError("the CLIP was loaded")
+
+    monkeypatch.setattr(encoders.TransformersClipEncoder, "from_folder", no_loading)
+    fingerprints = []
+    real = encoders.folder_fingerprint
+    monkeypatch.setattr(encoders, "folder_fingerprint", lambda f: fingerprints.append(f) or real(f))
+    code, _, err = run(argv, capsys)
+    assert code == 0 and "6 already in the store" in err and "the CLIP was not loaded" in err
+    assert fingerprints == []  # remembered by the folder's files' sizes and mtimes
+    code, out, err = run(["score", photos, "--store", db, "-m", score_head_path, "-m", class_head_path, "--clip",
+                          clip, "--format", "csv", "--no-progress"], capsys)
+    assert code == 0 and len(out.splitlines()) == 7 and fingerprints == []
+    # one new file: now the CLIP is needed, and loaded
+    Image.fromarray(illustration(64, 64, 99)).save(photos / "new.png")
+    with pytest.raises(AssertionError, match="the CLIP was loaded"):
+        main([str(a) for a in argv])

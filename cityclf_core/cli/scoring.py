@@ -82,6 +82,7 @@ def _score_with_store(args) -> int:
 def _embed_into(args, store, problems: Problems):
     """Embed args.paths into `store` for the heads' CLIP passes; returns (absolute paths, model or None)."""
     from ..dataset import clip_passes, embed_files, in_shard, parse_shard
+    from ..dataset.plan import nothing_to_embed
     from ..embedding import ClipPass
     from ..loading import load_encoder
 
@@ -93,6 +94,11 @@ def _embed_into(args, store, problems: Problems):
         part = parse_shard(shard)
         files = [f for f in files if in_shard(f, args.paths, part)]
     paths = [os.path.abspath(p) for p in files]
+    stored = _stored_passes(args, store)  # no CLIP loaded: the store and the files' stats decide
+    if stored is not None and nothing_to_embed(store, stored[1], paths):
+        print(f"cityclf: {len(paths)} file(s), 0 embedded, {len(paths)} already in the store "
+              "(nothing to embed: the CLIP was not loaded)", file=sys.stderr)
+        return paths, stored[0]
     model = None
     if args.model:
         model = load_model(args)
@@ -117,6 +123,28 @@ def _embed_into(args, store, problems: Problems):
         print(f"cityclf: note {path}: {note}", file=sys.stderr)
     print(f"cityclf: {report.summary()}", file=sys.stderr)
     return paths, model
+
+
+def _stored_passes(args, store):
+    """(model on stored encoders or None, the CLIP passes) as recorded in `store`, or None when the store does
+    not know these CLIPs yet (then they must be loaded)."""
+    from ..dataset import clip_passes
+    from ..embedding import ClipPass
+    from ..errors import CityClfError
+    from ..loading import clip_identity, load_stored_model, source_name
+    from ..store import StoredEncoder
+
+    try:
+        if args.model:
+            model = load_stored_model(args.model, store, clip=args.clip, pairing=args.pairing,
+                                      allow_download=not args.offline, models_dir=args.models_dir,
+                                      tile_size=args.tile_size)
+            return model, clip_passes(model, args.tiling, args.upscale)
+        row = store.find_encoder(clip_identity(args.clip), source_name(args.clip))
+        policy = CropPolicy(tiling=args.tiling == "on", tile_size=args.tile_size, upscale=args.upscale)
+        return None, [ClipPass(StoredEncoder(row), policy)]
+    except CityClfError:
+        return None
 
 
 def cmd_embed(args) -> int:
