@@ -213,38 +213,52 @@ def selection(args):
 
 def finish(args, rows, problems: Problems, roots, writer=None, store=None, verb: str = "scored") -> int:
     """Select, print (unless already streamed), act (copy/move/tags), report; the exit status."""
-    from ..dataset import TransferRequest, transfer
-    from ..tags import TagRules
-
     if store is not None:
         rows = present(rows, problems, store.path)
     chosen = selection(args).apply(rows)
     if writer is not None:
         for path, result in chosen:
             writer.write(path, result)
-    if args.write_tags:
+    return act_and_report(args, chosen, len(rows), problems, roots, store, verb, scored=rows)
+
+
+def acting(args) -> bool:
+    """Whether the selected rows are acted on (so they must be kept, not only printed)."""
+    return bool(args.write_tags or args.copy or args.move)
+
+
+def act_and_report(args, chosen, total: int, problems: Problems, roots, store=None, verb: str = "scored",
+                   scored=None) -> int:
+    """Act on the chosen rows (copy/move/tags), write the report, say what happened; the exit status."""
+    from ..dataset import TransferRequest, transfer
+    from ..tags import TagRules
+
+    if isinstance(chosen, int):  # only counted (streamed, nothing to act on)
+        pass
+    elif args.write_tags:
         write_tags(chosen, TagRules.from_text(args.tag_names, args.tag_thresholds, args.tag_bucket), args.dry_run)
-    if args.copy or args.move:
+    if not isinstance(chosen, int) and (args.copy or args.move):
         request = TransferRequest(args.copy or args.move, move=bool(args.move), on_conflict=args.on_conflict,
                                   dry_run=args.dry_run)
-        plan = transfer(chosen, rows, roots, request, store)
+        plan = transfer(chosen, scored if scored is not None else chosen, roots, request, store)
         for t in plan:
-            verb = ("would " if args.dry_run else "") + t.action
+            did = ("would " if args.dry_run else "") + t.action
             if t.error:
                 print(f"cityclf: {t.action if t.action == 'skip' else 'failed to ' + t.action} {t.source}: {t.error}",
                       file=sys.stderr)
             else:
-                print(f"cityclf: {verb} {t.source} -> {t.target}", file=sys.stderr)
+                print(f"cityclf: {did} {t.source} -> {t.target}", file=sys.stderr)
         if any(t.error and t.action != "skip" for t in plan):
             problems.add("--" + request.verb, "some files could not be transferred")
     problems.write_report(args.report)
     skipped = f", {len(problems)} skipped" if problems else ""
+    n_chosen = chosen if isinstance(chosen, int) else len(chosen)
     if verb == "selected":  # query: nothing was scored, stored scores were selected
-        print(f"cityclf: selected {len(chosen)} of {len(rows)} image(s){skipped}", file=sys.stderr)
+        print(f"cityclf: selected {n_chosen} of {total} image(s){skipped}", file=sys.stderr)
     else:
-        kept = f", {len(chosen)} selected" if selection(args).active else ""
-        print(f"cityclf: scored {len(rows)} image(s){kept}{skipped}", file=sys.stderr)
-    return 1 if len(problems) or not rows else 0
+        kept = f", {n_chosen} selected" if selection(args).active else ""
+        print(f"cityclf: scored {total} image(s){kept}{skipped}", file=sys.stderr)
+    return 1 if len(problems) or not total else 0
 
 
 def present(rows, problems: Problems, store_path) -> list:

@@ -7,8 +7,8 @@ import sys
 
 from ..errors import ConfigError
 from ..reduce import COMBINES
-from .common import (TOP_HELP, Problems, ResultWriter, add_output_options, add_selection_options, finish,
-                     positive_int, present, selection)
+from .common import (TOP_HELP, Problems, ResultWriter, act_and_report, acting, add_output_options,
+                     add_selection_options, positive_int, present, selection)
 
 
 def _stored(args):
@@ -32,12 +32,12 @@ def no_scores_message(store, args) -> str:
     return f"store {args.store} has no scores{which}; run cityclf score --store {args.store} --model ... first"
 
 
-def ordered_heads(args, rows) -> list[str]:
+def ordered_heads(args, stored: list[str]) -> list[str]:
     """The heads in the order a bare --min/--max/--top refers to: as score does, the first head named (here by
     --head); with several stored heads and none named, a bare value is an error rather than a guess."""
-    stored = sorted({h for _, res in rows for h in res})
+    stored = sorted(stored)
     named = [h for h in (args.head or []) if h in stored]
-    heads = named + [h for h in stored if h not in named]
+    heads = named or stored
     bare = any(b.head is None for b in selection(args).bounds) or ((args.top or args.bottom) and not args.sort_by)
     if bare and not named and len(stored) > 1:
         raise ConfigError(f"a bare --min/--max/--top value needs a head: the store has scores of {', '.join(stored)}. "
@@ -47,17 +47,32 @@ def ordered_heads(args, rows) -> list[str]:
 
 
 def cmd_query(args) -> int:
-    from ..dataset import stored_results
+    from ..dataset.stored_select import common_folder, select_stored
     from ..store import EmbeddingStore
 
     with EmbeddingStore(args.store, create=False) as store:
-        rows = stored_results(store, args.head, args.combine)
-        if not rows:
+        stored = [h for h, per in store.score_heads().items() if args.combine in per]
+        if args.head and not any(h in stored for h in args.head):
+            stored = []
+        if not stored:
             raise ConfigError(no_scores_message(store, args))
-        heads = ordered_heads(args, rows)
-        rows = [(path, {h: res[h] for h in heads if h in res}) for path, res in rows]
+        heads = ordered_heads(args, stored)
+        total = store.count_scores(heads[0], args.combine)
         writer = ResultWriter(args.format, heads, sys.stdout)
-        return finish(args, rows, Problems(), roots=None, writer=writer, store=store, verb="selected")
+        problems = Problems()
+
+        def gone(path):
+            problems.add(path, f"the file is gone (renamed or deleted outside cityclf); "
+                               f"`cityclf prune --store {args.store}` forgets it")
+
+        keep, chosen, n = acting(args), [], 0
+        for path, result in select_stored(store, heads, args.combine, selection(args), on_gone=gone):
+            writer.write(path, result)  # streamed: memory holds a block, not the store
+            n += 1
+            if keep:
+                chosen.append((path, result))
+        return act_and_report(args, chosen if keep else n, total, problems, common_folder(store), store,
+                              verb="selected")
 
 
 PICTURES = (".png", ".jpg", ".jpeg", ".webp")

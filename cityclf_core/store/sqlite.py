@@ -23,7 +23,7 @@ import os
 import sqlite3
 import time
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -75,6 +75,7 @@ CREATE TABLE IF NOT EXISTS scores (
     updated REAL NOT NULL,
     PRIMARY KEY (path, head, combine)
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS scores_rank ON scores(head, combine, score);
 """
 
 
@@ -321,14 +322,18 @@ class EmbeddingStore:
             [(path, head, combine, r.score, r.label, json.dumps(r.extra) if r.extra is not None else None, now,
               r.kind) for path, head, combine, r in rows])
 
-    def scores(self, heads: list[str] | None = None, combine: str | None = None) -> dict[str, dict[str, StoredScore]]:
-        """{path: {head: StoredScore}} for the stored scores, by path."""
+    def scores(self, heads: list[str] | None = None, combine: str | None = None,
+               paths: list[str] | None = None) -> dict[str, dict[str, StoredScore]]:
+        """{path: {head: StoredScore}} for the stored scores (of these paths, at most 900), by path."""
         kind = "kind" if "kind" in self._score_columns else "NULL"
         sql = f"SELECT path, head, score, label, probs, {kind} FROM scores"
         where, args = [], []
         if combine:
             where.append("combine = ?")
             args.append(combine)
+        if paths is not None:
+            where.append(f"path IN ({','.join('?' * len(paths))})")
+            args += list(paths)
         out: dict[str, dict[str, StoredScore]] = {}
         for path, head, score, label, extra, kind in self.db.execute(
                 sql + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY path", args):
@@ -338,6 +343,63 @@ class EmbeddingStore:
                 kind = kind or ("class" if extra else "score")
                 out.setdefault(path, {})[head] = StoredScore(score, label, extra, kind)
         return out
+
+    def select_paths(self, combine: str, base: str, order: tuple[str, str | None] | None,
+                     descending: bool = True, bounds: Iterable[tuple[str, str | None, str, float]] = (),
+                     block: int = 1000) -> Iterator[list[str]]:
+        """Paths whose stored scores satisfy every bound (head, class or None, 'min'|'max', value), ordered by
+        `order` (head, class or None; ties by path) or else by path, in blocks of `block`: the selection, the
+        sort and the top-N run in SQLite (the index on scores(head, combine, score) serves score bounds and
+        orders), and memory holds one block. Paths are those with a score of head `base`."""
+        bounds = list(bounds)
+        heads = [base] + [h for h, _, _, _ in bounds] + ([order[0]] if order else [])
+        aliases: dict[str, str] = {}
+        joins, args = [], []
+        for h in heads:
+            if h not in aliases:
+                a = aliases[h] = f"s{len(aliases)}"
+                if len(aliases) == 1:
+                    joins.append(f"scores {a}")
+                else:
+                    joins.append(f"JOIN scores {a} ON {a}.path = s0.path AND {a}.head = ? AND {a}.combine = ?")
+                    args += [h, combine]
+        where = ["s0.head = ?", "s0.combine = ?"]
+        args += [heads[0], combine]
+
+        def value(head: str, label: str | None) -> tuple[str, list]:
+            a = aliases[head]
+            if label is None:
+                return f"{a}.score", []
+            return f"json_extract({a}.probs, ?)", ['$."' + label.replace('"', '') + '"']
+
+        for head, label, kind, v in bounds:
+            expr, extra = value(head, label)
+            where.append(f"{expr} {'>=' if kind == 'min' else '<='} ?")
+            args += [*extra, v]
+        if order:
+            expr, extra = value(*order)
+            order_sql = f"{expr} {'DESC' if descending else 'ASC'}, s0.path"
+            where.append(f"{expr} IS NOT NULL")
+            args_order = extra
+        else:
+            order_sql, args_order = "s0.path", []
+        sql = f"SELECT s0.path FROM {' '.join(joins)} WHERE {' AND '.join(where)} ORDER BY {order_sql}"
+        if order and args_order:
+            args = args + args_order + args_order  # once in WHERE (IS NOT NULL), once in ORDER BY
+        cursor = self.db.execute(sql, args)
+        while True:
+            rows = cursor.fetchmany(block)
+            if not rows:
+                break
+            yield [r[0] for r in rows]
+
+    def count_scores(self, head: str, combine: str) -> int:
+        return self.db.execute("SELECT COUNT(*) FROM scores WHERE head = ? AND combine = ?",
+                               (head, combine)).fetchone()[0]
+
+    def path_range(self) -> tuple[str | None, str | None]:
+        """The first and last stored score paths (their common folder is every scored path's)."""
+        return self.db.execute("SELECT MIN(path), MAX(path) FROM scores").fetchone()
 
     def stats(self) -> dict:
         q = lambda sql: self.db.execute(sql).fetchone()[0]  # noqa: E731
