@@ -518,3 +518,40 @@ def test_unchanged_rerun_never_loads_the_clip(photos, tmp_path, tiny_clip_dir, s
     Image.fromarray(illustration(64, 64, 99)).save(photos / "new.png")
     with pytest.raises(AssertionError, match="the CLIP was loaded"):
         main([str(a) for a in argv])
+
+
+# ---------------------------------------------------------------- 12. stored selections run in SQL, in blocks
+
+
+def test_query_selects_in_sql_and_never_reads_the_whole_store(mixed_store, monkeypatch, capsys):
+    from cityclf_core.dataset import Selection, stored_results
+    from cityclf_core.store import EmbeddingStore
+
+    with EmbeddingStore(mixed_store) as store:
+        rows = stored_results(store, None, "mean")
+        plan = " ".join(str(r) for r in store.db.execute(
+            "EXPLAIN QUERY PLAN SELECT path FROM scores WHERE head = 'x' AND combine = 'mean' ORDER BY score DESC"))
+        assert "scores_rank" in plan  # the index on the stored scores serves a top-N
+    expected = {}
+    for argv in (["--min", "TestAesthetics=0.3", "--sort-by", "TestCompression:JPEG", "--top", "4"],
+                 ["--max", "TestCompression:Pass=0.9", "--bottom", "3", "--sort-by", "TestAesthetics"],
+                 ["--min", "TestCompression=0.1", "--max", "TestAesthetics=0.99"]):
+        sel = Selection.parse([a for i, a in enumerate(argv) if i and argv[i - 1] == "--min"],
+                              [a for i, a in enumerate(argv) if i and argv[i - 1] == "--max"],
+                              int(argv[argv.index("--top") + 1]) if "--top" in argv else None,
+                              int(argv[argv.index("--bottom") + 1]) if "--bottom" in argv else None,
+                              argv[argv.index("--sort-by") + 1] if "--sort-by" in argv else None)
+        expected[tuple(argv)] = [p for p, _ in sel.apply(rows)]
+
+    real = EmbeddingStore.scores
+
+    def by_blocks_only(self, heads=None, combine=None, paths=None):
+        assert paths is not None and len(paths) <= 1000, "query read the whole store"
+        return real(self, heads, combine, paths)
+
+    assert any(expected.values())
+    monkeypatch.setattr(EmbeddingStore, "scores", by_blocks_only)
+    for argv, want in expected.items():
+        code, out, err = run(["query", "--store", mixed_store, *argv, "--format", "csv"], capsys)
+        assert code == 0, err
+        assert [line.split(",")[0] for line in out.splitlines()[1:]] == want, argv
