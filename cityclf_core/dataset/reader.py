@@ -35,6 +35,7 @@ class Prepared:
     width: int | None = None
     height: int | None = None
     views: dict[int, torch.Tensor] = field(default_factory=dict)  # pass index -> uint8 views
+    aliases: dict[int, int] = field(default_factory=dict)  # pass index -> the pass whose identical views it shares
     notes: list[str] = field(default_factory=list)
     error: str | None = None
     unchanged: bool = False  # same path, size and mtime as stored, all embeddings present
@@ -104,9 +105,15 @@ class FileReader:
         item.width, item.height = decoded.size
         item.notes = decoded.notes
         x = decoded.pixels
+        made: dict[int, tuple] = {}  # pass index -> (encoder, plan) of the views made for it
         for i in needed:
             clip_pass = self.passes[i]
             plan = clip_pass.plan(int(x.shape[0]), int(x.shape[1]), item.content)
+            same = next((j for j, (enc, p) in made.items() if enc is clip_pass.encoder and p == plan), None)
+            if same is not None:  # e.g. a small image: its "tiles" are its whole view; embed it once
+                item.aliases[i] = same
+                continue
+            made[i] = (clip_pass.encoder, plan)
             views = render_views(to_bchw(x, None, item.path), plan, clip_pass.encoder.image_size)
             views = views.mul_(255).round_().to(torch.uint8)  # exact: views are 8-bit already
             item.views[i] = views.pin_memory() if self.pin else views
