@@ -51,7 +51,7 @@ def cmd_query(args) -> int:
     from ..store import EmbeddingStore
 
     with EmbeddingStore(args.store, create=False) as store:
-        stored = [h for h, per in store.score_heads().items() if args.combine in per]
+        stored = store.scored_heads(args.combine)
         if args.head and not any(h in stored for h in args.head):
             stored = []
         if not stored:
@@ -71,8 +71,8 @@ def cmd_query(args) -> int:
             n += 1
             if keep:
                 chosen.append((path, result))
-        return act_and_report(args, chosen if keep else n, total, problems, common_folder(store), store,
-                              verb="selected")
+        return act_and_report(args, chosen if keep else n, total, problems,
+                              common_folder(store) if keep else None, store, verb="selected")
 
 
 PICTURES = (".png", ".jpg", ".jpeg", ".webp")

@@ -32,8 +32,8 @@ def select_stored(store, heads: Sequence[str], combine: str, selection: Selectio
     """(path, {head: result}) of the selected stored scores, in order; `heads[0]` is the head a bare value
     means. Files that no longer exist are passed to `on_gone` and skipped."""
     heads = list(heads)
-    first = next(store.select_paths(combine, heads[0], None, block=1), [])
-    sample = _results(store, heads, combine, first).get(first[0], {}) if first else {}
+    first = store.sample_path(heads[0], combine)
+    sample = _results(store, heads, combine, [first]).get(first, {}) if first else {}
     bounds = []
     for b in selection.bounds:
         head = resolve_head_name(heads, b.head)
@@ -48,6 +48,7 @@ def select_stored(store, heads: Sequence[str], combine: str, selection: Selectio
             if label is not None and head in sample:
                 sample[head].value_of(label)
     done = 0
+    block = min(block, limit) if limit else block  # --top 100: fetch results for 100 rows, not a whole block
     for paths in store.select_paths(combine, heads[0], order, descending=bool(selection.top), bounds=bounds,
                                     block=block):
         results = _results(store, heads, combine, paths)

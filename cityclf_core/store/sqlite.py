@@ -393,13 +393,30 @@ class EmbeddingStore:
                 break
             yield [r[0] for r in rows]
 
+    def sample_path(self, head: str, combine: str) -> str | None:
+        """Any one path with a score of `head` (no ordering: no scan)."""
+        row = self.db.execute("SELECT path FROM scores WHERE head = ? AND combine = ? LIMIT 1",
+                              (head, combine)).fetchone()
+        return row[0] if row else None
+
     def count_scores(self, head: str, combine: str) -> int:
         return self.db.execute("SELECT COUNT(*) FROM scores WHERE head = ? AND combine = ?",
                                (head, combine)).fetchone()[0]
 
     def path_range(self) -> tuple[str | None, str | None]:
         """The first and last stored score paths (their common folder is every scored path's)."""
-        return self.db.execute("SELECT MIN(path), MAX(path) FROM scores").fetchone()
+        lo = self.db.execute("SELECT MIN(path) FROM scores").fetchone()[0]  # one each: SQLite's min/max shortcut
+        hi = self.db.execute("SELECT MAX(path) FROM scores").fetchone()[0]
+        return lo, hi
+
+    def scored_heads(self, combine: str) -> list[str]:
+        """The heads with scores made with `combine`, found through the index (no scan of the scores)."""
+        heads = [r[0] for r in self.db.execute(
+            "WITH RECURSIVE h(head) AS (SELECT MIN(head) FROM scores UNION ALL "
+            "SELECT (SELECT MIN(head) FROM scores WHERE head > h.head) FROM h WHERE h.head IS NOT NULL) "
+            "SELECT head FROM h WHERE head IS NOT NULL")]
+        return [h for h in heads if self.db.execute("SELECT 1 FROM scores WHERE head = ? AND combine = ? LIMIT 1",
+                                                    (h, combine)).fetchone()]
 
     def stats(self) -> dict:
         q = lambda sql: self.db.execute(sql).fetchone()[0]  # noqa: E731
