@@ -555,3 +555,36 @@ def test_query_selects_in_sql_and_never_reads_the_whole_store(mixed_store, monke
         code, out, err = run(["query", "--store", mixed_store, *argv, "--format", "csv"], capsys)
         assert code == 0, err
         assert [line.split(",")[0] for line in out.splitlines()[1:]] == want, argv
+
+
+# ---------------------------------------------------------------- 13. each distinct view embedded once
+
+
+def test_embed_runs_clip_once_for_a_small_images_shared_view(tmp_path, tiny_clip_dir, score_head_path,
+                                                             class_head_path, monkeypatch, capsys):
+    from cityclf_core import encoders
+    from cityclf_core.store import EmbeddingStore
+
+    folder = tmp_path / "small"
+    folder.mkdir()
+    for i in range(5):  # short side 50 <= the 64 px tiles: the whole view and the "tiles" view are the same crop
+        Image.fromarray(illustration(50 + 5 * i, 60, i)).save(folder / f"{i}.png")
+    Image.fromarray(illustration(100, 90, 9)).save(folder / "big.png")  # really tiled: 1 + 5 views
+    seen = []
+    real = encoders.TransformersClipEncoder.encode
+    monkeypatch.setattr(encoders.TransformersClipEncoder, "encode",
+                        lambda self, views: seen.append(int(views.shape[0])) or real(self, views))
+    db = tmp_path / "s.db"
+    code, _, err = run(["embed", folder, "--store", db, "-m", score_head_path, "-m", class_head_path, "--clip",
+                        tiny_clip_dir, "--no-progress"], capsys)
+    assert code == 0, err
+    assert sum(seen) == 5 * 1 + (1 + 5)
+    with EmbeddingStore(db) as store:
+        assert {p.policy: p.count for p in store.policies()} == {"whole": 6, "tiles:64:1536:up": 6}
+    code, out, err = run(["score", "--store", db, "-m", score_head_path, "-m", class_head_path, "--format", "jsonl",
+                          "--no-progress"], capsys)
+    stored = sorted((r["path"], r["model"], r.get("score"), str(r.get("probs"))) for r in jsonl(out))
+    code, out, err = run(["score", folder, "-m", score_head_path, "-m", class_head_path, "--clip", tiny_clip_dir,
+                          "--format", "jsonl", "--no-progress"], capsys)
+    direct = sorted((r["path"], r["model"], r.get("score"), str(r.get("probs"))) for r in jsonl(out))
+    assert [d[:2] for d in direct] == [s[:2] for s in stored]
