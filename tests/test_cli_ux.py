@@ -588,3 +588,24 @@ def test_embed_runs_clip_once_for_a_small_images_shared_view(tmp_path, tiny_clip
                           "--format", "jsonl", "--no-progress"], capsys)
     direct = sorted((r["path"], r["model"], r.get("score"), str(r.get("probs"))) for r in jsonl(out))
     assert [d[:2] for d in direct] == [s[:2] for s in stored]
+
+
+def test_score_store_reads_files_in_blocks_and_keeps_no_rows_when_streaming(mixed_store, score_head_path,
+                                                                            monkeypatch, capsys):
+    from cityclf_core.dataset import from_store
+    from cityclf_core.store import EmbeddingStore
+
+    def no_full_list(self, paths=None, status="ok"):
+        raise AssertionError("score --store listed every stored file at once")
+
+    monkeypatch.setattr(EmbeddingStore, "files", no_full_list)
+    monkeypatch.setattr(EmbeddingStore, "file_paths", lambda self, block=8192: iter(
+        [p] for p in [r[0] for r in self.db.execute("SELECT path FROM files ORDER BY path")]))  # blocks of 1
+    calls = []
+    real = from_store.head_scores
+    monkeypatch.setattr(from_store, "head_scores", lambda *a, **k: calls.append(1) or real(*a, **k))
+    code, out, err = run(["score", "--store", mixed_store, "-m", score_head_path, "--format", "csv",
+                          "--no-progress"], capsys)
+    assert code == 0, err
+    assert len(out.splitlines()) == 7 and len(calls) == 6  # one chunk per block
+    assert "scored 6 image(s)" in err

@@ -16,6 +16,8 @@ from .common import (
     add_model_options,
     add_output_options,
     add_selection_options,
+    act_and_report,
+    acting,
     finish,
     load_model,
     present,
@@ -66,8 +68,9 @@ def _score_with_store(args) -> int:
                                       allow_download=not args.offline, models_dir=args.models_dir,
                                       tile_size=args.tile_size)
         stream = not selection(args).active
+        keep = not stream or acting(args)  # else rows are written and counted, not kept: memory stays flat
         writer = ResultWriter(args.format, model.names, sys.stdout)
-        rows = []
+        rows, n = [], 0
         for results, missing in score_store(store, model, paths, args.combine, args.tiling, args.upscale):
             for path, why in missing:
                 problems.add(path, why)
@@ -75,7 +78,11 @@ def _score_with_store(args) -> int:
             for path, result in present(results, problems, store.path):
                 if stream:
                     writer.write(path, result)
-                rows.append((path, result))
+                n += 1
+                if keep:
+                    rows.append((path, result))
+        if not keep:
+            return act_and_report(args, n, n, problems, args.paths, store)
         return finish(args, rows, problems, roots=args.paths, writer=None if stream else writer, store=store)
 
 

@@ -23,21 +23,26 @@ def score_store(
     upscale: bool = True,
     chunk: int = 8192,
 ) -> Iterator[tuple[Rows, list[tuple[str, str]]]]:
-    """Score stored embeddings chunk by chunk: yields (results in path order, [(path, why not scored)])."""
-    rows = store.files(paths)
-    wanted = [r.path for r in rows]
+    """Score stored embeddings chunk by chunk: yields (results in path order, [(path, why not scored)]).
+
+    With `paths` None, every stored file, read from the store a chunk at a time (memory: one chunk)."""
     if paths is not None:
+        wanted = [r.path for r in store.files(paths)]
         have = set(wanted)
         absent = [(p, "not in the store (not embedded yet, or failed)") for p in paths if p not in have]
         if absent:
             yield [], absent
+        parts = (wanted[start : start + chunk] for start in range(0, len(wanted), chunk))
+    else:
+        parts = store.file_paths(chunk)
     groups: list[Group] = model.groups(tiling, upscale)
-    for start in range(0, len(wanted), chunk):
-        part = wanted[start : start + chunk]
+    encoder_rows = {}
+    for part in parts:
         per_path: dict[str, dict[str, HeadResult]] = {p: {} for p in part}
         missing: dict[str, str] = {}
         for g in groups:
-            row = store.find_encoder(g.encoder.identity, getattr(g.encoder, "source", g.encoder.name))
+            key = (g.encoder.identity, getattr(g.encoder, "source", g.encoder.name))
+            row = encoder_rows.get(key) or encoder_rows.setdefault(key, store.find_encoder(*key))
             found, counts, stacked, absent = store.read_embeddings(part, row, g.clip.key)
             for p in absent:
                 missing.setdefault(p, f"no stored embeddings of {row.name} with {g.policy.describe()}; "

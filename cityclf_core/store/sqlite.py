@@ -215,6 +215,17 @@ class EmbeddingStore:
             rows = [r for r in rows if r.path in wanted]
         return rows
 
+    def file_paths(self, block: int = 8192) -> Iterator[list[str]]:
+        """The paths of the files stored as embedded ('ok'), in path order, a block at a time."""
+        last = ""
+        while True:
+            part = [r[0] for r in self.db.execute(
+                "SELECT path FROM files WHERE status = 'ok' AND path > ? ORDER BY path LIMIT ?", (last, block))]
+            if not part:
+                return
+            last = part[-1]
+            yield part
+
     def put_file(self, path: str, size: int | None, mtime_ns: int | None, content: str | None,
                  width: int | None = None, height: int | None = None, status: str = "ok",
                  error: str | None = None, notes: list[str] | None = None) -> None:
