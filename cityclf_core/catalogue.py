@@ -148,7 +148,8 @@ def default_policy(head: Head, clip_size: int, pairing: str = "best") -> CropPol
 
     A release run on its paired CLIP gets the pairing's policy (e.g. 512 px tiles
     for chromatic aberration on ViT-L/14); on any other CLIP, tiles are 2*S.
-    Other heads: as their kind says (score heads the whole image, classifiers five tiles).
+    A head whose config records the CLIP it was trained with, on a CLIP of that
+    input size: the recorded policy. Other heads: as their kind says (score heads the whole image, classifiers five tiles).
     """
     release = head.release
     if release is not None:
@@ -156,7 +157,11 @@ def default_policy(head: Head, clip_size: int, pairing: str = "best") -> CropPol
             if p is not None and p.clip.image_size == clip_size:
                 return p.policy
         return CropPolicy(tiling=release.pairing.policy.tiling)
-    return CropPolicy(tiling=head.kind.tiles_by_default)
+    from .clip_record import recorded_clip
+
+    rec = recorded_clip(head)
+    trained = rec.policy_for(clip_size) if rec is not None else None
+    return trained or CropPolicy(tiling=head.kind.tiles_by_default)
 
 
 def paired_clip(head: Head, pairing: str = "best") -> ClipModel | None:
@@ -247,7 +252,7 @@ def resolve_head(
         for fname in (text, text + ".safetensors"):
             p = Path(d) / fname
             if p.is_file():
-                return load_head(p, device=device)
+                return _load_named_file(p, device)
     release = find_release(text)
     if release is None:
         if os.sep in text or text.endswith(".safetensors"):
@@ -260,11 +265,24 @@ def resolve_head(
     for d in search_dirs:
         p = Path(d) / release.filename
         if p.is_file():
-            return load_head(p, device=device)
+            return _load_named_file(p, device)
     if download_dir is None:
         download_dir = Path(search_dirs[0]) if search_dirs else default_models_dir()
     path = download_release(release, download_dir, allow_download=allow_download)
     return load_head(path, device=device)
+
+
+def _load_named_file(path: Path, device: str) -> Head:
+    """A head found by name in a models folder; a file with a release's name that is not it says so."""
+    head = load_head(path, device=device)
+    release = find_release(path.name)
+    if head.release is None and release is not None and release.filename == path.name:
+        from .notices import warn
+
+        warn(f"{path} has the name of release {release.name} but is not the released file "
+             f"(sha256 {file_sha256(path)}, released {release.sha256}); using it as a custom head "
+             "(labels from its own config, if any). Remove or rename it to get the release.")
+    return head
 
 
 def default_models_dir() -> Path:

@@ -50,7 +50,10 @@ def run_demo(folder: Path, progress: bool | None = None) -> int:
     from .cli import main
 
     folder = Path(folder)
-    print(f"cityclf demo: building tiny models and sample images in {folder}/ (once)")
+    ready = (folder / "models" / "tiny-clip" / "config.json").is_file() and all(
+        (folder / "models" / name).is_file() for name in DEMO_HEADS) and any((folder / "images").glob("sample_*"))
+    print(f"cityclf demo: using the tiny models and sample images already in {folder}/" if ready else
+          f"cityclf demo: building tiny models and sample images in {folder}/ (the first time only)")
     clip, heads, images = build_demo(folder)
     argv = ["score", str(images), "--clip", str(clip)]
     for h in heads:

@@ -16,8 +16,11 @@ from pathlib import Path
 
 from .catalogue import VIT_L14_336, default_models_dir, default_policy, paired_clip, resolve_head
 from .encoders import Encoder, TransformersClipEncoder, locate_clip, pick_device, pick_dtype
-from .errors import CityClfError, WeightsError
+from .clip_record import check_clip, recorded_clip
+from .errors import CityClfError, StoreError, WeightsError
 from .heads import Head
+from .fingerprints import remembered_fingerprint
+from .hub import is_hub_id, local_clip
 from .pipeline import ScoringModel
 from .store import StoredEncoder
 
@@ -27,9 +30,16 @@ MAX_CACHED_ENCODERS = 2
 
 
 def clip_source_for(head: Head, clip: str | None, pairing: str = "best") -> str:
-    """The CLIP a head runs on: the user's choice, else its catalogue pairing, else ViT-L/14-336."""
+    """The CLIP a head runs on: the user's choice, else the one it records (trained with), else its
+    catalogue pairing, else ViT-L/14-336."""
     if clip:
         return str(clip)
+    rec = recorded_clip(head)
+    if rec is not None:
+        if Path(rec.source).is_absolute() and not Path(rec.source).exists():
+            raise WeightsError(f"head {head.name} was trained with the CLIP in {rec.source}, which is not there "
+                               "any more; give the CLIP it was trained with (--clip, or the loader's clip)")
+        return rec.source
     paired = paired_clip(head, pairing)
     return (paired or VIT_L14_336).repo_id
 
@@ -44,7 +54,10 @@ def load_encoder(
     """A transformers CLIP encoder, loaded once per (folder, device, dtype) and then reused."""
     dev = pick_device(device)
     dt = pick_dtype(dtype, dev)
-    folder, name = locate_clip(source, allow_download=allow_download, download_dir=download_dir)
+    folder, name = locate_clip(local_clip(source, allow_download), allow_download=allow_download,
+                               download_dir=download_dir)
+    if is_hub_id(str(source)):
+        name = str(source).split("/")[-1]
     key = (os.path.realpath(folder), str(dev), str(dt))
     with _ENCODERS_LOCK:
         if key in _ENCODERS:
@@ -114,6 +127,7 @@ def load_scoring_model(
         head = resolve_head(name, search_dirs=dirs, download_dir=models_dir, allow_download=allow_download)
         encoder = load_encoder(clip_source_for(head, clip, pairing), device, dtype,
                                allow_download=allow_download, download_dir=clip_download_dir)
+        check_clip(head, encoder)
         policy = default_policy(head, encoder.image_size, pairing)
         if tile_size and policy.tiling:
             policy = replace(policy, tile_size=tile_size)
@@ -121,17 +135,14 @@ def load_scoring_model(
     return model
 
 
-
-
 def clip_identity(source: str) -> str | None:
     """The identity of the CLIP at `source` (a folder, or a hub id already on disk), without loading it."""
     from .encoders import folder_fingerprint
-    from .errors import CityClfError
 
     try:
-        folder, _ = locate_clip(source, allow_download=False)
-        return folder_fingerprint(folder)
-    except (CityClfError, OSError, ValueError):
+        folder, _ = locate_clip(local_clip(source), allow_download=False)
+        return remembered_fingerprint(folder, folder_fingerprint)
+    except (CityClfError, *_weights_errors()):  # a damaged folder: loading it says what is wrong
         return None
 
 
@@ -156,14 +167,41 @@ def load_stored_model(
     for name in models:
         head = resolve_head(name, search_dirs=[*search_dirs, models_dir], download_dir=models_dir,
                             allow_download=allow_download)
-        source = clip_source_for(head, clip, pairing)
-        row = store.find_encoder(clip_identity(source), source_name(source))
+        row = stored_clip_for(head, store, clip, pairing)
         encoder = encoders.setdefault(row.id, StoredEncoder(row))
+        check_clip(head, encoder)
         policy = default_policy(head, encoder.image_size, pairing)
         if tile_size and policy.tiling:
             policy = replace(policy, tile_size=tile_size)
         model.add(head, encoder, policy)
     return model
+
+
+def stored_clip_for(head: Head, store, clip: str | os.PathLike | None = None, pairing: str = "best"):
+    """The store's CLIP (its row) that `head` runs on: `clip` if given, else the CLIP the head records, else
+    its catalogue pairing, else -- for a head that names no CLIP -- the store's only CLIP of the head's size."""
+    from .notices import note
+
+    if clip:
+        return store.find_encoder(clip_identity(str(clip)), source_name(clip))
+    rec = recorded_clip(head)
+    if rec is not None:
+        return store.find_encoder(rec.identity or clip_identity(rec.source), source_name(rec.source))
+    if head.release is not None:
+        source = clip_source_for(head, None, pairing)
+        return store.find_encoder(clip_identity(source), source_name(source))
+    fits = [e for e in store.encoders() if e.embed_dim == head.features]
+    if len(fits) == 1:
+        note(f"head {head.name} does not name its CLIP; using the store's only {head.features}-d CLIP, "
+             f"{fits[0].source}")
+        return fits[0]
+    held = "; ".join(f"{e.source} ({e.embed_dim}-d)" for e in store.encoders()) or "none"
+    if fits:
+        raise StoreError(f"head {head.name} does not name the CLIP it was made for, and store {store.path} holds "
+                         f"several that fit it ({held}); choose one with --clip")
+    raise StoreError(f"store {store.path} holds no embeddings of a {head.features}-d CLIP for head {head.name} "
+                     f"(it holds: {held}); embed with its CLIP first: cityclf embed PATH... --store {store.path} "
+                     f"--model {head.name} --clip YOUR_CLIP")
 
 
 def source_name(source: str | os.PathLike) -> str:
@@ -173,4 +211,4 @@ def source_name(source: str | os.PathLike) -> str:
 
 
 __all__ = ["clip_identity", "clip_source_for", "load_encoder", "load_scoring_model",
-           "load_stored_model", "source_name"]
+           "load_stored_model", "source_name", "stored_clip_for"]

@@ -16,6 +16,7 @@ are made image by image and encoded as soon as a chunk is full.
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
 
@@ -159,13 +160,29 @@ def effective_policy(policy: CropPolicy, tiling: str, upscale: bool) -> CropPoli
 
 
 def image_list(images, names: Sequence[str] | None = None) -> list[torch.Tensor]:
-    """Flatten IMAGE batches / lists / single images into a list of [H, W, C] tensors (no copies)."""
+    """Flatten IMAGE batches / lists / single images into a list of [H, W, C] tensors (no copies).
+
+    Image files (paths) and PIL images are decoded as the command decodes files (EXIF rotation,
+    transparency on white, 16-bit reduced).
+    """
     out: list[torch.Tensor] = []
 
     def add(x, where: str):
         if isinstance(x, (list, tuple)):
             for i, item in enumerate(x):
                 add(item, f"{where}[{i}]")
+            return
+        if isinstance(x, (str, os.PathLike)):
+            from .images import decode_image
+
+            out.append(decode_image(x).pixels)
+            return
+        if _is_pil(x):
+            from PIL import ImageOps
+
+            from .images import _to_rgb_array
+
+            out.append(torch.from_numpy(_to_rgb_array(ImageOps.exif_transpose(x))[0]))
             return
         if not isinstance(x, torch.Tensor):
             raise ImageError(f"{where}: expected an image tensor, got {type(x).__name__}")
@@ -184,6 +201,14 @@ def image_list(images, names: Sequence[str] | None = None) -> list[torch.Tensor]
         if x.shape[0] < 1 or x.shape[1] < 1:
             raise ImageError(f"{where}: image of {x.shape[1]}x{x.shape[0]} pixels has nothing to score")
     return out
+
+
+def _is_pil(x) -> bool:
+    try:
+        from PIL import Image
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(x, Image.Image)
 
 
 # ---------------------------------------------------------------- heads out

@@ -32,6 +32,17 @@ class ProgressBar:
         self.start = time.monotonic()
         self._last_draw = 0.0
         self._drawn = False
+        self._first: tuple[float, float] | None = None  # (time, done) at the first update
+
+    def _eta(self) -> float:
+        """Seconds left, from the rate since the first update (startup is not progress); unknown at first."""
+        if self._first is None:
+            return float("nan")
+        t0, d0 = self._first
+        elapsed, done = time.monotonic() - t0, self.done - d0
+        if elapsed < 0.5 or done <= 0:
+            return float("nan")
+        return (self.total - self.done) * elapsed / done
 
     @property
     def rate(self) -> float:
@@ -42,6 +53,8 @@ class ProgressBar:
         self.set(self.done + n)
 
     def set(self, done: float) -> None:
+        if self._first is None:
+            self._first = (time.monotonic(), self.done)
         self.done = min(float(done), self.total) if self.total else float(done)
         now = time.monotonic()
         if now - self._last_draw >= 0.1 or self.done >= self.total:
@@ -53,7 +66,7 @@ class ProgressBar:
         filled = int(frac * self.width)
         bar = "#" * filled + "." * (self.width - filled)
         rate = self.rate
-        eta = (self.total - self.done) / rate if rate > 0 else float("inf")
+        eta = self._eta()
         label = f"{self.label} " if self.label else ""
         return (f"{label}[{bar}] {int(self.done)}/{int(self.total)} {self.unit} "
                 f"{rate:.2f} {self.unit}/s ETA {_fmt_time(eta)}")
@@ -73,6 +86,11 @@ class ProgressBar:
         if self.enabled and self._drawn:
             self.draw()
         self.stream.flush()
+
+    def finish_at(self, done: float) -> None:
+        """The work ended at `done` (e.g. an early stop): the bar ends full there, not half drawn."""
+        self.total = float(done)
+        self.set(done)
 
     def close(self) -> None:
         if self.enabled and self._drawn:

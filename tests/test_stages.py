@@ -68,13 +68,19 @@ def test_writer_records_a_file_once_all_its_embeddings_are_in(tmp_path, files, p
         report = EmbedReport(total=1)
         seen = []
         writer = StoreWriter(store, rows, [p.key for p in passes], known, report, lambda p, e: seen.append((p, e)))
-        item = FileReader(store, passes, known).read(0, files[0])
+        item = FileReader(store, passes, known).read(0, files[1])  # 90x80: a whole view and five tiles
         writer.expect(item)
         writer.write([[(0, torch.zeros(1, 768))], []])
-        assert store.file(files[0]) is None and not seen  # pass 1 not in yet: no file row
-        writer.write([[], [(0, torch.ones(1, 768))]])
-        assert store.file(files[0]).content == item.content and seen == [(files[0], None)]
+        assert store.file(files[1]) is None and not seen  # pass 1 not in yet: no file row
+        writer.write([[], [(0, torch.ones(5, 768))]])
+        assert store.file(files[1]).content == item.content and seen == [(files[1], None)]
         assert report.embedded == 1 and not known.missing(item.content)
+
+
+def test_a_small_images_shared_view_is_made_once_and_stored_for_both_passes(tmp_path, files, passes):
+    with EmbeddingStore(tmp_path / "s.db") as store:
+        item = FileReader(store, passes, Known([set(), set()])).read(0, files[0])  # 40x30: its tiles are its whole
+        assert list(item.views) == [0] and item.aliases == {1: 0}
 
 
 def test_block_scoring_isolates_a_bad_image(files, encoder, score_head):

@@ -54,11 +54,39 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def check_option_names(parser: argparse.ArgumentParser, argv: list[str]) -> None:
+    """An unknown --option is named as such, with the nearest real one (argparse would report a misspelt
+    required option, e.g. --modle, as the missing --model)."""
+    import difflib
+
+    commands = next((a.choices for a in parser._actions if isinstance(a, argparse._SubParsersAction)), {})
+    command = next((t for t in argv if not t.startswith("-")), None)
+    sub = commands.get(command)
+    if sub is None:
+        return
+    known = [o for o in sub._option_string_actions if o.startswith("--")]
+    for token in argv:
+        if token == "--":
+            break
+        if not token.startswith("--"):
+            continue
+        name = token.split("=", 1)[0]
+        if name in known or sum(o.startswith(name) for o in known) == 1:  # exact, or argparse's abbreviation
+            continue
+        near = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+        sub.error(f"unknown option {name}" + (f"; did you mean {near[0]}?" if near else
+                                               f"; see cityclf {command} --help"))
+
+
 def main(argv: list[str] | None = None) -> int:
+    from ..notices import to_stderr
+
     for stream in (sys.stdout, sys.stderr):  # a file name that is not UTF-8 never stops output
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
+    to_stderr()
     parser = build_parser()
+    check_option_names(parser, sys.argv[1:] if argv is None else list(argv))
     args = parser.parse_args(argv)
     if getattr(args, "batch_size", None) is not None and args.batch_size < 1:
         parser.error("--batch-size must be at least 1")

@@ -18,6 +18,22 @@ from ..reduce import COMBINES
 FORMATS = ("table", "jsonl", "csv")
 
 
+def positive_int(text: str) -> int:
+    """argparse type: a whole number of at least 1 (so --top -1 is an error, not 'all but the last')."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
+    return n
+
+
+TOP_HELP = ("keep the N highest by --sort-by. For a score head that is the best images; for a classifier its "
+            "score is the probability of a non-pass class, so --top gives the most affected (worst) images: use "
+            "--bottom N for the cleanest, or --sort-by HEAD:CLASS for one class")
+
+
 # ---------------------------------------------------------------- output
 
 
@@ -28,6 +44,8 @@ class ResultWriter:
         self.fmt, self.heads, self.stream = fmt, heads, stream
         self._csv_writer = None
         self._header_done = False
+        self._widths: list[int] = []  # a terminal gets padded columns; a pipe or file gets TSV
+        self._pad = bool(getattr(stream, "isatty", lambda: False)())
 
     def write(self, path: str, results: dict) -> None:
         getattr(self, f"_{self.fmt}")(path, results)
@@ -56,12 +74,20 @@ class ResultWriter:
 
     def _table(self, path: str, results: dict) -> None:
         if not self._header_done:
-            self.stream.write("\t".join(["path", *results]) + "\n")
+            self._line(["path", *results])
             self._header_done = True
         cells = [shown(path)]
         for r in results.values():
             cells.append(r.kind.short_text(r))
-        self.stream.write("\t".join(cells) + "\n")
+        self._line(cells)
+
+    def _line(self, cells: list[str]) -> None:
+        if not self._pad:
+            self.stream.write("\t".join(cells) + "\n")
+            return
+        # columns as wide as the widest cell so far (streamed rows cannot wait for the last one)
+        self._widths = [max(w, len(c)) for w, c in zip(self._widths + [0] * len(cells), cells)]
+        self.stream.write("  ".join(c.ljust(w) for c, w in zip(cells, self._widths)).rstrip() + "\n")
 
 
 def finite_json(value):
@@ -154,8 +180,9 @@ def add_selection_options(p: argparse.ArgumentParser) -> None:
                    help="keep images scoring at least this: 0.6 (the first head), HEAD=0.6, or HEAD:CLASS=0.6 "
                         "(a class probability). Repeat to combine (all must hold).")
     g.add_argument("--max", action="append", default=[], metavar="SPEC", help="keep images scoring at most this")
-    g.add_argument("--top", type=int, metavar="N", help="keep the N best by --sort-by")
-    g.add_argument("--bottom", type=int, metavar="N", help="keep the N worst by --sort-by")
+    g.add_argument("--top", type=positive_int, metavar="N", help=TOP_HELP)
+    g.add_argument("--bottom", type=positive_int, metavar="N",
+                   help="keep the N lowest by --sort-by (a classifier: the cleanest images)")
     g.add_argument("--sort-by", metavar="HEAD[:CLASS]", help="the head (or class) --top/--bottom use (default: first)")
     a = g.add_mutually_exclusive_group()
     a.add_argument("--copy", metavar="TO", help="copy the kept images under TO, keeping their sub-folders")
@@ -211,28 +238,61 @@ def selection(args):
 # ---------------------------------------------------------------- the end of score and query
 
 
-def finish(args, rows, problems: Problems, roots, writer=None, store=None) -> int:
+def finish(args, rows, problems: Problems, roots, writer=None, store=None, verb: str = "scored") -> int:
     """Select, print (unless already streamed), act (copy/move/tags), report; the exit status."""
-    from ..dataset import TransferRequest, transfer
-    from ..tags import TagRules
-
+    if store is not None:
+        rows = present(rows, problems, store.path)
     chosen = selection(args).apply(rows)
     if writer is not None:
         for path, result in chosen:
             writer.write(path, result)
-    if args.write_tags:
+    return act_and_report(args, chosen, len(rows), problems, roots, store, verb, scored=rows)
+
+
+def acting(args) -> bool:
+    """Whether the selected rows are acted on (so they must be kept, not only printed)."""
+    return bool(args.write_tags or args.copy or args.move)
+
+
+def act_and_report(args, chosen, total: int, problems: Problems, roots, store=None, verb: str = "scored",
+                   scored=None) -> int:
+    """Act on the chosen rows (copy/move/tags), write the report, say what happened; the exit status."""
+    from ..dataset import TransferRequest, transfer
+    from ..tags import TagRules
+
+    counted_only = isinstance(chosen, int)  # streamed and counted: nothing to act on
+    if not counted_only and args.write_tags:
         write_tags(chosen, TagRules.from_text(args.tag_names, args.tag_thresholds, args.tag_bucket), args.dry_run,
                    problems)
-    if args.copy or args.move:
+    if not counted_only and (args.copy or args.move):
         request = TransferRequest(args.copy or args.move, move=bool(args.move), on_conflict=args.on_conflict,
                                   dry_run=args.dry_run)
-        plan = transfer(chosen, rows, roots, request, store)
+        plan = transfer(chosen, scored if scored is not None else chosen, roots, request, store)
         report_transfers(plan, args.dry_run, problems, request.verb)
     problems.write_report(args.report)
-    kept = f", {len(chosen)} selected" if selection(args).active else ""
-    print(f"cityclf: scored {len(rows)} image(s){kept}" + (f", {len(problems)} skipped" if problems else ""),
-          file=sys.stderr)
-    return 1 if len(problems) or not rows else 0
+    skipped = f", {len(problems)} skipped" if problems else ""
+    n_chosen = chosen if counted_only else len(chosen)
+    if verb == "selected":  # query: nothing was scored, stored scores were selected
+        print(f"cityclf: selected {n_chosen} of {total} image(s){skipped}", file=sys.stderr)
+    else:
+        kept = f", {n_chosen} selected" if selection(args).active else ""
+        print(f"cityclf: scored {total} image(s){kept}{skipped}", file=sys.stderr)
+    return 1 if len(problems) or not total else 0
+
+
+def present(rows, problems: Problems, store_path) -> list:
+    """The rows whose files still exist; the others are reported as skipped (the store still names them)."""
+    import os
+
+    from ..dataset.stored_select import GONE
+
+    kept = []
+    for row in rows:
+        if os.path.exists(row[0]):
+            kept.append(row)
+        else:
+            problems.add(row[0], GONE.replace("--store DB", f"--store {store_path}"))
+    return kept
 
 
 def report_transfers(plan, dry_run: bool, problems: Problems, verb: str) -> None:

@@ -27,8 +27,19 @@ def cmd_models(args) -> int:
               f" ({r.pairing.why})")
         if r.alternative:
             print(f"  alternative: {r.alternative.clip.repo_id}, {r.alternative.policy.describe()} ({r.alternative.why})")
-        print(f"  {'on disk: ' + str(local) if local.is_file() else 'download: ' + r.url}\n  sha256 {r.sha256}")
+        print(f"  {_local_state(local, r)}\n  sha256 {r.sha256}")
     return 0
+
+
+def _local_state(local: Path, release) -> str:
+    from ..weights import file_sha256
+
+    if not local.is_file():
+        return f"download: {release.url}"
+    sha = file_sha256(local)
+    if sha != release.sha256:
+        return f"on disk, but not the released file (sha256 {sha}): {local} is used as a custom head"
+    return f"on disk: {local}"
 
 
 def cmd_demo(args) -> int:
@@ -38,8 +49,11 @@ def cmd_demo(args) -> int:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("store-info", help="what a store holds")
-    p.add_argument("--store", required=True, metavar="DB")
+    p = sub.add_parser("store-info", help="what a store holds",
+                       description="Print, as JSON, how many files, embeddings and scores a store holds, its "
+                                   "CLIPs, its sets of embeddings (CLIP and crop policy) and which heads have "
+                                   "scores (per tile combine).")
+    p.add_argument("--store", required=True, metavar="DB", help="the store to describe")
     p.set_defaults(func=cmd_store_info)
 
     p = sub.add_parser("models", help="list the known releases, their CLIP pairings and local copies")

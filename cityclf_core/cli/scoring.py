@@ -18,9 +18,12 @@ from .common import (
     add_model_options,
     add_output_options,
     add_selection_options,
+    act_and_report,
+    acting,
     finish,
     finish_interrupted_moves,
     load_model,
+    present,
     progress_enabled,
     score_options,
     selection,
@@ -65,21 +68,28 @@ def _score_with_store(args) -> int:
         finish_interrupted_moves(store, problems, args.dry_run)
         if args.paths:  # embed what is missing first, with the CLIPs loaded; score with that same model
             paths, model = _embed_into(args, store, problems)
+            reported = {p for p, _ in problems.items}  # skipped while embedding: not again as "not in the store"
+            paths = [p for p in paths if p not in reported]
         else:  # no CLIP needed: the heads are bound to the CLIPs recorded in the store
             model = load_stored_model(args.model, store, clip=args.clip, pairing=args.pairing,
                                       allow_download=not args.offline, models_dir=args.models_dir,
                                       tile_size=args.tile_size)
         stream = not selection(args).active
+        keep = not stream or acting(args)  # else rows are written and counted, not kept: memory stays flat
         writer = ResultWriter(args.format, model.names, sys.stdout)
-        rows = []
+        rows, n = [], 0
         for results, missing in score_store(store, model, paths, args.combine, args.tiling, args.upscale):
             for path, why in missing:
                 problems.add(path, why)
             save_results(store, results, args.combine)
-            for path, result in results:
+            for path, result in present(results, problems, store.path):
                 if stream:
                     writer.write(path, result)
-                rows.append((path, result))
+                n += 1
+                if keep:
+                    rows.append((path, result))
+        if not keep:
+            return act_and_report(args, n, n, problems, args.paths, store)
         return finish(args, rows, problems, roots=args.paths, writer=None if stream else writer, store=store)
 
 
@@ -96,6 +106,7 @@ def _embed_into(args, store, problems: Problems, shard: str | None = None):
 
 def _embed_claimed(args, store, problems: Problems, shard: str | None):
     from ..dataset import clip_passes, embed_files, in_shard, parse_shard
+    from ..dataset.plan import nothing_to_embed
     from ..embedding import ClipPass
     from ..loading import load_encoder
 
@@ -106,6 +117,11 @@ def _embed_claimed(args, store, problems: Problems, shard: str | None):
         part = parse_shard(shard)
         files = [f for f in files if in_shard(f, args.paths, part)]
     paths = [os.path.abspath(p) for p in files]
+    stored = _stored_passes(args, store)  # no CLIP loaded: the store and the files' stats decide
+    if stored is not None and nothing_to_embed(store, stored[1], paths):
+        print(f"cityclf: {len(paths)} file(s), 0 embedded, {len(paths)} already in the store "
+              "(nothing to embed: the CLIP was not loaded)", file=sys.stderr)
+        return paths, stored[0]
     model = None
     if args.model:
         model = load_model(args)
@@ -132,6 +148,28 @@ def _embed_claimed(args, store, problems: Problems, shard: str | None):
     return paths, model
 
 
+def _stored_passes(args, store):
+    """(model on stored encoders or None, the CLIP passes) as recorded in `store`, or None when the store does
+    not know these CLIPs yet (then they must be loaded)."""
+    from ..dataset import clip_passes
+    from ..embedding import ClipPass
+    from ..errors import CityClfError
+    from ..loading import clip_identity, load_stored_model, source_name
+    from ..store import StoredEncoder
+
+    try:
+        if args.model:
+            model = load_stored_model(args.model, store, clip=args.clip, pairing=args.pairing,
+                                      allow_download=not args.offline, models_dir=args.models_dir,
+                                      tile_size=args.tile_size)
+            return model, clip_passes(model, args.tiling, args.upscale)
+        row = store.find_encoder(clip_identity(args.clip), source_name(args.clip))
+        policy = CropPolicy(tiling=args.tiling == "on", tile_size=args.tile_size, upscale=args.upscale)
+        return None, [ClipPass(StoredEncoder(row), policy)]
+    except CityClfError:
+        return None
+
+
 def cmd_embed(args) -> int:
     from ..store import EmbeddingStore
 
@@ -149,10 +187,9 @@ def cmd_embed(args) -> int:
 
 
 def cmd_merge(args) -> int:
-    from ..store import EmbeddingStore
+    from ..store import merge_stores
 
-    with EmbeddingStore(args.store) as store:
-        added = store.merge_from(args.sources)
+    added = merge_stores(args.store, args.sources)
     print(f"cityclf: merged {len(args.sources)} store(s) into {args.store}: " +
           ", ".join(f"{n} {what}" for what, n in added.items()), file=sys.stderr)
     return 0
@@ -186,7 +223,11 @@ def register(sub) -> None:
     add_engine_options(p)
     p.set_defaults(func=cmd_embed)
 
-    p = sub.add_parser("merge", help="merge stores (e.g. one per shard) into one")
-    p.add_argument("sources", nargs="+", metavar="DB", help="stores to merge in")
+    p = sub.add_parser("merge", help="merge stores (e.g. one per shard) into one",
+                       description="Merge stores (e.g. one per --shard) into one. Rows are keyed by content, so "
+                                   "parts merge without conflicts (rows already in the target win). All or "
+                                   "nothing: every part is checked first and the merge is renamed into place "
+                                   "only when complete.")
+    p.add_argument("sources", nargs="+", metavar="DB", help="the stores to merge in")
     p.add_argument("--store", required=True, metavar="DB", help="the store to merge into (created if missing)")
     p.set_defaults(func=cmd_merge)

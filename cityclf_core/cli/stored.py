@@ -5,15 +5,21 @@ from __future__ import annotations
 import sys
 
 from ..errors import ConfigError
+from ..pathtext import shown
 from ..reduce import COMBINES
 from .common import (
+    TOP_HELP,
     Problems,
     ResultWriter,
+    act_and_report,
+    acting,
     add_output_options,
     add_selection_options,
-    finish,
     finish_interrupted_moves,
     open_store,
+    positive_int,
+    present,
+    selection,
 )
 
 
@@ -24,27 +30,84 @@ def _stored(args):
         return stored_results(store, args.head, args.combine, Problems().add)
 
 
+def no_scores_message(store, args) -> str:
+    """Why a store has no scores to show, and the command that makes them."""
+    heads = {h: c for h, c in store.score_heads().items() if not args.head or h in args.head}
+    which = f" for {', '.join(args.head)}" if args.head else ""
+    others = sorted({combine for per in heads.values() for combine in per})
+    if others:
+        names = " ".join(f"--model {h}" for h in heads)
+        return (f"store {args.store} has scores{which} made with --combine {', '.join(others)}, none with "
+                f"--combine {args.combine}; make them with: cityclf score --store {args.store} {names} "
+                f"--combine {args.combine}")
+    return f"store {args.store} has no scores{which}; run cityclf score --store {args.store} --model ... first"
+
+
+def ordered_heads(args, stored: list[str]) -> list[str]:
+    """The heads in the order a bare --min/--max/--top refers to: as score does, the first head named (here by
+    --head); with several stored heads and none named, a bare value is an error rather than a guess."""
+    stored = sorted(stored)
+    named = [h for h in (args.head or []) if h in stored]
+    heads = named or stored
+    bare = any(b.head is None for b in selection(args).bounds) or ((args.top or args.bottom) and not args.sort_by)
+    if bare and not named and len(stored) > 1:
+        raise ConfigError(f"a bare --min/--max/--top value needs a head: the store has scores of {', '.join(stored)}. "
+                          "Write HEAD=VALUE (and --sort-by HEAD), or name the first head with --head, "
+                          "as score takes its first --model")
+    return heads
+
+
 def cmd_query(args) -> int:
-    from ..dataset import stored_results
+    from ..dataset.stored_select import common_folder, select_stored
 
     problems = Problems()
     with open_store(args.store, write=bool(args.move)) as store:
         finish_interrupted_moves(store, problems, args.dry_run)
-        rows = stored_results(store, args.head, args.combine, problems.add)
-        if not rows:
-            raise ConfigError(f"store {args.store} has no scores{' for ' + ', '.join(args.head) if args.head else ''}"
-                              "; run cityclf score --store ... --model ... first")
-        writer = ResultWriter(args.format, list(rows[0][1]), sys.stdout)
-        return finish(args, rows, problems, roots=None, writer=writer, store=store)
+        stored = store.scored_heads(args.combine)
+        if args.head and not any(h in stored for h in args.head):
+            stored = []
+        if not stored:
+            raise ConfigError(no_scores_message(store, args))
+        heads = ordered_heads(args, stored)
+        total = store.count_scores(heads[0], args.combine)
+        writer = ResultWriter(args.format, heads, sys.stdout)
+
+        def skipped(path, why):
+            problems.add(path, why.replace("--store DB", f"--store {args.store}"))
+
+        keep, chosen, n = acting(args), [], 0
+        for path, result in select_stored(store, heads, args.combine, selection(args), on_skip=skipped):
+            writer.write(path, result)  # streamed: memory holds a block, not the store
+            n += 1
+            if keep:
+                chosen.append((path, result))
+        return act_and_report(args, chosen if keep else n, total, problems,
+                              common_folder(store, outside=args.copy or args.move) if keep else None, store,
+                              verb="selected")
+
+
+PICTURES = (".png", ".jpg", ".jpeg", ".webp")
+
+
+def _picture_name(option: str, name: str | None) -> None:
+    if name and not name.lower().endswith(PICTURES):
+        raise ConfigError(f"{option} {name}: give a picture file name ending in .png, .jpg or .webp "
+                          f"(e.g. {name}.png)")
 
 
 def cmd_grid(args) -> int:
     from ..dataset import Selection
     from ..grid import contact_sheet, histograms
 
+    _picture_name("--out", args.out)
+    _picture_name("--histogram", args.histogram)
+
     rows = _stored(args)
     if not rows:
-        raise ConfigError(f"store {args.store} has no scores; run cityclf score --store ... --model ... first")
+        with open_store(args.store, write=False) as store:
+            raise ConfigError(no_scores_message(store, args))
+    problems = Problems()
+    rows = present(rows, problems, args.store)
     chosen_by = Selection.parse(args.min, args.max, None, args.bottom, args.sort_by)
     top = args.top if (args.top or args.bottom) else (None if chosen_by.bounds else 24)
     chosen = Selection(chosen_by.bounds, top, args.bottom, args.sort_by).apply(rows)
@@ -61,58 +124,92 @@ def cmd_grid(args) -> int:
         print(f"cityclf: wrote {out}", file=sys.stderr)
     if not args.out and not args.histogram:
         raise ConfigError("nothing to draw: give --out SHEET.png and/or --histogram HIST.png")
-    return 0
+    return 1 if len(problems) else 0
 
 
 def cmd_export(args) -> int:
     from ..loading import clip_identity, source_name
 
     with open_store(args.store, write=False) as store:
-        encoders = store.encoders()
-        if not encoders:
+        if not store.encoders():
             raise ConfigError(f"store {args.store} holds no embeddings yet")
-        if args.clip:
-            row = store.find_encoder(clip_identity(args.clip), source_name(args.clip))
-        elif len(encoders) == 1:
-            row = encoders[0]
-        else:
-            raise ConfigError("the store holds embeddings of several CLIPs; choose one with --clip: " +
-                              ", ".join(e.source for e in encoders))
-        policies = sorted(p.policy for p in store.policies(row))
-        policy = args.policy or (policies[0] if len(policies) == 1 else None)
-        if policy not in policies:
-            raise ConfigError(f"choose --policy among: {', '.join(policies)}")
-        n = store.export_numpy(args.out, row, policy)
-    print(f"cityclf: wrote {args.out}: {n} images, CLIP {row.source}, {policy}", file=sys.stderr)
+        rows = [store.find_encoder(clip_identity(args.clip), source_name(args.clip))] if args.clip else None
+        sets = [(p.encoder, p.policy) for p in store.policies()
+                if rows is None or p.encoder.id == rows[0].id]
+        if args.policy:
+            known = sorted({p for _, p in sets})
+            sets = [(e, p) for e, p in sets if p == args.policy]
+            if not sets:
+                raise ConfigError(f"store {args.store} has no embeddings with --policy {args.policy}; "
+                                  f"it has: {', '.join(known)}")
+        if not sets:
+            raise ConfigError(f"store {args.store} holds no embeddings of that CLIP")
+        counts = store.export_sets(args.out, sets)
+    for (row, policy), n in zip(sets, counts):
+        print(f"cityclf: wrote {args.out}: {n} images, CLIP {row.source}, {policy}", file=sys.stderr)
+    if len(sets) > 1:
+        print(f"cityclf: {len(sets)} sets of embeddings, named in its 'sets' array (arrays NAME.paths, "
+              "NAME.offsets, NAME.embeddings)", file=sys.stderr)
+    return 0
+
+
+def cmd_prune(args) -> int:
+    import os
+
+    with open_store(args.store) as store:
+        report = store.prune(lambda p: not os.path.exists(p), dry_run=args.dry_run)
+    verb = "would forget" if args.dry_run else "forgot"
+    for path in report.files:
+        print(f"cityclf: {verb} {shown(path)} (gone)", file=sys.stderr)
+    shared = f"; {report.kept_shared} kept, as another path has the same content" if report.kept_shared else ""
+    print(f"cityclf: {verb} {len(report.files)} file(s) no longer on disk, {report.embeddings} embedding set(s) "
+          f"and {report.scores} score(s) only they had{shared}", file=sys.stderr)
     return 0
 
 
 def register(sub) -> None:
     p = sub.add_parser("query", help="select and act on stored scores (no models needed)")
-    p.add_argument("--store", required=True, metavar="DB")
+    p.add_argument("--store", required=True, metavar="DB", help="the store with the scores")
     p.add_argument("--head", action="append", metavar="NAME", help="only these heads' scores (default: all)")
     p.add_argument("--combine", choices=COMBINES, default="mean", help="the tile combine the scores were made with")
     add_selection_options(p)
     add_output_options(p)
     p.set_defaults(func=cmd_query)
 
-    p = sub.add_parser("grid", help="a contact sheet and score histograms from stored scores")
-    p.add_argument("--store", required=True, metavar="DB")
-    p.add_argument("--out", metavar="PNG", help="the contact sheet to write")
-    p.add_argument("--histogram", metavar="PNG", help="a histogram of each head's scores")
+    p = sub.add_parser("grid", help="a contact sheet and score histograms from stored scores",
+                       description="Draw a contact sheet of stored images with their scores (--out) and/or a "
+                                   "histogram of each head's scores (--histogram), from stored scores.")
+    p.add_argument("--store", required=True, metavar="DB", help="the store with the scores")
+    p.add_argument("--out", metavar="PNG", help="the contact sheet to write (.png, .jpg or .webp)")
+    p.add_argument("--histogram", metavar="PNG", help="a histogram of each head's scores (.png, .jpg or .webp)")
     p.add_argument("--head", action="append", metavar="NAME", help="only these heads (default: all)")
-    p.add_argument("--combine", choices=COMBINES, default="mean")
+    p.add_argument("--combine", choices=COMBINES, default="mean",
+                   help="the tile combine the scores were made with (default: mean)")
     p.add_argument("--min", action="append", default=[], metavar="SPEC", help="as for score: a band to show")
-    p.add_argument("--max", action="append", default=[], metavar="SPEC")
-    p.add_argument("--top", type=int, metavar="N", help="the N best (default: 24 unless a band is given)")
-    p.add_argument("--bottom", type=int, metavar="N", help="the N worst")
-    p.add_argument("--sort-by", metavar="HEAD[:CLASS]")
-    p.add_argument("--thumb", type=int, default=256, metavar="PX", help="thumbnail size (default 256)")
+    p.add_argument("--max", action="append", default=[], metavar="SPEC", help="as for score: a band to show")
+    p.add_argument("--top", type=positive_int, metavar="N",
+                   help="the N highest by --sort-by (default: 24 unless a band is given). " + TOP_HELP.split(". ", 1)[1])
+    p.add_argument("--bottom", type=positive_int, metavar="N", help="the N lowest by --sort-by")
+    p.add_argument("--sort-by", metavar="HEAD[:CLASS]", help="the head (or class) to order by (default: as score)")
+    p.add_argument("--thumb", type=positive_int, default=256, metavar="PX", help="thumbnail size (default 256)")
     p.set_defaults(func=cmd_grid)
 
-    p = sub.add_parser("export", help="export stored embeddings to a numpy .npz")
-    p.add_argument("--store", required=True, metavar="DB")
-    p.add_argument("--out", required=True, metavar="NPZ")
-    p.add_argument("--clip", metavar="ID_OR_DIR", help="which CLIP's embeddings (when the store has several)")
-    p.add_argument("--policy", help="which crop policy's embeddings, e.g. whole or tiles:672:1536:up")
+    p = sub.add_parser("export", help="export stored embeddings to a numpy .npz",
+                       description="Write stored embeddings to a numpy .npz: every (CLIP, crop policy) set the "
+                                   "store holds, or the ones --clip/--policy choose. One set: arrays paths, "
+                                   "offsets, embeddings; several: a 'sets' array of names and NAME.paths, "
+                                   "NAME.offsets, NAME.embeddings per set.")
+    p.add_argument("--store", required=True, metavar="DB", help="the store to read")
+    p.add_argument("--out", required=True, metavar="NPZ", help="the .npz file to write")
+    p.add_argument("--clip", metavar="ID_OR_DIR", help="only this CLIP's embeddings (default: every CLIP's)")
+    p.add_argument("--policy", help="only this crop policy's embeddings, e.g. whole or tiles:672:1536:up "
+                                    "(default: every policy; store-info lists them)")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("prune", help="forget stored files that are gone from disk (renamed or deleted)",
+                       description="Forget the rows of files that no longer exist: their scores, and their "
+                                   "embeddings unless another stored path has the same content (a renamed file "
+                                   "that was embedded again keeps them). Prints what it removed.")
+    p.add_argument("--store", required=True, metavar="DB", help="the store to prune")
+    p.add_argument("--dry-run", action="store_true", help="print what would be forgotten, change nothing")
+    p.set_defaults(func=cmd_prune)

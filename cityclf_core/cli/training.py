@@ -17,21 +17,28 @@ from .common import (
     add_crop_options,
     add_model_options,
     load_model,
+    positive_int,
     progress_enabled,
     score_options,
 )
 
 
 def cmd_train(args) -> int:
-    from ..loading import load_encoder
+    from ..clip_record import record_for
+    from ..loading import load_encoder, source_name
     from ..store import EmbeddingStore
     from ..store.lock import embedding_run
+    from ..train.data import inference_policy
     from ..train import (REFERENCE_CLIPS, data_kind, format_metrics, load_config, load_image_dataset,
                         load_npy_dataset, train)
 
     cfg = load_config(args.config, overrides={"device": args.device if args.device != "auto" else None})
     root, kind = data_kind(args.data, cfg.clip)
     out = Path(args.out)
+    if not args.overwrite and not args.resume:  # before any data is loaded or embedded
+        from ..train.outputs import OutputFiles
+
+        OutputFiles.for_run(out, cfg.name).refuse_existing()
     problems = Problems()
     if kind == "npy":
         print(f"cityclf: training on .npy embeddings in {root}", file=sys.stderr)
@@ -42,6 +49,7 @@ def cmd_train(args) -> int:
             raise ConfigError(f"model.clip {cfg.clip} has no CLIP to embed images with here; give --clip, "
                               "set model.clip_model, or train from ..npy embeddings")
         encoder = load_encoder(source, args.device, args.dtype, allow_download=not args.offline)
+        cfg.clip_record = record_for(encoder, source_name(source), inference_policy(cfg, encoder.image_size)).to_dict()
         store_path = Path(args.store) if args.store else out / f"{cfg.base}.embeddings.db"
         out.mkdir(parents=True, exist_ok=True)
         reports: list = []
@@ -62,6 +70,8 @@ def cmd_train(args) -> int:
     with bar:
         result = train(cfg, data, out, resume=args.resume, overwrite=args.overwrite, log=bar.write,
                        progress=lambda step, total: bar.set(step))
+        if result.steps_done < bar.total:
+            bar.finish_at(result.steps_done)
     print(format_metrics(result.metrics))
     for what, path in (("weights", result.weights), ("config", result.config), ("log", result.log),
                        ("curves", result.curves), ("metrics", result.metrics_path)):
@@ -93,8 +103,11 @@ def cmd_review(args) -> int:
     for path, reason in missing:
         problems.add(path, reason)
     with bar:
-        rows = [(os.path.abspath(p), r[model.names[0]])
-                for p, r in score_files(model, files, score_options(args), problems.add, bar.set)]
+        if args.store:
+            rows = _review_rows_from_store(args, model, files, problems, bar)
+        else:
+            rows = [(os.path.abspath(p), r[model.names[0]])
+                    for p, r in score_files(model, files, score_options(args), problems.add, bar.set)]
     items = review_items(rows, expected, head)[: args.top]
     if args.format == "jsonl":
         for it in items:
@@ -112,6 +125,27 @@ def cmd_review(args) -> int:
         print(f"cityclf: wrote {sheet}", file=sys.stderr)
     print(f"cityclf: {len(rows)} image(s) reviewed, {len(items)} listed", file=sys.stderr)
     return 1 if len(problems) else 0
+
+
+def _review_rows_from_store(args, model, files, problems, bar) -> list:
+    """Embed only what the store lacks (nothing, the second time), then score from the stored embeddings."""
+    from ..dataset import clip_passes, embed_files, score_store
+    from ..store import EmbeddingStore
+
+    paths = [os.path.abspath(p) for p in files]
+    rows = []
+    with EmbeddingStore(args.store) as store:
+        report = embed_files(store, clip_passes(model, args.tiling, args.upscale), paths,
+                             batch_size=args.batch_size, workers=args.workers, max_pixels=args.max_pixels,
+                             on_file=lambda p, e: (problems.add(p, e) if e else None, bar.update(1)))
+        bar.write(f"cityclf: {report.summary()} ({args.store})")
+        failed = {p for p, _ in report.failed}
+        for results, absent in score_store(store, model, [p for p in paths if p not in failed], args.combine,
+                                           args.tiling, args.upscale):
+            for path, why in absent:
+                problems.add(path, why)
+            rows += [(path, res[model.names[0]]) for path, res in results]
+    return rows
 
 
 def cmd_synth(args) -> int:
@@ -169,7 +203,9 @@ def register(sub) -> None:
     add_model_options(p)
     add_crop_options(p)
     p.add_argument("--expect", metavar="CLASS", help="what every image in PATH should be (a class name or number)")
-    p.add_argument("--top", type=int, default=50, metavar="N", help="list at most N (default 50)")
+    p.add_argument("--store", metavar="DB", help="an embedding store (e.g. the one train wrote: OUT/<base>."
+                                                 "embeddings.db): embed only what it lacks, keep the rest")
+    p.add_argument("--top", type=positive_int, default=50, metavar="N", help="list at most N (default 50)")
     p.add_argument("--sheet", metavar="PNG", help="also write a contact sheet of them")
     p.add_argument("--thumb", type=int, default=200, metavar="PX")
     p.add_argument("--format", choices=FORMATS, default="table")

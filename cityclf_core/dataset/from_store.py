@@ -24,21 +24,26 @@ def score_store(
     upscale: bool = True,
     chunk: int = 8192,
 ) -> Iterator[tuple[Rows, list[tuple[str, str]]]]:
-    """Score stored embeddings chunk by chunk: yields (results in path order, [(path, why not scored)])."""
-    rows = store.files(paths)
-    wanted = [r.path for r in rows]
+    """Score stored embeddings chunk by chunk: yields (results in path order, [(path, why not scored)]).
+
+    With `paths` None, every stored file, read from the store a chunk at a time (memory: one chunk)."""
     if paths is not None:
+        wanted = [r.path for r in store.files(paths)]
         have = set(wanted)
         absent = [(p, "not in the store (not embedded yet, or failed)") for p in paths if p not in have]
         if absent:
             yield [], absent
+        parts = (wanted[start : start + chunk] for start in range(0, len(wanted), chunk))
+    else:
+        parts = store.file_paths(chunk)
     groups: list[Group] = model.groups(tiling, upscale)
-    for start in range(0, len(wanted), chunk):
-        part = wanted[start : start + chunk]
+    encoder_rows = {}
+    for part in parts:
         per_path: dict[str, dict[str, HeadResult]] = {p: {} for p in part}
         missing: dict[str, str] = {}
         for g in groups:
-            row = store.find_encoder(g.encoder.identity, g.encoder.source)
+            key = (g.encoder.identity, g.encoder.source)
+            row = encoder_rows.get(key) or encoder_rows.setdefault(key, store.find_encoder(*key))
             found, counts, stacked, absent = store.read_embeddings(part, row, g.clip.key)
             for p in absent:
                 missing.setdefault(p, f"no stored embeddings of {row.name} with {g.policy.describe()}; "
@@ -80,15 +85,23 @@ def stored_results(store, heads: list[str] | None, combine: str,
     """
     rows = []
     for path, per_head in store.scores(heads, combine).items():
-        numbers = [s.score for s in per_head.values()] + [v for s in per_head.values() if isinstance(s.extra, dict)
-                                                          for v in s.extra.values() if isinstance(v, (int, float))]
-        if not finite_array(numbers):
+        results = stored_row(per_head)
+        if results is None:
             if on_skip:
                 on_skip(path, STORED_SCORE)
             continue
-        rows.append((path, {name: get_kind(s.kind).from_stored(name, s.score, s.label, s.extra)
-                            for name, s in per_head.items()}))
+        rows.append((path, results))
     return rows
 
 
-__all__ = ["Rows", "save_results", "score_store", "stored_results"]
+def stored_row(per_head: dict) -> dict[str, HeadResult] | None:
+    """One path's stored scores ({head: StoredScore}) as results, each rebuilt by its head's kind; None when a
+    stored number is not finite (a damaged store: never shown, sorted or acted on)."""
+    numbers = [s.score for s in per_head.values()] + [v for s in per_head.values() if isinstance(s.extra, dict)
+                                                      for v in s.extra.values() if isinstance(v, (int, float))]
+    if not finite_array(numbers):
+        return None
+    return {name: get_kind(s.kind).from_stored(name, s.score, s.label, s.extra) for name, s in per_head.items()}
+
+
+__all__ = ["Rows", "save_results", "score_store", "stored_results", "stored_row"]

@@ -36,6 +36,7 @@ class Prepared:
     width: int | None = None
     height: int | None = None
     views: dict[int, torch.Tensor] = field(default_factory=dict)  # pass index -> uint8 views
+    aliases: dict[int, int] = field(default_factory=dict)  # pass index -> the pass whose identical views it shares
     notes: list[str] = field(default_factory=list)
     error: str | None = None
     unchanged: bool = False  # same path, size and mtime as stored, all embeddings present
@@ -100,7 +101,7 @@ class FileReader:
 
     def __init__(self, store, passes: Sequence[ClipPass], known: Known, max_pixels: int = DEFAULT_MAX_PIXELS):
         self.store, self.passes, self.known, self.max_pixels = store, list(passes), known, max_pixels
-        self.plans = [(p.plan, p.encoder.image_size) for p in self.passes]
+        self.plans = [(p.plan, p.encoder.image_size, p.encoder.identity) for p in self.passes]
         self.pin = any(p.encoder.device.type == "cuda" for p in self.passes)
         self._local = threading.local()
         self._readers: list = []
@@ -132,16 +133,18 @@ class FileReader:
         self._readers.clear()
 
 
-#: how one CLIP pass cuts an image: (plan(height, width, content) -> CropPlan, CLIP input size)
-Plan = tuple[Callable[[int, int, str], CropPlan], int]
+#: how one CLIP pass cuts an image: (plan(height, width, content) -> CropPlan, CLIP input size, the CLIP's
+#: identity); passes of one CLIP whose plans coincide (a small image's whole view and its "tiles") share views
+Plan = tuple[Callable[[int, int, str], CropPlan], int, str]
 
 
 def read_file(item: Prepared, plans: Sequence[Plan], missing: Callable[[str], list[int]],
               max_pixels: int = DEFAULT_MAX_PIXELS, pin: bool = False,
-              unchanged: Callable[[Prepared], bool] | None = None) -> Prepared:
+              unchanged: Callable[[Prepared], bool] | None = None, share: bool = True) -> Prepared:
     """Stat and hash `item.path` (large files in a stream) and, for the passes `missing(content)` names,
     decode it and make their uint8 views. The one reader of files for every engine; errors are
-    returned in `item.error` in the words a run reports, never raised."""
+    returned in `item.error` in the words a run reports, never raised. With `share`, a pass whose views
+    another pass already has is listed in `item.aliases` instead (its writer stores the same embeddings)."""
     try:
         st = os.stat(item.path)
         item.size, item.mtime_ns = st.st_size, st.st_mtime_ns
@@ -150,7 +153,7 @@ def read_file(item: Prepared, plans: Sequence[Plan], missing: Callable[[str], li
         item.content, data = read_and_hash(item.path, item.size)
         needed = missing(item.content)
         if needed:  # else touched, renamed or a duplicate: embeddings exist
-            _make_views(item, plans, needed, data, max_pixels, pin)
+            _make_views(item, plans, needed, data, max_pixels, pin, share)
     except ImageError as e:
         item.error = reason_for(item.path, str(e))
     except OSError as e:
@@ -161,14 +164,20 @@ def read_file(item: Prepared, plans: Sequence[Plan], missing: Callable[[str], li
 
 
 def _make_views(item: Prepared, plans: Sequence[Plan], needed: list[int], data: bytes | None, max_pixels: int,
-                pin: bool) -> None:
+                pin: bool, share: bool) -> None:
     decoded = decode_image(item.path, max_pixels=max_pixels, data=data)
     item.width, item.height = decoded.size
     item.notes = decoded.notes
     x = decoded.pixels
+    made: dict[int, tuple] = {}  # pass index -> (CLIP identity, plan) of the views made for it
     for i in needed:
-        plan_fn, clip_size = plans[i]
+        plan_fn, clip_size, clip = plans[i]
         plan = plan_fn(int(x.shape[0]), int(x.shape[1]), item.content)
+        same = next((j for j, key in made.items() if key == (clip, plan)), None)
+        if same is not None and share:  # the same crops through the same CLIP: embedded once, stored for both
+            item.aliases[i] = same
+            continue
+        made[i] = (clip, plan)
         views = render_views(to_bchw(x, None, item.path), plan, clip_size)
         views = views.mul_(255).round_().to(torch.uint8)  # exact: views are 8-bit already
         item.views[i] = views.pin_memory() if pin else views

@@ -27,7 +27,7 @@ class StoreWriter:
 
     def expect(self, item: Prepared) -> None:
         """`item`'s views are on their way through the encoders."""
-        self._waiting[item.index] = (item, set(item.views))
+        self._waiting[item.index] = (item, set(item.views) | set(item.aliases))
 
     def write(self, done_per_pass: list[list[tuple[int, torch.Tensor]]]) -> None:
         """Commit finished embeddings ([(item index, [views, D])] per CLIP pass)."""
@@ -47,9 +47,10 @@ class StoreWriter:
                         self._waiting.pop(index)
                         broken.append(item)
                         continue
-                    self.store.put_embedding(item.content, self.rows[pi].id, self.keys[pi], arr)
-                    missing.discard(pi)
-                    self.known.add(pi, item.content)
+                    for target in [pi, *(j for j, src in item.aliases.items() if src == pi)]:
+                        self.store.put_embedding(item.content, self.rows[target].id, self.keys[target], arr)
+                        missing.discard(target)
+                        self.known.add(target, item.content)
                     if not missing:
                         finished.append(item)
             for item in finished:

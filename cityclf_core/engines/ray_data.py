@@ -303,11 +303,11 @@ def prepare_batch(batch, views: list[tuple[CropPolicy, int]], known_ref, max_pix
     import pyarrow as pa
 
     known = _known(known_ref)
-    planners = [(functools.partial(_plan, policy=p, clip_size=s), s) for p, s in views]
+    planners = [(functools.partial(_plan, policy=p, clip_size=s), s, "") for p, s in views]
     out: dict[str, list] = defaultdict(list)
     for path, shard in zip(batch.column("path").to_pylist(), batch.column("shard").to_pylist()):
         item = read_file(Prepared(0, path), planners, lambda c: [i for i, k in enumerate(known) if c not in k],
-                         max_pixels)
+                         max_pixels, share=False)  # each pass's views go to its own column
         for k in ("path", "size", "mtime_ns", "content", "width", "height", "error"):
             out[k].append(getattr(item, k))
         out["shard"].append(shard)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 
@@ -42,3 +42,13 @@ class PolicyInfo:
     encoder: EncoderRow
     policy: str
     count: int
+
+
+@dataclass
+class PruneReport:
+    """What `prune` forgot: the files gone from disk, and the embeddings and scores only they had."""
+
+    files: list[str] = field(default_factory=list)
+    embeddings: int = 0
+    scores: int = 0
+    kept_shared: int = 0  # contents whose embeddings another path still uses

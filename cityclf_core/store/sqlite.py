@@ -24,20 +24,21 @@ whole rows, and a rerun carries on from them.
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import os
 import sqlite3
 import time
 from pathlib import Path
+from typing import Callable, Iterable, Iterator
 from urllib.request import pathname2url
-from typing import Iterable
 
 import numpy as np
 
 from ..crops import CropPolicy
 from ..errors import StoreError
 from ..pathtext import safe_text
-from .rows import EncoderRow, FileRow, PolicyInfo, StoredScore
+from .rows import EncoderRow, FileRow, PolicyInfo, PruneReport, StoredScore
 
 SCHEMA_VERSION = 2  # 2: scores.kind
 
@@ -83,6 +84,7 @@ CREATE TABLE IF NOT EXISTS scores (
     updated REAL NOT NULL,
     PRIMARY KEY (path, head, combine)
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS scores_rank ON scores(head, combine, score);
 """
 #: created by the first move (not on open: opening a store never writes to it unasked)
 MOVES = """
@@ -326,6 +328,17 @@ class EmbeddingStore:
             rows = [r for r in rows if r.path in wanted]
         return rows
 
+    def file_paths(self, block: int = 8192) -> Iterator[list[str]]:
+        """The paths of the files stored as embedded ('ok'), in path order, a block at a time."""
+        last = ""
+        while True:
+            part = [r[0] for r in self.db.execute(
+                "SELECT path FROM files WHERE status = 'ok' AND path > ? ORDER BY path LIMIT ?", (last, block))]
+            if not part:
+                return
+            last = part[-1]
+            yield part
+
     def put_file(self, path: str, size: int | None, mtime_ns: int | None, content: str | None,
                  width: int | None = None, height: int | None = None, status: str = "ok",
                  error: str | None = None, notes: list[str] | None = None) -> None:
@@ -377,6 +390,42 @@ class EmbeddingStore:
             return []  # no move has touched this store
         return [(_from_db(s), _from_db(t), bool(i)) for s, t, i in self.db.execute(
             "SELECT source, target, image FROM moves ORDER BY image DESC, planned, source")]
+
+    def prune(self, gone: Callable[[str], bool], dry_run: bool = False, block: int = 10_000) -> PruneReport:
+        """Forget the files for which `gone(path)` holds: their rows, their scores, and their embeddings
+        unless another stored path has the same content. With `dry_run`, only count."""
+        report = PruneReport()
+        last = ""
+        while True:  # in blocks of paths: memory bounded by the block, not the store
+            part = [r[0] for r in self.db.execute("SELECT path FROM files WHERE path > ? ORDER BY path LIMIT ?",
+                                                  (last, block))]
+            if not part:
+                break
+            last = part[-1]
+            report.files += [_from_db(p) for p in part if gone(_from_db(p))]
+        if not report.files:
+            return report
+        with self.transaction():
+            contents = set()
+            for start in range(0, len(report.files), 900):
+                part = [_to_db(p) for p in report.files[start : start + 900]]
+                marks = ",".join("?" * len(part))
+                contents.update(r[0] for r in self.db.execute(
+                    f"SELECT DISTINCT content FROM files WHERE path IN ({marks}) AND content IS NOT NULL", part))
+                report.scores += self.db.execute(f"SELECT COUNT(*) FROM scores WHERE path IN ({marks})",
+                                                 part).fetchone()[0]
+                self.db.execute(f"DELETE FROM files WHERE path IN ({marks})", part)
+                self.db.execute(f"DELETE FROM scores WHERE path IN ({marks})", part)
+            for content in sorted(contents):
+                if self.db.execute("SELECT 1 FROM files WHERE content = ? LIMIT 1", (content,)).fetchone():
+                    report.kept_shared += 1  # another path still uses these embeddings
+                    continue
+                report.embeddings += self.db.execute("SELECT COUNT(*) FROM embeddings WHERE content = ?",
+                                                     (content,)).fetchone()[0]
+                self.db.execute("DELETE FROM embeddings WHERE content = ?", (content,))
+            if dry_run:
+                raise _DryRun
+        return report
 
     # ------------------------------------------------------------ embeddings
 
@@ -449,14 +498,18 @@ class EmbeddingStore:
             [(_to_db(path), head, combine, r.score, r.label, json.dumps(r.extra) if r.extra is not None else None, now,
               r.kind) for path, head, combine, r in rows])
 
-    def scores(self, heads: list[str] | None = None, combine: str | None = None) -> dict[str, dict[str, StoredScore]]:
-        """{path: {head: StoredScore}} for the stored scores, by path."""
+    def scores(self, heads: list[str] | None = None, combine: str | None = None,
+               paths: list[str] | None = None) -> dict[str, dict[str, StoredScore]]:
+        """{path: {head: StoredScore}} for the stored scores (of these paths, at most 900), by path."""
         kind = "kind" if "kind" in self._score_columns else "NULL"
         sql = f"SELECT path, head, score, label, probs, {kind} FROM scores"
         where, args = [], []
         if combine:
             where.append("combine = ?")
             args.append(combine)
+        if paths is not None:
+            where.append(f"path IN ({','.join('?' * len(paths))})")
+            args += [_to_db(p) for p in paths]
         out: dict[str, dict[str, StoredScore]] = {}
         for path, head, score, label, extra, kind in self.db.execute(
                 sql + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY path", args):
@@ -467,6 +520,85 @@ class EmbeddingStore:
                 out.setdefault(_from_db(path), {})[head] = StoredScore(score, label, extra, kind)
         return out
 
+    def select_paths(self, combine: str, base: str, order: tuple[str, str | None] | None,
+                     descending: bool = True, bounds: Iterable[tuple[str, str | None, str, float]] = (),
+                     block: int = 1000) -> Iterator[list[str]]:
+        """Paths whose stored scores satisfy every bound (head, class or None, 'min'|'max', value), ordered by
+        `order` (head, class or None; ties by path) or else by path, in blocks of `block`: the selection, the
+        sort and the top-N run in SQLite (the index on scores(head, combine, score) serves score bounds and
+        orders), and memory holds one block. Paths are those with a score of head `base`."""
+        bounds = list(bounds)
+        heads = [base] + [h for h, _, _, _ in bounds] + ([order[0]] if order else [])
+        aliases: dict[str, str] = {}
+        joins, args = [], []
+        for h in heads:
+            if h not in aliases:
+                a = aliases[h] = f"s{len(aliases)}"
+                if len(aliases) == 1:
+                    joins.append(f"scores {a}")
+                else:
+                    joins.append(f"JOIN scores {a} ON {a}.path = s0.path AND {a}.head = ? AND {a}.combine = ?")
+                    args += [h, combine]
+        where = ["s0.head = ?", "s0.combine = ?"]
+        args += [heads[0], combine]
+
+        def value(head: str, label: str | None) -> tuple[str, list]:
+            a = aliases[head]
+            if label is None:
+                return f"{a}.score", []
+            return f"json_extract({a}.probs, ?)", ['$."' + label.replace('"', '') + '"']
+
+        for head, label, kind, v in bounds:
+            expr, extra = value(head, label)
+            where.append(f"{expr} {'>=' if kind == 'min' else '<='} ?")
+            args += [*extra, v]
+        if order:
+            expr, extra = value(*order)
+            order_sql = f"{expr} {'DESC' if descending else 'ASC'}, s0.path"
+            where.append(f"{expr} IS NOT NULL")
+            args_order = extra
+        else:
+            order_sql, args_order = "s0.path", []
+        sql = f"SELECT s0.path FROM {' '.join(joins)} WHERE {' AND '.join(where)} ORDER BY {order_sql}"
+        if order and args_order:
+            args = args + args_order + args_order  # once in WHERE (IS NOT NULL), once in ORDER BY
+        cursor = self.db.execute(sql, args)
+        while True:
+            rows = cursor.fetchmany(block)
+            if not rows:
+                break
+            yield [_from_db(r[0]) for r in rows]
+
+    def sample_path(self, head: str, combine: str) -> str | None:
+        """Any one path with a score of `head` (no ordering: no scan)."""
+        row = self.db.execute("SELECT path FROM scores WHERE head = ? AND combine = ? LIMIT 1",
+                              (head, combine)).fetchone()
+        return _from_db(row[0]) if row else None
+
+    def count_scores(self, head: str, combine: str) -> int:
+        return self.db.execute("SELECT COUNT(*) FROM scores WHERE head = ? AND combine = ?",
+                               (head, combine)).fetchone()[0]
+
+    def path_range(self, outside: str | None = None) -> tuple[str | None, str | None]:
+        """The first and last stored score paths (their common folder is every scored path's), leaving out
+        those under the folder `outside` (e.g. where files were copied or moved to)."""
+        where, args = "", ()
+        if outside:
+            prefix = outside.rstrip(os.sep) + os.sep
+            where, args = " WHERE NOT (path >= ? AND path < ?)", (prefix, prefix[:-1] + chr(ord(os.sep) + 1))
+        lo = self.db.execute("SELECT MIN(path) FROM scores" + where, args).fetchone()[0]  # SQLite's min/max shortcut
+        hi = self.db.execute("SELECT MAX(path) FROM scores" + where, args).fetchone()[0]
+        return (None if lo is None else _from_db(lo)), (None if hi is None else _from_db(hi))
+
+    def scored_heads(self, combine: str) -> list[str]:
+        """The heads with scores made with `combine`, found through the index (no scan of the scores)."""
+        heads = [r[0] for r in self.db.execute(
+            "WITH RECURSIVE h(head) AS (SELECT MIN(head) FROM scores UNION ALL "
+            "SELECT (SELECT MIN(head) FROM scores WHERE head > h.head) FROM h WHERE h.head IS NOT NULL) "
+            "SELECT head FROM h WHERE head IS NOT NULL")]
+        return [h for h in heads if self.db.execute("SELECT 1 FROM scores WHERE head = ? AND combine = ? LIMIT 1",
+                                                    (h, combine)).fetchone()]
+
     def stats(self) -> dict:
         q = lambda sql: self.db.execute(sql).fetchone()[0]  # noqa: E731
         return {
@@ -475,6 +607,9 @@ class EmbeddingStore:
             "embeddings": q("SELECT COUNT(*) FROM embeddings"),
             "scores": q("SELECT COUNT(*) FROM scores"),
             "encoders": [e.__dict__ for e in self.encoders()],
+            "policies": [{"clip": p.encoder.source, "clip_name": p.encoder.name, "policy": p.policy,
+                          "embedded": p.count} for p in self.policies()],
+            "heads": self.score_heads(),
         }
 
     def policies(self, encoder: EncoderRow | None = None) -> list[PolicyInfo]:
@@ -490,12 +625,42 @@ class EmbeddingStore:
 
     def export_numpy(self, out: str | os.PathLike, encoder: EncoderRow, policy: str) -> int:
         """Write an .npz: paths [N], offsets [N+1], embeddings [total views, D] (float32), and the CLIP."""
+        return self.export_sets(out, [(encoder, policy)])[0]
+
+    def export_sets(self, out: str | os.PathLike, sets: list[tuple[EncoderRow, str]]) -> list[int]:
+        """Write an .npz of one or more (CLIP, policy) sets of embeddings; the number of images of each.
+
+        One set: arrays paths [N], offsets [N+1], embeddings [total views, D] (float32), clip_identity,
+        clip_source, policy. Several: `sets` lists their names, and each set's arrays are named
+        `NAME.paths`, `NAME.offsets`, ... (NAME: the policy, prefixed by the CLIP's name when there are
+        several CLIPs).
+        """
         paths = [f.path for f in self.files()]
-        found, counts, stacked, _ = self.read_embeddings(paths, encoder, policy)
-        offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-        np.savez(out, paths=np.array(found, dtype=str), offsets=offsets, embeddings=stacked,
-                 clip_identity=encoder.identity, clip_source=encoder.source, policy=policy)
-        return len(found)
+        arrays: dict[str, np.ndarray] = {}
+        counts_out, names = [], []
+        several_clips = len({e.id for e, _ in sets}) > 1
+        for encoder, policy in sets:
+            found, counts, stacked, _ = self.read_embeddings(paths, encoder, policy)
+            offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+            name = set_name(encoder, policy, several_clips)
+            prefix = "" if len(sets) == 1 else name + "."
+            arrays.update({f"{prefix}paths": np.array(found, dtype=str), f"{prefix}offsets": offsets,
+                           f"{prefix}embeddings": stacked, f"{prefix}clip_identity": np.array(encoder.identity),
+                           f"{prefix}clip_source": np.array(encoder.source), f"{prefix}policy": np.array(policy)})
+            counts_out.append(len(found))
+            names.append(name)
+        if len(sets) > 1:
+            arrays["sets"] = np.array(names, dtype=str)
+        np.savez(out, **arrays)
+        return counts_out
+
+    def score_heads(self) -> dict[str, dict[str, int]]:
+        """{head: {combine: number of scored files}} for the stored scores."""
+        out: dict[str, dict[str, int]] = {}
+        for head, combine, n in self.db.execute(
+                "SELECT head, combine, COUNT(*) FROM scores GROUP BY head, combine ORDER BY head, combine"):
+            out.setdefault(head, {})[combine] = n
+        return out
 
     def merge_from(self, sources: Iterable[str | os.PathLike]) -> dict[str, int]:
         """Copy every encoder, embedding, file and score of the stores `sources` into this one (existing rows win)."""
@@ -527,6 +692,43 @@ class EmbeddingStore:
         return self.db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
 
 
+def merge_stores(target: str | os.PathLike, sources: Iterable[str | os.PathLike]) -> dict[str, int]:
+    """Merge `sources` into `target` all or nothing: every source is checked first, the merge is done on a
+    copy (`TARGET.merging`) and renamed over the target only when it finished; a failure leaves the target
+    as it was. (Run no other writer on the target meanwhile.)"""
+    sources = list(sources)
+    for src in sources:  # a missing or foreign part fails here, before anything is written
+        EmbeddingStore(src, create=False, readonly=True).close()
+    target = Path(target)
+    tmp = target.with_name(target.name + ".merging")
+    for leftover in (tmp, Path(f"{tmp}-wal"), Path(f"{tmp}-shm")):
+        leftover.unlink(missing_ok=True)  # our own temporary file from an interrupted merge
+    try:
+        if target.exists():
+            with EmbeddingStore(target, create=False) as current:
+                copy = sqlite3.connect(str(tmp))
+                try:
+                    current.db.backup(copy)
+                finally:
+                    copy.close()
+        with EmbeddingStore(tmp) as merged:
+            added = merged.merge_from(sources)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return added
+
+
+def set_name(encoder: EncoderRow, policy: str, with_clip: bool) -> str:
+    """A name for one (CLIP, policy) set of embeddings in an export: 'whole', 'tiles-672-1536-up', with the CLIP."""
+    safe = policy.replace(":", "-")
+    return f"{encoder.name}.{safe}" if with_clip else safe
+
+
+class _DryRun(Exception):
+    """Raised inside a transaction to roll back what a dry run did."""
+
+
 class _Transaction:
     def __init__(self, db, path: Path):
         self.db, self.path = db, path
@@ -550,11 +752,22 @@ class _Transaction:
             # the rollback failed too: SQLite undoes the transaction when the connection closes
         if exc_type is not None and issubclass(exc_type, sqlite3.Error):
             raise store_error(self.path, exc) from None
-        return False
+        return exc_type is _DryRun  # a dry run's changes are rolled back, and that is all it raised for
 
 
 def _guarded(method):
     """An SQLite error inside a store method becomes a StoreError naming the store (damaged, read-only, busy)."""
+
+    if inspect.isgeneratorfunction(method):  # errors come while the caller iterates
+
+        @functools.wraps(method)
+        def blocks(self, *args, **kwargs):
+            try:
+                yield from method(self, *args, **kwargs)
+            except sqlite3.Error as e:
+                raise store_error(self.path, e) from None
+
+        return blocks
 
     @functools.wraps(method)
     def call(self, *args, **kwargs):
@@ -571,4 +784,4 @@ for _name, _method in list(vars(EmbeddingStore).items()):
         setattr(EmbeddingStore, _name, _guarded(_method))
 
 
-__all__ = ["EmbeddingStore", "ReadOnlyStore", "policy_key", "store_error"]
+__all__ = ["EmbeddingStore", "ReadOnlyStore", "merge_stores", "policy_key", "store_error"]

@@ -51,6 +51,7 @@ class TrainConfig:
     tile_size: int | None = None  # default 2 x the CLIP input size
     workers: int = 2
     batch_size: int | None = None  # CLIP views per forward when embedding
+    clip_record: dict | None = None  # not a YAML key: the CLIP images were embedded with (clip_record.py)
 
     @property
     def name(self) -> str:
@@ -77,8 +78,9 @@ class TrainConfig:
         return max(1, self.steps // self.batch)
 
     def head_config(self) -> HeadConfig:
+        extra = {"clip": dict(self.clip_record)} if self.clip_record else {}
         return HeadConfig(name=self.base, rev=self.rev, arch=self.arch, labels=self.kind.train_labels(self),
-                          features=self.features, hidden=self.hidden, outputs=self.outputs)
+                          features=self.features, hidden=self.hidden, outputs=self.outputs, extra=extra)
 
 
 def load_config(path: str | os.PathLike, overrides: dict | None = None) -> TrainConfig:

@@ -155,6 +155,12 @@ def _assemble(cfg, examples, train_arrays, val_arrays, facts) -> Dataset:
                    [examples[i].source for i in val_idx], facts)
 
 
+def inference_policy(cfg: TrainConfig, clip_size: int) -> CropPolicy:
+    """How the trained head sees images at inference (and validation): its kind's tiling, at the config's tiles."""
+    tiles = cfg.kind.tiles_by_default
+    return CropPolicy(tiling=tiles, tile_size=(cfg.tile_size or 2 * clip_size) if tiles else None)
+
+
 def load_image_dataset(cfg: TrainConfig, root: Path, store, encoder, on_file=None, report=None) -> Dataset:
     """Embed the images through the store (each image once), then assemble train/val views.
 
@@ -171,7 +177,7 @@ def load_image_dataset(cfg: TrainConfig, root: Path, store, encoder, on_file=Non
                           f"heads take {cfg.features}-d ones")
     tiles = cfg.kind.tiles_by_default
     tile = cfg.tile_size or 2 * S
-    val_pass = ClipPass(encoder, CropPolicy(tiling=tiles, tile_size=tile if tiles else None))
+    val_pass = ClipPass(encoder, inference_policy(cfg, S))
     train_pass = val_pass
     if tiles and cfg.random_crops:
         train_pass = ClipPass(encoder, CropPolicy(tiling=True, tile_size=tile),
