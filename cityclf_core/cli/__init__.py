@@ -59,11 +59,16 @@ def check_option_names(parser: argparse.ArgumentParser, argv: list[str]) -> None
     required option, e.g. --modle, as the missing --model)."""
     import difflib
 
-    commands = next((a.choices for a in parser._actions if isinstance(a, argparse._SubParsersAction)), {})
-    command = next((t for t in argv if not t.startswith("-")), None)
-    sub = commands.get(command)
-    if sub is None:
+    sub, names = parser, []
+    for word in (t for t in argv if not t.startswith("-")):  # the (sub)subcommand that parses argv
+        choices = next((a.choices for a in sub._actions if isinstance(a, argparse._SubParsersAction)), None)
+        if not choices or word not in choices:
+            break
+        sub = choices[word]
+        names.append(word)
+    if sub is parser:
         return
+    command = " ".join(names)
     known = [o for o in sub._option_string_actions if o.startswith("--")]
     for token in argv:
         if token == "--":

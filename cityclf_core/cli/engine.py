@@ -88,6 +88,8 @@ def run_engine(args, command: str, shard: str | None = None) -> int | None:
         stream = not selection(args).active
         writer = ResultWriter(args.format, report.model.names, sys.stdout)
         rows = []
+        reported = {p for p, _ in problems.items}  # skipped while embedding: not again as "not in the store"
+        paths = [p for p in paths if p not in reported]
         for results, why in results_after_run(store, report.model, paths, report.scored, args.combine,
                                               args.tiling, args.upscale):
             for path, reason in why:
