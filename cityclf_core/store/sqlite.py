@@ -342,7 +342,8 @@ class EmbeddingStore:
         if label in known:
             return
         name = "scores_p_" + label.encode("utf-8").hex()
-        self.db.execute(f"CREATE INDEX IF NOT EXISTS {name} ON scores(head, combine, {label_expr('', label)})")
+        expr = label_expr("", label)  # partial: only the rows of heads that have this class
+        self.db.execute(f"CREATE INDEX IF NOT EXISTS {name} ON scores(head, combine, {expr}) WHERE {expr} IS NOT NULL")
         known.add(label)
 
     def scores(self, heads: list[str] | None = None, combine: str | None = None,
