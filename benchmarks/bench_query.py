@@ -61,6 +61,8 @@ def build(db: Path, files: Path, n: int, seed: int = 0) -> None:
                          now, "class"),
                         (p, "Chroma", "mean", c, "Pass" if c < 0.5 else "CA",
                          json.dumps({"Pass": 1 - c, "CA": c}), now, "class"))])
+        for label in ("Pass", "JPEG", "WEBP", "CA"):  # as put_scores makes them for a classifier's classes
+            store.ensure_label_index(label)
         # the files a query can return exist (the rest are never looked at)
         wanted = set()
         for sql in ("SELECT path FROM scores WHERE head='Aesthetic' ORDER BY score DESC LIMIT 300",

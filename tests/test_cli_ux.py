@@ -609,3 +609,15 @@ def test_score_store_reads_files_in_blocks_and_keeps_no_rows_when_streaming(mixe
     assert code == 0, err
     assert len(out.splitlines()) == 7 and len(calls) == 6  # one chunk per block
     assert "scored 6 image(s)" in err
+
+
+def test_class_probabilities_have_an_index_that_a_class_sort_uses(mixed_store):
+    from cityclf_core.store import EmbeddingStore
+    from cityclf_core.store.sqlite import label_expr
+
+    with EmbeddingStore(mixed_store) as store:
+        expr = label_expr("", "JPEG")
+        plan = " ".join(str(r) for r in store.db.execute(
+            f"EXPLAIN QUERY PLAN SELECT path FROM scores WHERE head = 'TestCompression-v1' AND combine = 'mean' "
+            f"AND {expr} IS NOT NULL ORDER BY {expr} DESC"))
+    assert "scores_p_" in plan  # made when the classifier's scores were saved

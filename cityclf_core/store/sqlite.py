@@ -492,11 +492,24 @@ class EmbeddingStore:
     def put_scores(self, rows: Iterable[tuple[str, str, str, StoredScore]]) -> None:
         """Store (path, head, combine, StoredScore) rows, replacing earlier ones."""
         now = time.time()
+        rows = list(rows)
         self.db.executemany(
             "INSERT OR REPLACE INTO scores (path, head, combine, score, label, probs, updated, kind) "
             "VALUES (?,?,?,?,?,?,?,?)",
             [(_to_db(path), head, combine, r.score, r.label, json.dumps(r.extra) if r.extra is not None else None, now,
               r.kind) for path, head, combine, r in rows])
+        for label in {k for *_, r in rows if isinstance(r.extra, dict) for k in r.extra}:
+            self.ensure_label_index(label)
+
+    def ensure_label_index(self, label: str) -> None:
+        """An index on one class's stored probability, so that sorting or a band by HEAD:CLASS needs no scan."""
+        known = self.__dict__.setdefault("_label_indexes", set())
+        if label in known:
+            return
+        name = "scores_p_" + label.encode("utf-8").hex()
+        expr = label_expr("", label)  # partial: only the rows of heads that have this class
+        self.db.execute(f"CREATE INDEX IF NOT EXISTS {name} ON scores(head, combine, {expr}) WHERE {expr} IS NOT NULL")
+        known.add(label)
 
     def scores(self, heads: list[str] | None = None, combine: str | None = None,
                paths: list[str] | None = None) -> dict[str, dict[str, StoredScore]]:
@@ -546,7 +559,7 @@ class EmbeddingStore:
             a = aliases[head]
             if label is None:
                 return f"{a}.score", []
-            return f"json_extract({a}.probs, ?)", ['$."' + label.replace('"', '') + '"']
+            return label_expr(f"{a}.", label), []  # as the label's index spells it, so that it serves
 
         for head, label, kind, v in bounds:
             expr, extra = value(head, label)
@@ -690,6 +703,12 @@ class EmbeddingStore:
 
     def _count(self, table: str) -> int:
         return self.db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
+
+
+def label_expr(prefix: str, label: str) -> str:
+    """SQL for one class's stored probability (an inline literal, so an index on it can serve a query)."""
+    path = '$."' + label.replace('"', "") + '"'
+    return f"json_extract({prefix}probs, '{path.replace(chr(39), chr(39) * 2)}')"
 
 
 def merge_stores(target: str | os.PathLike, sources: Iterable[str | os.PathLike]) -> dict[str, int]:
