@@ -36,11 +36,12 @@ CORE = {
 }
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN"}
 
+#: CLIP files for the core Load CLIP Vision node, listed only where the file surely exists. ViT-L/14-336's hub
+#: repo has no model.safetensors (only pytorch_model.bin): the Compression head's loader fetches that CLIP
+#: itself (clip "auto" = its pairing, converted once to safetensors through torch's weights-only loader).
 CLIP_FILES = {
     224: ("clip-vit-large-patch14.safetensors",
           "https://huggingface.co/openai/clip-vit-large-patch14/resolve/main/model.safetensors"),
-    336: ("clip-vit-large-patch14-336.safetensors",
-          "https://huggingface.co/openai/clip-vit-large-patch14-336/resolve/main/model.safetensors"),
 }
 PROMPT = ("masterpiece, best quality, 1girl, solo, upper body, looking at viewer, smile, outdoors, cherry blossoms")
 NEGATIVE = "lowres, bad anatomy, bad hands, text, error, worst quality, jpeg artifacts, watermark, blurry"
@@ -189,9 +190,11 @@ def clip_vision(w: Workflow, clip_size: int, pos):
 
 
 def loader(w: Workflow, head: str, clip, pos, add_to=None):
-    """A head loader fed by `clip` (a CLIPVisionLoader node, shared by heads on the same CLIP)."""
+    """A head loader fed by `clip` (a CLIPVisionLoader node, shared by heads on the same CLIP), or None: the
+    loader fetches the head's paired CLIP itself."""
     ld = w.add("CityClfLoader", pos, {"head": release(head).filename}, (320, 180), models=head_model(head))
-    w.link(clip, "CLIP_VISION", ld, "clip_vision")
+    if clip is not None:
+        w.link(clip, "CLIP_VISION", ld, "clip_vision")
     if add_to is not None:
         w.link(add_to, "model", ld, "add_to")
     return ld
@@ -235,10 +238,9 @@ def tag_workflow() -> dict:
         "The Tag node lists every image's tags after a run.")}, (700, 160))
     folder = w.add("CityClfLoadImages", (0, 0), {"folder": "dataset", "recursive": False}, (320, 160))
     vit_l = clip_vision(w, 224, (0, 520))
-    vit_l_336 = clip_vision(w, 336, (720, 520))
     aes = loader(w, "CityAesthetics-Anime-v1.8", vit_l, (0, 620))
     ca = loader(w, "CCAnime-ChromaticAberration-v1.16", vit_l, (360, 620), add_to=aes)
-    comp = loader(w, "CCAnime-Compression-v1.5", vit_l_336, (720, 620), add_to=ca)
+    comp = loader(w, "CCAnime-Compression-v1.5", None, (720, 620), add_to=ca)  # its CLIP: fetched by the loader
     tag = w.add("CityClfTag", (1100, 0), {"thresholds": "0.5", "score_bucket": "decile", "write_sidecars": True},
                 (360, 420))
     show = w.add("CityClfShow", (1500, 0), {}, (420, 460))
