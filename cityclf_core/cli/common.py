@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import math
@@ -220,6 +221,24 @@ def load_model(args):
         args.model, clip=args.clip, device=args.device, dtype=args.dtype, pairing=args.pairing,
         allow_download=not args.offline, models_dir=args.models_dir, tile_size=args.tile_size,
     )
+
+
+@contextlib.contextmanager
+def file_progress(args, problems: "Problems", total: int, label: str = "embedding"):
+    """A progress bar over `total` files; yields on_file(path, error): a skipped file is reported, each counted."""
+    bar = ProgressBar(total, "img", enabled=progress_enabled(args), label=label)
+    problems.bar = bar
+
+    def on_file(path, error):
+        if error:
+            problems.add(path, error)
+        bar.update(1)
+
+    try:
+        with bar:
+            yield on_file
+    finally:
+        problems.bar = None
 
 
 def score_options(args):

@@ -9,8 +9,7 @@ import sys
 from ..dataset import in_shard, parse_shard
 from ..errors import ConfigError
 from ..images import find_images
-from ..progress import ProgressBar
-from .common import Problems, ResultWriter, finish, progress_enabled, selection
+from .common import Problems, ResultWriter, file_progress, finish, selection
 
 
 def add_engine_options(p: argparse.ArgumentParser) -> None:
@@ -65,17 +64,8 @@ def run_engine(args, command: str, shard: str | None = None) -> int | None:
     with contextlib.ExitStack() as stack:  # score without --store: a store and shards for this run only
         db = args.store or os.path.join(stack.enter_context(tempfile.TemporaryDirectory()), "run.db")
         store = stack.enter_context(EmbeddingStore(db))
-        bar = ProgressBar(len(paths), "img", enabled=progress_enabled(args), label="embedding")
-        problems.bar = bar
-
-        def on_file(path, error):
-            if error:
-                problems.add(path, error)
-            bar.update(1)
-
-        with bar:
+        with file_progress(args, problems, len(paths)) as on_file:
             report = run_job(store, spec, paths, f"{db}.shards", options, on_file)
-        problems.bar = None
         if report.resumed:
             print(f"cityclf: imported {report.resumed} shard(s) an interrupted run had written", file=sys.stderr)
         for path, note in report.notes:

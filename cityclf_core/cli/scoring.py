@@ -20,6 +20,7 @@ from .common import (
     add_selection_options,
     act_and_report,
     acting,
+    file_progress,
     finish,
     finish_interrupted_moves,
     load_model,
@@ -130,18 +131,9 @@ def _embed_claimed(args, store, problems: Problems, shard: str | None):
         encoder = load_encoder(args.clip, args.device, args.dtype, allow_download=not args.offline)
         passes = [ClipPass(encoder, CropPolicy(tiling=args.tiling == "on", tile_size=args.tile_size,
                                                upscale=args.upscale))]
-    bar = ProgressBar(len(paths), "img", enabled=progress_enabled(args), label="embedding")
-    problems.bar = bar
-
-    def on_file(path, error):
-        if error:
-            problems.add(path, error)
-        bar.update(1)
-
-    with bar:
+    with file_progress(args, problems, len(paths)) as on_file:
         report = embed_files(store, passes, paths, batch_size=args.batch_size, workers=args.workers,
                              max_pixels=args.max_pixels, on_file=on_file)
-    problems.bar = None
     for path, note in report.notes:
         print(f"cityclf: note {shown(path)}: {safe_text(note)}", file=sys.stderr)
     print(f"cityclf: {report.summary()}", file=sys.stderr)

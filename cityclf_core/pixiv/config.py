@@ -191,16 +191,10 @@ def parse_settings(data: dict, source: str, base_dir: Path) -> PixivSettings:
 
 
 def load_settings(path: str | os.PathLike) -> PixivSettings:
-    import yaml
+    from ..train.config import read_yaml
 
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"config {path} not found") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"config {path} is not valid YAML: {e}") from None
-    return parse_settings(data, str(path), path.parent)
+    return parse_settings(read_yaml(path), str(path), path.parent)
 
 
 __all__ = ["PixivSettings", "load_settings", "parse_settings"]

@@ -83,17 +83,22 @@ class TrainConfig:
                           features=self.features, hidden=self.hidden, outputs=self.outputs, extra=extra)
 
 
-def load_config(path: str | os.PathLike, overrides: dict | None = None) -> TrainConfig:
-    """Read a reference-format YAML (with our optional keys); unknown or contradictory keys are errors."""
+def read_yaml(path: Path):
+    """A YAML config file's content; clear errors for a missing file or invalid YAML."""
     import yaml
 
-    path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"config {path} not found") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"config {path} is not valid YAML: {e}") from None
+
+
+def load_config(path: str | os.PathLike, overrides: dict | None = None) -> TrainConfig:
+    """Read a reference-format YAML (with our optional keys); unknown or contradictory keys are errors."""
+    path = Path(path)
+    data = read_yaml(path)
     if not isinstance(data, dict):
         raise ConfigError(f"config {path} must be a mapping with 'model:' and 'train:' sections")
     return parse_config(data, str(path), overrides)
