@@ -241,6 +241,22 @@ def file_progress(args, problems: "Problems", total: int, label: str = "embeddin
         problems.bar = None
 
 
+def listed_files(inputs, problems: "Problems", shard: str | None = None) -> list[str]:
+    """The image files under `inputs` (shard K/N of them), as absolute paths; what can't be listed is reported."""
+    import os
+
+    from ..dataset import in_shard, parse_shard
+    from ..images import find_images
+
+    files, missing = find_images(inputs)
+    for path, reason in missing:
+        problems.add(path, reason)
+    if shard:
+        part = parse_shard(shard)
+        files = [f for f in files if in_shard(f, inputs, part)]
+    return [os.path.abspath(p) for p in files]
+
+
 def score_options(args):
     from ..dataset import ScoreOptions
 

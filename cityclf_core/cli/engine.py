@@ -6,10 +6,8 @@ import argparse
 import os
 import sys
 
-from ..dataset import in_shard, parse_shard
 from ..errors import ConfigError
-from ..images import find_images
-from .common import Problems, ResultWriter, file_progress, finish, selection
+from .common import Problems, ResultWriter, file_progress, finish, listed_files, selection
 
 
 def add_engine_options(p: argparse.ArgumentParser) -> None:
@@ -49,13 +47,7 @@ def run_engine(args, command: str, shard: str | None = None) -> int | None:
         raise ConfigError("--engine ray embeds image files: give PATH...; scoring stored embeddings "
                           "(score --store DB alone) needs no engine")
     problems = Problems()
-    files, missing = find_images(args.paths)
-    for path, reason in missing:
-        problems.add(path, reason)
-    if shard:
-        part = parse_shard(shard)
-        files = [f for f in files if in_shard(f, args.paths, part)]
-    paths = [os.path.abspath(p) for p in files]
+    paths = listed_files(args.paths, problems, shard)
     spec = ModelSpec(tuple(args.model or ()), args.clip, args.pairing, args.models_dir, not args.offline,
                      args.tile_size, args.dtype, args.tiling, args.upscale, getattr(args, "combine", "mean"),
                      score=command == "score")

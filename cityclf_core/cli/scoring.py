@@ -23,6 +23,7 @@ from .common import (
     file_progress,
     finish,
     finish_interrupted_moves,
+    listed_files,
     load_model,
     present,
     progress_enabled,
@@ -106,18 +107,12 @@ def _embed_into(args, store, problems: Problems, shard: str | None = None):
 
 
 def _embed_claimed(args, store, problems: Problems, shard: str | None):
-    from ..dataset import clip_passes, embed_files, in_shard, parse_shard
+    from ..dataset import clip_passes, embed_files
     from ..dataset.plan import nothing_to_embed
     from ..embedding import ClipPass
     from ..loading import load_encoder
 
-    files, missing = find_images(args.paths)
-    for path, reason in missing:
-        problems.add(path, reason)
-    if shard:
-        part = parse_shard(shard)
-        files = [f for f in files if in_shard(f, args.paths, part)]
-    paths = [os.path.abspath(p) for p in files]
+    paths = listed_files(args.paths, problems, shard)
     stored = _stored_passes(args, store)  # no CLIP loaded: the store and the files' stats decide
     if stored is not None and nothing_to_embed(store, stored[1], paths):
         print(f"cityclf: {len(paths)} file(s), 0 embedded, {len(paths)} already in the store "
