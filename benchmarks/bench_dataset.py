@@ -91,18 +91,23 @@ def rescoring(work: Path, n: int, heads: dict, rate32: float, views: int) -> lis
     return rows
 
 
-def from_files(work: Path, clip_dir: Path, head_path: Path, count: int, workers: int, batch: int | None,
-               device: str = "cpu"):
-    folder = work / "files"
-    folder.mkdir(exist_ok=True)
+def write_files(folder: Path, count: int) -> list[str]:
+    """`count` illustrations of 768..1344 px, JPEG and PNG in turn (the from-files benchmarks' input)."""
     from PIL import Image
 
+    folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for i in range(count):
         w, h = [(1024, 1024), (832, 1216), (1216, 832), (768, 1344)][i % 4]
         p = folder / (f"{i:04d}.jpg" if i % 2 else f"{i:04d}.png")
         Image.fromarray(draw_illustration(w, h, i)).save(p, quality=92)
         paths.append(str(p))
+    return paths
+
+
+def from_files(work: Path, clip_dir: Path, head_path: Path, count: int, workers: int, batch: int | None,
+               device: str = "cpu"):
+    paths = write_files(work / "files", count)
     enc = load_encoder(clip_dir, device=device, dtype="fp32")
     enc.source = str(clip_dir)
     model = ScoringModel().add(load_head(head_path), enc, CropPolicy(tiling=False))

@@ -2,7 +2,7 @@
 
 Same files, same CLIP and head, a fresh store for each:
 
-* local: jobs.embed_files -- decoding and cropping in 2 threads, CLIP in this
+* local: dataset.embed_files -- decoding and cropping in 2 threads, CLIP in this
   process (torch with all its threads), the store written as chunks finish;
 * ray: engines.ray_data.run_job on a local Ray started here with 2 CPUs -- one
   CPU for the decoding tasks, one CLIP actor (Ray gives it one torch thread),
@@ -30,26 +30,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(Path(__file__).resolve().parent)]
 
+from bench_dataset import write_files  # noqa: E402
 from bench_pipeline import build_clip, machine  # noqa: E402
 
 from cityclf_core.engines.ray_data import ModelSpec, RayOptions, run_job  # noqa: E402
-from cityclf_core.jobs import embed_files, embed_targets  # noqa: E402
+from cityclf_core.dataset import clip_passes, embed_files  # noqa: E402
 from cityclf_core.loading import load_scoring_model  # noqa: E402
-from cityclf_core.samples import build_head, draw_illustration  # noqa: E402
+from cityclf_core.samples import build_head  # noqa: E402
 from cityclf_core.store import EmbeddingStore  # noqa: E402
-
-
-def write_files(folder: Path, count: int) -> list[str]:
-    from PIL import Image
-
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i in range(count):
-        w, h = [(1024, 1024), (832, 1216), (1216, 832), (768, 1344)][i % 4]
-        p = folder / (f"{i:04d}.jpg" if i % 2 else f"{i:04d}.png")
-        Image.fromarray(draw_illustration(w, h, i)).save(p, quality=92)
-        paths.append(str(p))
-    return paths
 
 
 class Clock:
@@ -78,7 +66,7 @@ def run_local(work: Path, paths: list[str], clip: Path, head: Path, mark: int) -
     clock = Clock(mark)
     model = load_scoring_model([str(head)], clip=str(clip), device="cpu", dtype="fp32")
     with EmbeddingStore(work / "local.db") as store:
-        report = embed_files(store, embed_targets(model, store), paths, workers=2, on_file=clock)
+        report = embed_files(store, clip_passes(model), paths, workers=2, on_file=clock)
     wall = time.perf_counter() - clock.start
     assert report.embedded == len(paths), report.summary()
     return {"wall": wall, "first": clock.first, "start": 0.0, "at_mark": clock.at_mark}

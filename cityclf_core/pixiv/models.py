@@ -49,15 +49,11 @@ class SingleTaskNet(nn.Module):
         return self.popularity(self.trunk(self.norm(x)))
 
 
-class MultiTaskNet(nn.Module):
+class MultiTaskNet(SingleTaskNet):
     outputs = len(OUTPUT_NAMES)
 
     def __init__(self, features: int, hidden: int):
-        super().__init__()
-        self.features, self.hidden = features, hidden
-        self.norm = input_norm(features)
-        self.trunk = trunk(features, hidden)
-        self.popularity = nn.Linear(hidden, 1)
+        super().__init__(features, hidden)
         self.sanity = nn.Linear(hidden, 3)
         self.ai = nn.Linear(hidden, 2)
         self.log_vars = nn.Parameter(torch.zeros(3))  # popularity, sanity, AI
