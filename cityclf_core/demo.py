@@ -22,10 +22,10 @@ DEMO_HEADS = {
 
 def build_demo(folder: Path) -> tuple[Path, list[Path], Path]:
     """Create (or reuse) the demo's CLIP folder, head files and images under `folder`."""
-    from .crops import CropPolicy
-    from .images import decode_image
-    from .loading import load_encoder
-    from .embedding import iter_embeddings
+    from .scoring.crops import CropPolicy
+    from .scoring.images import decode_image
+    from .loading.clips import load_encoder
+    from .scoring.embedding import iter_embeddings
     from .samples import build_head, build_tiny_clip, make_sample_images
 
     models, images = folder / "models", folder / "images"

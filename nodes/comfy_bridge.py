@@ -101,6 +101,11 @@ def _clip_roots() -> list[tuple[str, str]]:
     return roots
 
 
+def clip_roots() -> list[str]:
+    """The folders transformers CLIP folders are looked for in (models/cityclassifiers/clip, models/clip_vision)."""
+    return [root for _, root in _clip_roots()]
+
+
 def clip_folders() -> dict[str, str]:
     """Transformers CLIP folders (with config.json), by a name relative to the models folder
     (`cityclassifiers/clip/NAME`, `clip_vision/NAME`), as ComfyUI's own loaders name files, so a

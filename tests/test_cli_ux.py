@@ -264,7 +264,7 @@ def test_hub_clip_with_only_a_bin_is_converted_once_and_scores(fake_hub, photos,
     import torch
 
     from cityclf_core.errors import WeightsError
-    from cityclf_core.loading import load_encoder
+    from cityclf_core.loading.clips import load_encoder
 
     img = photos / "p0.png"
     code, out, err = run(["score", img, "-m", score_head_path, "--clip", "fake/bin-clip", "--format", "jsonl",
@@ -489,7 +489,7 @@ def test_a_bare_min_means_the_same_head_in_score_and_query(mixed_store, score_he
 
 def test_unchanged_rerun_never_loads_the_clip(photos, tmp_path, tiny_clip_dir, score_head_path, class_head_path,
                                               monkeypatch, capsys):
-    from cityclf_core import encoders, loading
+    from cityclf_core.loading import clips, fingerprints
 
     monkeypatch.setenv("CITYCLF_CACHE", str(tmp_path / "cache"))
     clip = tmp_path / "clip"
@@ -499,21 +499,21 @@ def test_unchanged_rerun_never_loads_the_clip(photos, tmp_path, tiny_clip_dir, s
             "--no-progress"]
     code, _, err = run(argv, capsys)
     assert code == 0 and "6 embedded" in err
-    loading._ENCODERS.clear()
+    clips.forget_encoders()
 
     def no_loading(*a, **k):
         raise AssertionError("the CLIP was loaded")
 
-    monkeypatch.setattr(encoders.TransformersClipEncoder, "from_folder", no_loading)
-    fingerprints = []
-    real = encoders.folder_fingerprint
-    monkeypatch.setattr(encoders, "folder_fingerprint", lambda f: fingerprints.append(f) or real(f))
+    monkeypatch.setattr(clips.TransformersClipEncoder, "from_folder", no_loading)
+    computed = []
+    real = fingerprints.folder_fingerprint
+    monkeypatch.setattr(fingerprints, "folder_fingerprint", lambda f: computed.append(f) or real(f))
     code, _, err = run(argv, capsys)
     assert code == 0 and "6 already in the store" in err and "the CLIP was not loaded" in err
-    assert fingerprints == []  # remembered by the folder's files' sizes and mtimes
+    assert computed == []  # remembered by the folder's files' sizes and mtimes
     code, out, err = run(["score", photos, "--store", db, "-m", score_head_path, "-m", class_head_path, "--clip",
                           clip, "--format", "csv", "--no-progress"], capsys)
-    assert code == 0 and len(out.splitlines()) == 7 and fingerprints == []
+    assert code == 0 and len(out.splitlines()) == 7 and computed == []
     # one new file: now the CLIP is needed, and loaded
     Image.fromarray(illustration(64, 64, 99)).save(photos / "new.png")
     code, _, err = run(argv, capsys)  # the stand-in's AssertionError is an internal error to the command
@@ -562,7 +562,7 @@ def test_query_selects_in_sql_and_never_reads_the_whole_store(mixed_store, monke
 
 def test_embed_runs_clip_once_for_a_small_images_shared_view(tmp_path, tiny_clip_dir, score_head_path,
                                                              class_head_path, monkeypatch, capsys):
-    from cityclf_core import encoders
+    from cityclf_core.loading import clips
     from cityclf_core.store import EmbeddingStore
 
     folder = tmp_path / "small"
@@ -571,8 +571,8 @@ def test_embed_runs_clip_once_for_a_small_images_shared_view(tmp_path, tiny_clip
         Image.fromarray(illustration(50 + 5 * i, 60, i)).save(folder / f"{i}.png")
     Image.fromarray(illustration(100, 90, 9)).save(folder / "big.png")  # really tiled: 1 + 5 views
     seen = []
-    real = encoders.TransformersClipEncoder.encode
-    monkeypatch.setattr(encoders.TransformersClipEncoder, "encode",
+    real = clips.TransformersClipEncoder.encode
+    monkeypatch.setattr(clips.TransformersClipEncoder, "encode",
                         lambda self, views: seen.append(int(views.shape[0])) or real(self, views))
     db = tmp_path / "s.db"
     code, _, err = run(["embed", folder, "--store", db, "-m", score_head_path, "-m", class_head_path, "--clip",

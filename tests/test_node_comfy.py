@@ -12,7 +12,7 @@ import torch
 from conftest import ROOT, as_image_tensor, illustration
 
 from cityclf_core import ConfigError, TransformersClipEncoder
-from cityclf_core.encoders import ComfyClipVisionEncoder, Encoder, TimedEncoder
+from cityclf_core.scoring.encoders import ComfyClipVisionEncoder, Encoder, TimedEncoder
 
 
 @pytest.fixture
@@ -75,7 +75,7 @@ def test_encoders_declare_source_prepare_and_device(tiny_clip_dir):
 
 
 def test_loaded_encoder_records_its_source(tiny_clip_dir):
-    from cityclf_core.loading import load_encoder
+    from cityclf_core.loading.clips import load_encoder
 
     enc = load_encoder(tiny_clip_dir, device="cpu")
     assert enc.source == str(tiny_clip_dir.resolve())
@@ -181,10 +181,11 @@ def test_loaders_share_one_managed_clip_while_a_model_holds_it(nodes, tiny_clip_
     a = nodes.CityClfLoader().load(head="TestAesthetics-v1.safetensors", clip=str(tiny_clip_dir))["result"][0]
     b = nodes.CityClfLoader().load(head="TestCompression-v1.safetensors", clip=str(tiny_clip_dir))["result"][0]
     assert a.bindings[0].encoder is b.bindings[0].encoder
-    loader_mod = __import__("cityclf_pack.nodes.loader", fromlist=["_ENCODERS"])
+    clips = __import__("cityclf_pack.cityclf_core.loading.clips", fromlist=["_CACHE"])
     del a, b
     gc.collect()
-    assert len(loader_mod._ENCODERS) == 0  # nothing process-wide keeps a CLIP once ComfyUI drops the model
+    # nothing process-wide keeps a CLIP once ComfyUI drops the model
+    assert [key for key in clips._CACHE.keys() if key[0] == "comfyui"] == []
 
 
 # ---------------------------------------------------------------- 5: fresh sidecars

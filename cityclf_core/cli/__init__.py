@@ -32,8 +32,8 @@ from . import info, pixiv, scoring, stored, training
 #: each group of subcommands registers its own parsers
 GROUPS = (scoring, stored, training, info, pixiv)
 
-#: exit statuses
-OK, SKIPPED, USAGE, INTERNAL, INTERRUPTED = 0, 1, 2, 3, 130
+#: exit statuses (a command itself returns 1 when it skipped some of its inputs)
+OK, USAGE, INTERNAL, INTERRUPTED = 0, 2, 3, 130
 
 DEBUG_HELP = "on an internal error, print its traceback (for a bug report)"
 

@@ -11,10 +11,10 @@ import os
 import sys
 
 from ..errors import ConfigError
-from ..images import DEFAULT_MAX_PIXELS
+from ..scoring.images import DEFAULT_MAX_PIXELS
 from ..pathtext import raw_b64, safe_text, shown
 from ..progress import ProgressBar
-from ..reduce import COMBINES
+from ..scoring.reduce import COMBINES
 
 FORMATS = ("table", "jsonl", "csv")
 
@@ -215,7 +215,7 @@ def progress_enabled(args) -> bool | None:
 
 
 def load_model(args):
-    from ..loading import load_scoring_model
+    from ..loading.models import load_scoring_model
 
     return load_scoring_model(
         args.model, clip=args.clip, device=args.device, dtype=args.dtype, pairing=args.pairing,
@@ -246,7 +246,7 @@ def listed_files(inputs, problems: "Problems", shard: str | None = None) -> list
     import os
 
     from ..dataset import in_shard, parse_shard
-    from ..images import find_images
+    from ..scoring.images import find_images
 
     files, missing = find_images(inputs)
     for path, reason in missing:

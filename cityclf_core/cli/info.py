@@ -17,7 +17,7 @@ def cmd_store_info(args) -> int:
 
 
 def cmd_models(args) -> int:
-    from ..catalogue import RELEASES, default_models_dir
+    from ..loading.catalogue import RELEASES, default_models_dir
 
     models_dir = Path(args.models_dir) if args.models_dir else default_models_dir()
     for r in RELEASES:
@@ -32,7 +32,7 @@ def cmd_models(args) -> int:
 
 
 def _local_state(local: Path, release) -> str:
-    from ..weights import file_sha256
+    from ..loading.weights import file_sha256
 
     if not local.is_file():
         return f"download: {release.url}"

@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from ..results import HeadResult
+from ..scoring.results import HeadResult
 from ..errors import ImageError
 from ..sidecars import SidecarError, write_sidecar
 from ..tags import TagRules, owner

@@ -14,8 +14,8 @@ from typing import Callable, Iterator, Sequence
 
 from .finite import STORED_SCORE
 from .from_store import stored_row
-from ..pipeline import resolve_head_name
-from ..results import HeadResult
+from ..scoring.pipeline import resolve_head_name
+from ..scoring.results import HeadResult
 from .select import Selection
 
 GONE = "the file is gone (renamed or deleted outside cityclf); `cityclf prune --store DB` forgets it"

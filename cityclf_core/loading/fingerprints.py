@@ -1,9 +1,11 @@
-"""CLIP folder fingerprints, remembered by the folder's files' sizes and mtimes.
+"""A CLIP's identity: one fingerprint of its weights, the same in memory and on disk.
 
-Fingerprinting reads a CLIP folder's config and a few tensors; a rerun over an
-unchanged folder looks the fingerprint up instead (in `$CITYCLF_CACHE`, default
-~/.cache/cityclf, fingerprints.json). Any change to a file's size or mtime, or a
-file added or removed, computes it again.
+`model_fingerprint` (a loaded model) and `folder_fingerprint` (a folder, without
+loading it) agree, so the embedding store, trained heads' CLIP records and
+workers can tell CLIPs apart wherever their files are. `clip_fingerprint`
+remembers a folder's fingerprint by its files' sizes and mtimes (in
+`$CITYCLF_CACHE`, default ~/.cache/cityclf, fingerprints.json): any change to a
+file's size or mtime, or a file added or removed, computes it again.
 """
 
 from __future__ import annotations
@@ -12,6 +14,9 @@ import json
 import os
 from pathlib import Path
 from typing import Callable
+
+from ..scoring.encoders import weights_fingerprint
+from .clip_folder import check_clip_folder, quiet_transformers
 
 WEIGHT_SUFFIXES = (".safetensors", ".json")
 
@@ -55,4 +60,50 @@ def remembered_fingerprint(folder: str | os.PathLike, compute: Callable[[Path], 
     return fingerprint
 
 
-__all__ = ["remembered_fingerprint", "signature"]
+FINGERPRINT_KEYS = ("visual_projection.weight", "vision_model.embeddings.class_embedding",
+                    "vision_model.post_layernorm.weight")
+_SHAPE_FIELDS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                 "image_size", "patch_size", "projection_dim", "hidden_act")
+
+
+def _shape_config(cfg) -> dict:
+    return {k: getattr(cfg, k, None) for k in _SHAPE_FIELDS}
+
+
+def folder_fingerprint(folder: str | os.PathLike) -> str:
+    """The identity a CLIP loaded from `folder` will have (see `model_fingerprint`), without loading the model.
+
+    Reads the vision config and three small tensors; lets the embedding store
+    find a CLIP's embeddings when scoring, with no CLIP in memory.
+    """
+    from safetensors import safe_open
+    from transformers import CLIPVisionConfig
+
+    folder = Path(folder)
+    check_clip_folder(folder)
+    with quiet_transformers():
+        cfg = CLIPVisionConfig.from_pretrained(str(folder))
+    tensors = {}
+    for shard in sorted(folder.glob("*.safetensors")):
+        with safe_open(str(shard), framework="pt") as f:
+            keys = set(f.keys())
+            for k in FINGERPRINT_KEYS:
+                if k in keys:
+                    tensors[k] = f.get_tensor(k)
+    return weights_fingerprint(tensors, _shape_config(cfg))
+
+
+def model_fingerprint(model) -> str:
+    """The identity of a loaded transformers CLIP vision model (what `folder_fingerprint` gives for its folder)."""
+    params = dict(model.named_parameters())
+    sample = {k: params[k] for k in FINGERPRINT_KEYS if k in params}
+    return weights_fingerprint(sample, _shape_config(model.config))
+
+
+def clip_fingerprint(folder: str | os.PathLike) -> str:
+    """`folder_fingerprint`, remembered while the folder's files are unchanged."""
+    return remembered_fingerprint(folder, folder_fingerprint)
+
+
+__all__ = ["FINGERPRINT_KEYS", "clip_fingerprint", "folder_fingerprint", "model_fingerprint",
+           "remembered_fingerprint", "signature"]

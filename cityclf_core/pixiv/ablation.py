@@ -35,7 +35,7 @@ SHOWN = ("spearman", "pearson", "mae", "top10_precision")
 
 def run_ablation(settings: PixivSettings, out: str | os.PathLike, overwrite: bool = False,
                  log: Callable[[str], None] = print, data: PixivData | None = None) -> dict:
-    from ..catalogue import load_head
+    from ..loading.catalogue import load_head
 
     out = Path(out)
     files = [out / "ablation.json", out / "ablation.png"]

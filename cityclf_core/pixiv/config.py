@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ConfigError
-from .models import NETS
+from ..kinds.popularity_nets import NETS
 from .splits import SPLITS
 from .targets import TARGETS
 

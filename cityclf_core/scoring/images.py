@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from .crops import MAX_SIDE
-from .errors import ImageError
+from ..errors import ImageError
 
 IMAGE_EXTENSIONS = frozenset(
     {".png", ".jpg", ".jpeg", ".jfif", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".avif", ".heic", ".jxl"}

@@ -22,11 +22,11 @@ from typing import Callable, Iterable, Sequence
 
 import torch
 
-from .catalogue import default_policy
+from .heads import default_policy
 from .crops import WHOLE_IMAGE, CropPolicy
 from .embedding import ClipPass, default_batch_size, iter_plan_embeddings
 from .encoders import Encoder
-from .errors import ConfigError, ImageError, WeightsError
+from ..errors import ConfigError, ImageError, WeightsError
 from .heads import Head
 from .reduce import reduce_segments
 from .results import HeadResult
@@ -225,7 +225,7 @@ class HeadScores:
 
     def result(self, i: int) -> HeadResult:
         head = self.binding.head
-        return HeadResult(head=self.binding.name, arch=head.kind.name, labels=head.labels,
+        return HeadResult(head=self.binding.name, kind=head.kind, labels=head.labels,
                           values=self.values[i].tolist(), positive=float(self.positive[i]),
                           views=int(self.views[i]))
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ConfigError
-from ..heads import HeadConfig
+from ..loading.head_files import HeadConfig
 from ..kinds import HeadKind, get_kind, kind_choices, kind_names
 
 REFERENCE_CLIPS = {  # model.clip in the reference configs

@@ -11,10 +11,10 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..crops import CropPlan, CropPolicy, plan_crops
-from ..embedding import ClipPass
+from ..scoring.crops import CropPlan, CropPolicy, plan_crops
+from ..scoring.embedding import ClipPass
 from ..errors import ConfigError
-from ..images import IMAGE_EXTENSIONS
+from ..scoring.images import IMAGE_EXTENSIONS
 from ..kinds import HeadKind, get_kind
 from .config import TrainConfig
 

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..reduce import reduce_segments
+from ..scoring.reduce import reduce_segments
 
 
 @torch.no_grad()
