@@ -387,9 +387,9 @@ def test_train_refuses_an_existing_rev_before_loading_data(trained, labelled, ca
 def test_demo_says_building_only_when_it_builds(tmp_path, capsys):
     from cityclf_core.demo import run_demo
 
-    run_demo(tmp_path / "demo", progress=False)
+    run_demo(tmp_path / "demo", main, progress=False)
     assert "building tiny models" in capsys.readouterr().out
-    run_demo(tmp_path / "demo", progress=False)
+    run_demo(tmp_path / "demo", main, progress=False)
     out = capsys.readouterr().out
     assert "building tiny models" not in out and "already in" in out
 

@@ -1,11 +1,10 @@
-"""cityclf store-info / models / demo: what a store holds; the known releases; a first run with nothing downloaded."""
+"""cityclf store-info / models / demo: what a store holds; the known releases; a first run with nothing downloaded
+(the demo's command is in __init__.py, beside the main it runs)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-
-from .common import progress_enabled
 
 
 def cmd_store_info(args) -> int:
@@ -42,12 +41,6 @@ def _local_state(local: Path, release) -> str:
     return f"on disk: {local}"
 
 
-def cmd_demo(args) -> int:
-    from ..demo import run_demo
-
-    return run_demo(Path(args.dir), progress=progress_enabled(args))
-
-
 def register(sub) -> None:
     p = sub.add_parser("store-info", help="what a store holds",
                        description="Print, as JSON, how many files, embeddings and scores a store holds, its "
@@ -64,4 +57,4 @@ def register(sub) -> None:
     p.add_argument("--dir", default="cityclf-demo", help="where to put the demo's models and images "
                                                         "(default: ./cityclf-demo)")
     p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=cmd_demo)
+    # its command (cli/__init__.py) runs `cityclf score` through main, as a user would
