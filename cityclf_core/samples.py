@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .scoring.encoders import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+from .kinds.released import HeadNet
 from .loading.clip_folder import quiet_transformers
 from .loading.head_files import HeadConfig, save_head
-from .kinds.released import HeadNet
+from .scoring.encoders import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
 
 def build_tiny_clip(

@@ -14,6 +14,8 @@ import tempfile
 
 import torch
 
+from ..cityclf_core.loading.catalogue import default_models_dir
+
 MODEL_FOLDER = "cityclassifiers"  # models/cityclassifiers: heads, and clip/ for transformers CLIPs
 CLIP_SUBFOLDER = "clip"
 
@@ -59,8 +61,6 @@ def download_dir() -> str:
     paths = model_paths()
     if paths:
         return paths[0]
-    from ..cityclf_core import default_models_dir
-
     return str(default_models_dir())
 
 

@@ -9,8 +9,8 @@ import uuid
 import numpy as np
 
 from ..cityclf_core import ConfigError
-from ..cityclf_core.kinds import result_from_dict
 from ..cityclf_core.annotate import caption_tensor
+from ..cityclf_core.kinds import result_from_dict
 from . import comfy_bridge as bridge
 from .batches import flat_floats, images_in, stack_runs
 from .common import CATEGORY, Output, declare_outputs, first

@@ -13,10 +13,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from cityclf_core import DownloadError, HeadConfig, HeadNet, WeightsError, load_head, resolve_head, save_head
-from cityclf_core.loading import catalogue
-from cityclf_core.scoring.heads import default_policy
 from cityclf_core.kinds.released import STATE_DICT_KEYS
+from cityclf_core.loading import catalogue
 from cityclf_core.samples import build_head, random_head
+from cityclf_core.scoring.heads import default_policy
 
 RELEASED_SIZES = {1: 16_312_596, 2: 16_312_728, 3: 16_312_860}
 

@@ -19,8 +19,8 @@ from PIL import Image
 from cityclf_core import HeadConfig, HeadKind, ScoringModel, get_kind, load_head, register_kind, save_head
 from cityclf_core.cli import main
 from cityclf_core.errors import WeightsError
-from cityclf_core.kinds.released import HeadNet
 from cityclf_core.kinds import TrainingTargets, kind_names, result_from_dict, unregister_kind
+from cityclf_core.kinds.released import HeadNet
 from cityclf_core.metrics import score_metrics
 from cityclf_core.scoring.results import HeadResult
 from cityclf_core.store import EmbeddingStore

@@ -11,8 +11,8 @@ import torch
 
 import cityclf_core
 from cityclf_core.errors import ConfigError, WeightsError
-from cityclf_core.loading.head_files import HeadConfig, load_head_file, save_head
 from cityclf_core.kinds import get_kind
+from cityclf_core.loading.head_files import HeadConfig, load_head_file, save_head
 from cityclf_core.pixiv.config import parse_settings
 from cityclf_core.pixiv.records import Records
 from cityclf_core.scoring.results import HeadResult

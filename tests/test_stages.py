@@ -15,8 +15,8 @@ from cityclf_core.dataset import EmbedReport, ScoreOptions, Selection, score_fil
 from cityclf_core.dataset.embed import register_passes
 from cityclf_core.dataset.reader import FileReader, Known
 from cityclf_core.dataset.writer import StoreWriter
-from cityclf_core.scoring.embedding import ClipPass
 from cityclf_core.kinds import get_kind
+from cityclf_core.scoring.embedding import ClipPass
 from cityclf_core.scoring.results import HeadResult
 from cityclf_core.store import EmbeddingStore, Store, StoredScore
 

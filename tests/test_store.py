@@ -18,8 +18,8 @@ from PIL import Image
 from cityclf_core import ScoringModel, StoreError, TransformersClipEncoder
 from cityclf_core.cli import main
 from cityclf_core.dataset import clip_passes, embed_files, score_store
-from cityclf_core.loading.clips import clip_identity
 from cityclf_core.dataset.stored_model import load_stored_model
+from cityclf_core.loading.clips import clip_identity
 from cityclf_core.store import EmbeddingStore
 
 

@@ -14,9 +14,9 @@ import os
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
+from ..errors import StoreError
 from ..scoring.embedding import ChunkedEncoder, ClipPass, default_batch_size
 from ..scoring.encoders import TimedEncoder
-from ..errors import StoreError
 from ..scoring.images import DEFAULT_MAX_PIXELS, ordered_map
 from .reader import FileReader, Known
 from .writer import StoreWriter

@@ -18,9 +18,9 @@ from typing import Callable, Sequence
 
 import torch
 
+from ..errors import ImageError
 from ..scoring.crops import CropPlan, render_views
 from ..scoring.embedding import ClipPass, to_bchw
-from ..errors import ImageError
 from ..scoring.images import DEFAULT_MAX_PIXELS, decode_image, reason_for
 
 

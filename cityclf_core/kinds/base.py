@@ -2,7 +2,7 @@
 
 The defaults describe the released CityClassifiers file layout (16 tensors,
 see released.py); a kind with another network overrides `build_net` and
-`read_layout`. Results are `HeadResult`s (results.py): per image, the outputs
+`read_layout`. Results are `HeadResult`s (scoring/results.py): per image, the outputs
 reduced over the views (`values`) and the head's single number (`positive`,
 what selections, gates and sorting use).
 """

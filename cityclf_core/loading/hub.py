@@ -21,6 +21,7 @@ import shutil
 from pathlib import Path
 
 from ..errors import DownloadError, WeightsError
+from ..notices import note
 
 BIN = "pytorch_model.bin"
 CONFIG_FILES = ("config.json", "preprocessor_config.json")
@@ -51,8 +52,6 @@ def offline() -> bool:
 def bin_only_folder(repo_id: str, allow_download: bool = False, revision: str | None = None,
                     root: str | os.PathLike | None = None) -> Path | None:
     """For a hub repo with only `pytorch_model.bin`: the folder it was (or is now) converted to; else None."""
-    from ..notices import note
-
     folder = converted_folder(repo_id, root)
     if (folder / "model.safetensors").is_file() and (folder / "config.json").is_file():
         return folder

@@ -20,7 +20,9 @@ import torch
 from ..errors import ConfigError
 from ..kinds.popularity_nets import OUTPUT_NAMES
 from ..loading.clip_records import record_for
+from ..loading.clips import clip_identity, source_name
 from ..scoring.crops import WHOLE_IMAGE
+from ..store import EmbeddingStore
 from ..train import Dataset, TrainConfig, Trainer, TrainResult
 from ..train.config import validate
 from .config import PixivSettings
@@ -66,9 +68,6 @@ class PixivData:
 
 def load_data(settings: PixivSettings, records: Records | None = None) -> PixivData:
     """The ingested works that have stored whole-image embeddings of the settings' CLIP."""
-    from ..loading.clips import clip_identity, source_name
-    from ..store import EmbeddingStore
-
     left_out: list = []
     if records is None:
         records, left_out = load_records(settings.dataset)

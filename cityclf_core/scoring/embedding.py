@@ -16,9 +16,9 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
 
+from ..errors import ConfigError, ImageError, WeightsError
 from .crops import CropPlan, CropPolicy, plan_crops, render_views
 from .encoders import Encoder
-from ..errors import ConfigError, ImageError, WeightsError
 
 Planner = Callable[[int, int, str], CropPlan]
 
