@@ -151,3 +151,88 @@ def test_only_the_resolver_downloads_clips():
                             callers.setdefault(word, set()).add(os.path.relpath(path, root))
     assert callers == {"snapshot_download(": {os.path.join("cityclf_core", "loading", "hub.py")},
                        '"HF_HUB_OFFLINE"': {os.path.join("cityclf_core", "loading", "hub.py")}}
+
+
+# ---------------------------------------------------------------- a trained head finds its CLIP elsewhere
+
+
+@pytest.fixture
+def trained_elsewhere(tmp_path, labelled, tiny_clip_dir, monkeypatch, capsys):
+    """A head trained in one folder (relative --clip, as the README's examples), then moved with its CLIP
+    into a ComfyUI-style tree: models/cityclassifiers/HEAD and models/cityclassifiers/clip/CLIP."""
+    work = tmp_path / "work"
+    shutil.copytree(tiny_clip_dir, work / "models" / "my-clip")
+    (work / "cfg.yaml").write_text(TRAIN_CONFIG)
+    monkeypatch.chdir(work)
+    code, _, err = run(["train", "--config", "cfg.yaml", "--data", labelled, "--out", "out", "--clip",
+                        "models/my-clip", "--no-progress"], capsys)
+    assert code == 0, err
+    record = json.loads((work / "out" / "Bright-v1.config.json").read_text())["clip"]
+    assert record["folder"] == "my-clip" and record["identity"]
+    code, out, err = run(["score", labelled / "1_bright" / "0.png", "-m", "out/Bright-v1.safetensors",
+                          "--format", "jsonl", "--no-progress"], capsys)
+    assert code == 0, err
+    heads = tmp_path / "comfy" / "models" / "cityclassifiers"
+    heads.mkdir(parents=True)
+    for f in (work / "out").glob("Bright-v1.*"):
+        shutil.copy(f, heads / f.name)
+    shutil.move(str(work / "models" / "my-clip"), str(tmp_path / "parked"))  # not where it was trained
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    forget_encoders()
+    return heads, tmp_path / "parked", json.loads(out)["probs"]
+
+
+def test_a_copied_head_finds_its_clip_in_a_searched_folder(trained_elsewhere, labelled, pack, monkeypatch,
+                                                            capsys):
+    heads, parked, probs = trained_elsewhere
+    head = heads / "Bright-v1.safetensors"
+    image = labelled / "1_bright" / "0.png"
+    # not found: the error names the fingerprint, the folders searched and how to pass the CLIP
+    code, _, err = run(["score", image, "-m", head, "--offline", "--no-progress"], capsys)
+    assert code == 2 and "fingerprint" in err and str(heads) in err and "--clip-dir" in err, err
+    # in a folder given with --clip-dir, then in ComfyUI's CLIP folder: found by name and fingerprint
+    code, out, err = run(["score", image, "-m", head, "--clip-dir", parked.parent, "--offline", "--format",
+                          "jsonl", "--no-progress"], capsys)
+    assert code == 1 or code == 2, "a folder of another name is not taken for the CLIP"
+    (parked.parent / "clips").mkdir()
+    shutil.move(str(parked), str(parked.parent / "clips" / "my-clip"))
+    code, out, err = run(["score", image, "-m", head, "--clip-dir", parked.parent / "clips", "--offline",
+                          "--format", "jsonl", "--no-progress"], capsys)
+    assert code == 0, err
+    assert json.loads(out)["probs"] == pytest.approx(probs)
+    shutil.move(str(parked.parent / "clips" / "my-clip"), str(heads / "clip" / "my-clip"))
+    forget_encoders()
+    code, out, err = run(["score", image, "-m", head, "--offline", "--format", "jsonl", "--no-progress"], capsys)
+    assert code == 0, err
+    assert json.loads(out)["probs"] == pytest.approx(probs)
+    # the Loader node with clip = auto, as ComfyUI runs it (from its own root)
+    monkeypatch.setenv("CITYCLF_MODELS", str(heads))
+    loader = import_module("cityclf_pack.nodes.loader")
+    model = loader.CityClfLoader().load(head="Bright-v1.safetensors", clip=loader.AUTO_CLIP)["result"][0]
+    assert model.bindings[0].encoder.name == "my-clip"
+    result = model.score([str(image)])[0]["Bright-v1"]
+    assert result.probs == pytest.approx(probs, abs=1e-5)
+
+
+def test_a_folder_of_the_same_name_with_other_weights_is_not_taken(trained_elsewhere, labelled, tiny_clip_dir_b,
+                                                                    capsys):
+    heads, _, _ = trained_elsewhere
+    shutil.copytree(tiny_clip_dir_b, heads / "clip" / "my-clip")  # the name matches, the weights do not
+    code, _, err = run(["score", labelled / "1_bright" / "0.png", "-m", heads / "Bright-v1.safetensors",
+                        "--offline", "--no-progress"], capsys)
+    assert code == 2 and "no folder of that name with those weights" in err, err
+
+
+def test_a_head_recording_an_old_style_path_still_loads(trained_elsewhere, labelled, capsys):
+    heads, parked, probs = trained_elsewhere
+    sidecar = heads / "Bright-v1.config.json"
+    config = json.loads(sidecar.read_text())
+    del config["clip"]["folder"]
+    config["clip"]["source"] = str(parked)  # an absolute path, as earlier versions wrote
+    sidecar.write_text(json.dumps(config))
+    code, out, err = run(["score", labelled / "1_bright" / "0.png", "-m", heads / "Bright-v1.safetensors",
+                          "--offline", "--format", "jsonl", "--no-progress"], capsys)
+    assert code == 0, err
+    assert json.loads(out)["probs"] == pytest.approx(probs)

@@ -134,14 +134,16 @@ def _weights_errors() -> tuple[type[BaseException], ...]:
 
 def clip_search_dirs(head=None, clip_dirs=(), models_dirs=()) -> list[Path]:
     """The folders a CLIP named by a name is looked for in, in order: beside the head file, `clip_dirs`
-    (--clip-dir), $CITYCLF_CLIP_DIRS, the ComfyUI-style CLIP folders of each models folder
-    (`<models>/clip`, i.e. models/cityclassifiers/clip, and models/clip_vision beside it), cityclf's cache."""
+    (--clip-dir), $CITYCLF_CLIP_DIRS, the ComfyUI-style CLIP folders of each models folder and of the head's
+    folder (`<models>/clip`, i.e. models/cityclassifiers/clip, and models/clip_vision beside it), cityclf's
+    cache."""
     dirs: list[Path] = []
-    if head is not None and getattr(head, "path", None) is not None:
-        dirs.append(Path(head.path).resolve().parent)
+    beside = Path(head.path).resolve().parent if head is not None and getattr(head, "path", None) else None
+    if beside is not None:
+        dirs.append(beside)
     dirs += [Path(d).expanduser() for d in clip_dirs]
     dirs += [Path(d).expanduser() for d in os.environ.get(CLIP_DIRS_ENV, "").split(os.pathsep) if d]
-    for m in (*models_dirs, default_models_dir()):
+    for m in (*models_dirs, *([beside] if beside is not None else []), default_models_dir()):
         m = Path(m).expanduser()
         dirs += [m / "clip", m.parent / "clip_vision"]
     dirs.append(hub.cache_dir())
