@@ -32,11 +32,10 @@ from bench_pipeline import build_clip, machine, matmul_rate  # noqa: E402
 
 from cityclf_core import CropPolicy, ScoringModel, load_head  # noqa: E402
 from cityclf_core.dataset import clip_passes, embed_files, score_store  # noqa: E402
-from cityclf_core.store import StoredEncoder  # noqa: E402
-from cityclf_core.loading import load_encoder  # noqa: E402
-from cityclf_core.pipeline import head_scores  # noqa: E402
+from cityclf_core.loading.clips import load_encoder  # noqa: E402
 from cityclf_core.samples import build_head, draw_illustration  # noqa: E402
-from cityclf_core.store import EmbeddingStore  # noqa: E402
+from cityclf_core.scoring.pipeline import head_scores  # noqa: E402
+from cityclf_core.store import EmbeddingStore, StoredEncoder  # noqa: E402
 
 
 def head_flops(features=768, hidden=1024, outputs=1) -> float:

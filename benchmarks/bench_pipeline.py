@@ -34,9 +34,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from cityclf_core import CropPolicy, ScoringModel, TransformersClipEncoder, load_head  # noqa: E402
-from cityclf_core.encoders import TimedEncoder  # noqa: E402
-from cityclf_core.images import iter_decoded  # noqa: E402
 from cityclf_core.samples import build_head, draw_illustration  # noqa: E402
+from cityclf_core.scoring.encoders import TimedEncoder  # noqa: E402
+from cityclf_core.scoring.images import iter_decoded  # noqa: E402
 
 SIZES = [(640, 480), (1024, 768), (1200, 1600), (2048, 1152), (700, 2000), (512, 512)]
 
@@ -86,7 +86,7 @@ def clip_flops_per_view(cfg) -> float:
 
 
 def build_clip(folder: Path, quick: bool) -> Path:
-    from cityclf_core.encoders import quiet_transformers
+    from cityclf_core.loading.clip_folder import quiet_transformers
     from cityclf_core.samples import build_tiny_clip, vit_l14_336_config
 
     if quick:

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from cityclf_core.cli import main  # noqa: E402
-from cityclf_core.loading import clip_identity, source_name  # noqa: E402
+from cityclf_core.loading.clips import clip_identity, source_name  # noqa: E402
 from cityclf_core.samples import build_tiny_clip  # noqa: E402
 from cityclf_core.store import EmbeddingStore  # noqa: E402
 

@@ -1,8 +1,8 @@
 """cityclf_core: score and classify anime images with the CityClassifiers heads on CLIP.
 
 The library behind the ComfyUI node pack and the `cityclf` command. It has no
-ComfyUI imports. One path for the data (see pipeline.py); what a head's
-outputs mean is its kind's (kinds/):
+ComfyUI imports. One path for the data (scoring/pipeline.py); what a head's
+outputs mean is its kind's (kinds/); what to load and from where is loading/'s:
 
     crop plan -> CLIP encoder -> embeddings -> heads -> per-view reduction -> results
 
@@ -15,7 +15,17 @@ Typical use::
     results = model.score(images)  # IMAGE tensor [B, H, W, C] or a list of them
 """
 
-from .catalogue import (
+from .errors import (
+    CityClfError,
+    ConfigError,
+    DownloadError,
+    ImageError,
+    StoreError,
+    WeightsError,
+)
+from .kinds import HeadKind, get_kind, kind_names, register_kind, unregister_kind
+from .kinds.released import HeadNet
+from .loading.catalogue import (
     KNOWN_CLIPS,
     RELEASES,
     VIT_L14,
@@ -23,7 +33,6 @@ from .catalogue import (
     ClipModel,
     Release,
     default_models_dir,
-    default_policy,
     download_release,
     find_release,
     identify,
@@ -31,7 +40,9 @@ from .catalogue import (
     paired_clip,
     resolve_head,
 )
-from .crops import (
+from .loading.clips import TransformersClipEncoder
+from .loading.head_files import HeadConfig, load_head_file, save_head
+from .scoring.crops import (
     FIVE_CROP,
     FIVE_CROP_NO_UPSCALE,
     MAX_SIDE,
@@ -41,29 +52,13 @@ from .crops import (
     plan_crops,
     render_views,
 )
-from .embedding import ClipPass, iter_embeddings
-from .encoders import ComfyClipVisionEncoder, Encoder, TransformersClipEncoder, pick_device, pick_dtype
-from .errors import (
-    CityClfError,
-    ConfigError,
-    DownloadError,
-    ImageError,
-    StoreError,
-    WeightsError,
-)
-from .heads import Head, HeadConfig, HeadNet, load_head_file, save_head
-from .kinds import HeadKind, get_kind, kind_names, register_kind, unregister_kind
-from .images import DecodedImage, decode_image, find_images, iter_decoded
-from .pipeline import (
-    TILING_MODES,
-    HeadBinding,
-    ScoringModel,
-    apply_heads,
-    image_list,
-    score_images,
-)
-from .reduce import COMBINES, reduce_segments, reduce_tiles
-from .results import HeadResult
+from .scoring.embedding import ClipPass, iter_embeddings
+from .scoring.encoders import ComfyClipVisionEncoder, Encoder, pick_device, pick_dtype
+from .scoring.heads import Head, default_policy
+from .scoring.images import DecodedImage, decode_image, find_images, iter_decoded
+from .scoring.pipeline import TILING_MODES, HeadBinding, ScoringModel, apply_heads, image_list, score_images
+from .scoring.reduce import COMBINES, reduce_segments, reduce_tiles
+from .scoring.results import HeadResult
 
 __version__ = "0.1.0"
 

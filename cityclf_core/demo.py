@@ -10,6 +10,7 @@ are untrained, so the numbers show the pipeline at work, not image quality.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -22,11 +23,11 @@ DEMO_HEADS = {
 
 def build_demo(folder: Path) -> tuple[Path, list[Path], Path]:
     """Create (or reuse) the demo's CLIP folder, head files and images under `folder`."""
-    from .crops import CropPolicy
-    from .images import decode_image
-    from .loading import load_encoder
-    from .embedding import iter_embeddings
+    from .loading.clips import load_encoder  # transformers: imported when the demo runs, not with the CLI
     from .samples import build_head, build_tiny_clip, make_sample_images
+    from .scoring.crops import CropPolicy
+    from .scoring.embedding import iter_embeddings
+    from .scoring.images import decode_image
 
     models, images = folder / "models", folder / "images"
     clip = models / "tiny-clip"
@@ -46,9 +47,8 @@ def build_demo(folder: Path) -> tuple[Path, list[Path], Path]:
     return clip, heads, images
 
 
-def run_demo(folder: Path, progress: bool | None = None) -> int:
-    from .cli import main
-
+def run_demo(folder: Path, run: Callable[[list[str]], int], progress: bool | None = None) -> int:
+    """Build the demo in `folder`, then score it with `run` (the `cityclf` command's main: a user's run)."""
     folder = Path(folder)
     ready = (folder / "models" / "tiny-clip" / "config.json").is_file() and all(
         (folder / "models" / name).is_file() for name in DEMO_HEADS) and any((folder / "images").glob("sample_*"))
@@ -61,7 +61,7 @@ def run_demo(folder: Path, progress: bool | None = None) -> int:
     if progress is False:
         argv.append("--no-progress")
     print("cityclf demo: running  cityclf " + " ".join(argv) + "\n")
-    code = main(argv)
+    code = run(argv)
     print(
         "\nThe heads above are untrained stand-ins, so their numbers only show the pipeline at work.\n"
         "With the real models (downloaded once, about 1.7 GB for each CLIP):\n"

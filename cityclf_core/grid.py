@@ -9,7 +9,7 @@ from typing import Sequence
 
 from .annotate import fit_text, font
 from .errors import ImageError
-from .images import decode_image
+from .scoring.images import decode_image
 
 BG = (24, 24, 27)
 FG = (235, 235, 235)

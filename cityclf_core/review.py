@@ -8,31 +8,15 @@ lists those candidates, highest loss first.
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
 
-
-from .heads import Head
-from .results import HeadResult
-
-
-@dataclass
-class ReviewItem:
-    path: str
-    expected: str
-    predicted: str
-    confidence: float  # probability of the predicted class (or the predicted score)
-    p_expected: float  # probability of the expected class (or the expected score)
-    loss: float  # -log p(expected) for classes, |score - expected| for scores
-    kind: str  # false positive / false negative / confused / off by
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+from .kinds.base import ReviewItem
+from .scoring.heads import Head
+from .scoring.results import HeadResult
+from .train.data import scan_folders
 
 
 def expected_from_folders(root: str | os.PathLike, head: Head) -> dict[str, str | float]:
     """{image path: what it should be (a class name, a normalised score ...)} from a labelled data folder."""
-    from .train.data import scan_folders
-
     examples, _ = scan_folders(root, head.kind, "images")
     return {os.path.abspath(e.source): head.kind.expected_value(e.target, head, str(root)) for e in examples}
 

@@ -18,8 +18,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .encoders import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, quiet_transformers
-from .heads import HeadConfig, HeadNet, save_head
+from .kinds.released import HeadNet
+from .loading.clip_folder import quiet_transformers
+from .loading.head_files import HeadConfig, save_head
+from .scoring.encoders import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
 
 def build_tiny_clip(

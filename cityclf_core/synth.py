@@ -20,7 +20,7 @@ from typing import Callable
 import numpy as np
 
 from .errors import ConfigError, ImageError
-from .images import decode_image, find_images
+from .scoring.images import decode_image, find_images
 
 TASKS = {
     "compression": {0: "clean", 1: "jpeg", 2: "webp"},

@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass, field
 
 from .errors import ConfigError
-from .results import HeadResult
+from .scoring.results import HeadResult
 from .sidecars import merge_caption, sidecar_path, write_sidecar  # noqa: F401  (moved; re-exported)
 
 BUCKETS = ("none", "decile", "percent")

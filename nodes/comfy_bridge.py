@@ -14,6 +14,8 @@ import tempfile
 
 import torch
 
+from ..cityclf_core.loading.catalogue import default_models_dir
+
 MODEL_FOLDER = "cityclassifiers"  # models/cityclassifiers: heads, and clip/ for transformers CLIPs
 CLIP_SUBFOLDER = "clip"
 
@@ -59,8 +61,6 @@ def download_dir() -> str:
     paths = model_paths()
     if paths:
         return paths[0]
-    from ..cityclf_core import default_models_dir
-
     return str(default_models_dir())
 
 
@@ -99,6 +99,11 @@ def _clip_roots() -> list[tuple[str, str]]:
 
         roots += [("clip_vision", p) for p in folder_paths.get_folder_paths("clip_vision")]
     return roots
+
+
+def clip_roots() -> list[str]:
+    """The folders transformers CLIP folders are looked for in (models/cityclassifiers/clip, models/clip_vision)."""
+    return [root for _, root in _clip_roots()]
 
 
 def clip_folders() -> dict[str, str]:

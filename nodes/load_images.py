@@ -14,10 +14,10 @@ from pathlib import Path
 import torch
 
 from ..cityclf_core import ConfigError, find_images
-from ..cityclf_core.images import IMAGE_EXTENSIONS, iter_decoded
+from ..cityclf_core.scoring.images import IMAGE_EXTENSIONS, iter_decoded
 from . import comfy_bridge as bridge
-from .paths import allowed_roots, confine, is_allowed
 from .common import CATEGORY, Output, declare_outputs
+from .paths import allowed_roots, confine, is_allowed
 
 
 def resolve_folder(folder: str) -> str:

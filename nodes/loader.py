@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import threading
-import weakref
 
 from ..cityclf_core import (
     RELEASES,
@@ -13,8 +11,7 @@ from ..cityclf_core import (
     pick_dtype,
     resolve_head,
 )
-from ..cityclf_core.encoders import locate_clip
-from ..cityclf_core.loading import clip_source_for, source_name
+from ..cityclf_core.loading.clips import cached_encoder, clip_search_dirs, clip_source_for, locate_clip, source_name
 from . import comfy_bridge as bridge
 from .common import CATEGORY, MODEL_TYPE, Output, declare_outputs
 from .managed_clip import InterruptibleEncoder, ManagedClipEncoder
@@ -35,24 +32,17 @@ def clip_choices() -> list[str]:
     return [AUTO_CLIP, *HUB_CLIPS, *bridge.clip_folders()]
 
 
-# One encoder per (CLIP folder, dtype) while some loader's model holds it: loaders of heads on the
-# same CLIP share it (one CLIP pass, one copy in memory). Weak, so ComfyUI's cache decides its life.
-_ENCODERS: "weakref.WeakValueDictionary[tuple, InterruptibleEncoder]" = weakref.WeakValueDictionary()
-_ENCODERS_LOCK = threading.Lock()
-
-
 def managed_encoder(source: str, precision: str, allow_download: bool) -> InterruptibleEncoder:
-    """The CLIP at `source` (a folder or a hub id), managed by ComfyUI's model manager."""
-    folder, name = locate_clip(source, allow_download=allow_download, download_dir=bridge.clip_download_dir())
+    """The CLIP at `source` (a folder or a hub id, found by the library's resolver), managed by ComfyUI's
+    model manager. One per (CLIP folder, dtype) while some loader's model holds it: loaders of heads on the
+    same CLIP share it (one CLIP pass, one copy in memory); not pinned, so ComfyUI's cache decides its life."""
+    folder, name = locate_clip(source, allow_download=allow_download, download_dir=bridge.clip_download_dir(),
+                               search_dirs=bridge.clip_roots())
     run_on, _ = bridge.clip_devices()
     dtype = pick_dtype(precision, run_on)
-    key = (os.path.realpath(folder), str(dtype))
-    with _ENCODERS_LOCK:
-        encoder = _ENCODERS.get(key)
-        if encoder is None:
-            encoder = InterruptibleEncoder(ManagedClipEncoder(folder, name, source_name(source), dtype))
-            _ENCODERS[key] = encoder
-    return encoder
+    return cached_encoder(("comfyui", os.path.realpath(folder), str(dtype)),
+                          lambda: InterruptibleEncoder(ManagedClipEncoder(folder, name, source_name(source), dtype)),
+                          pin=False)
 
 
 class CityClfLoader:
@@ -131,7 +121,8 @@ class CityClfLoader:
                              "Load CLIP Vision gave it (fp16 on most devices)")
         else:
             if clip == AUTO_CLIP:
-                source = clip_source_for(loaded, None, pairing)
+                source = clip_source_for(loaded, None, pairing, clip_search_dirs(loaded, bridge.clip_roots(),
+                                                                                  bridge.model_paths()))
             else:
                 source = bridge.clip_folder(clip) or clip
             encoder = managed_encoder(source, precision, download_missing)

@@ -19,7 +19,8 @@ from typing import Callable
 
 import torch
 
-from ..cityclf_core.encoders import Encoder, TransformersClipEncoder, WrappedEncoder
+from ..cityclf_core.loading.clips import TransformersClipEncoder
+from ..cityclf_core.scoring.encoders import Encoder, WrappedEncoder
 from . import comfy_bridge as bridge
 
 

@@ -8,8 +8,9 @@ import uuid
 
 import numpy as np
 
-from ..cityclf_core import ConfigError, HeadResult
+from ..cityclf_core import ConfigError
 from ..cityclf_core.annotate import caption_tensor
+from ..cityclf_core.kinds import result_from_dict
 from . import comfy_bridge as bridge
 from .batches import flat_floats, images_in, stack_runs
 from .common import CATEGORY, Output, declare_outputs, first
@@ -18,7 +19,7 @@ from .common import CATEGORY, Output, declare_outputs, first
 def lines_for(index: int, scores, labels, payloads) -> list[str]:
     """The text for image `index`: every head from Predict's JSON, else its label and/or score."""
     if payloads is not None:
-        return [f"{name}: {HeadResult.from_dict(name, r).summary()}"
+        return [f"{name}: {result_from_dict(name, r).summary()}"
                 for name, r in json.loads(payloads[index]).items()]
     parts = []
     if labels is not None:

@@ -1,4 +1,4 @@
-"""cityclf as its users meet it (issue 13): each test drives the command line as a user types it."""
+"""cityclf as its users meet it: each test drives the command line as a user types it."""
 
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ def trained(labelled, tiny_clip_dir, tmp_path_factory):
     return base / "m" / "Bright-v1.safetensors", clip
 
 
-# ---------------------------------------------------------------- 1. a head remembers its CLIP
+# ---------------------------------------------------------------- a head remembers its CLIP
 
 
 def test_trained_head_records_its_clip_and_uses_it_by_default(trained, labelled, tiny_clip_dir_b, capsys):
@@ -85,7 +85,7 @@ def test_stored_scoring_uses_the_recorded_clip(trained, labelled, tmp_path, caps
     assert len(out.splitlines()) == 17
 
 
-# ---------------------------------------------------------------- 2. score --store without --clip
+# ---------------------------------------------------------------- score --store without --clip
 
 
 def test_score_store_uses_the_only_clip_that_fits(tmp_path, tiny_clip_dir, calibration, capsys):
@@ -104,7 +104,7 @@ def test_score_store_uses_the_only_clip_that_fits(tmp_path, tiny_clip_dir, calib
     assert "using the store's only 768-d CLIP" in err and str(tiny_clip_dir) in err
 
 
-# ---------------------------------------------------------------- 3. export and store-info on a mixed store
+# ---------------------------------------------------------------- export and store-info on a mixed store
 
 
 @pytest.fixture
@@ -145,7 +145,7 @@ def test_export_as_the_readme_writes_it_on_a_store_with_a_score_head_and_a_class
     assert info["heads"] == {"TestAesthetics-v1": {"mean": 6}, "TestCompression-v1": {"mean": 6}}
 
 
-# ---------------------------------------------------------------- 4. forgetting files that are gone
+# ---------------------------------------------------------------- forgetting files that are gone
 
 
 def test_prune_forgets_gone_files_and_selections_skip_them(mixed_store, photos, tmp_path, score_head_path,
@@ -185,86 +185,30 @@ def test_prune_forgets_gone_files_and_selections_skip_them(mixed_store, photos, 
     assert code == 0 and "gone" not in err
 
 
-# ---------------------------------------------------------------- 6. hub CLIPs with only pytorch_model.bin
-
-
-class _Pwn:
-    """A pickle that would run code when unpickled (touch a marker file)."""
-
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        import pathlib
-
-        return (pathlib.Path.touch, (pathlib.Path(self.marker),))
+# ---------------------------------------------------------------- hub CLIPs with only pytorch_model.bin
 
 
 @pytest.fixture
 def fake_hub(tmp_path, tiny_clip_dir, monkeypatch):
-    """A local stand-in for the hub (no network): a repo with only pytorch_model.bin (a full tiny CLIP, as
-    openai's repos are), one with model.safetensors, one whose .bin holds a pickled callable."""
+    """The hub stand-in on 127.0.0.1 (tests/fake_hub.py): a repo with only pytorch_model.bin (a full tiny CLIP,
+    as openai's repos are), one with model.safetensors, one whose .bin holds a pickled callable."""
     import types
 
-    import huggingface_hub
-    import torch
-    from transformers import CLIPConfig, CLIPModel
+    from fake_hub import FakeHub, make_repos, redirect
 
-    repos = {}
-    full = tmp_path / "hub" / "bin-clip"
-    full.mkdir(parents=True)
-    cfg = CLIPConfig(text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                      num_attention_heads=2, vocab_size=100, max_position_embeddings=16),
-                     vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                        num_attention_heads=2, image_size=32, patch_size=8), projection_dim=768)
-    torch.manual_seed(0)
-    clip = CLIPModel(cfg).eval()
-    cfg.save_pretrained(full)
-    try:  # transformers 4 writes pytorch_model.bin with safe_serialization=False; 5 always writes safetensors
-        clip.save_pretrained(full, safe_serialization=False)
-    finally:
-        for f in full.glob("*.safetensors"):
-            f.unlink()
-        if not (full / "pytorch_model.bin").is_file():
-            torch.save(clip.state_dict(), full / "pytorch_model.bin")
-    repos["fake/bin-clip"] = full
-    repos["fake/st-clip"] = tiny_clip_dir
-    evil = tmp_path / "hub" / "evil-clip"
-    evil.mkdir()
-    cfg.save_pretrained(evil)
-    marker = tmp_path / "pwned"
-    torch.save({"vision_model.x": torch.zeros(1), "payload": _Pwn(marker)}, evil / "pytorch_model.bin")
-    repos["fake/evil-clip"] = evil
-    calls = []
-
-    def model_info(repo_id, revision=None, **kw):
-        calls.append(("info", repo_id))
-        return types.SimpleNamespace(sha="0123abcd" * 5, siblings=[types.SimpleNamespace(rfilename=f.name)
-                                                                   for f in repos[repo_id].iterdir()])
-
-    def hf_hub_download(repo_id, filename, revision=None, **kw):
-        calls.append(("download", repo_id, filename, revision))
-        return str(repos[repo_id] / filename)
-
-    def snapshot_download(repo_id, local_files_only=False, allow_patterns=None, **kw):
-        calls.append(("snapshot", repo_id, local_files_only))
-        if local_files_only or not any(f.suffix == ".safetensors" for f in repos[repo_id].iterdir()):
-            raise huggingface_hub.errors.LocalEntryNotFoundError("not in the cache")
-        return str(repos[repo_id])
-
-    monkeypatch.setattr(huggingface_hub, "model_info", model_info)
-    monkeypatch.setattr(huggingface_hub, "hf_hub_download", hf_hub_download)
-    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
-    monkeypatch.setenv("CITYCLF_CACHE", str(tmp_path / "cache"))
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    return types.SimpleNamespace(calls=calls, clip=clip, marker=marker, cache=tmp_path / "cache")
+    repos, clip, marker = make_repos(tmp_path / "hub", tiny_clip_dir)
+    with FakeHub(repos) as hub:
+        redirect(monkeypatch, hub.endpoint, tmp_path / "hf-cache")
+        monkeypatch.setenv("CITYCLF_CACHE", str(tmp_path / "cache"))
+        yield types.SimpleNamespace(calls=hub.requests, clip=clip, marker=marker, cache=tmp_path / "cache")
 
 
 def test_hub_clip_with_only_a_bin_is_converted_once_and_scores(fake_hub, photos, score_head_path, capsys):
     import torch
+    from fake_hub import COMMIT
 
     from cityclf_core.errors import WeightsError
-    from cityclf_core.loading import load_encoder
+    from cityclf_core.loading.clips import load_encoder
 
     img = photos / "p0.png"
     code, out, err = run(["score", img, "-m", score_head_path, "--clip", "fake/bin-clip", "--format", "jsonl",
@@ -273,7 +217,7 @@ def test_hub_clip_with_only_a_bin_is_converted_once_and_scores(fake_hub, photos,
     assert "no safetensors weights" in err and "converting it once to safetensors" in err
     converted = fake_hub.cache / "clip" / "fake--bin-clip"
     assert (converted / "model.safetensors").is_file() and not list(converted.glob("*.bin"))
-    assert ("download", "fake/bin-clip", "pytorch_model.bin", "0123abcd" * 5) in fake_hub.calls  # one commit
+    assert ("GET", f"/fake/bin-clip/resolve/{COMMIT}/pytorch_model.bin") in fake_hub.calls  # at one commit
     # the converted CLIP is the original's vision tower
     enc = load_encoder("fake/bin-clip")
     x = torch.rand(2, 3, 32, 32)
@@ -288,7 +232,7 @@ def test_hub_clip_with_only_a_bin_is_converted_once_and_scores(fake_hub, photos,
     assert code == 0 and out2 == out and not fake_hub.calls
     # a repo with model.safetensors takes the ordinary download
     enc = load_encoder("fake/st-clip", allow_download=True)
-    assert enc.image_size == 32 and ("snapshot", "fake/st-clip", False) in fake_hub.calls
+    assert enc.image_size == 32 and ("GET", f"/fake/st-clip/resolve/{COMMIT}/model.safetensors") in fake_hub.calls
     assert not (fake_hub.cache / "clip" / "fake--st-clip").exists()
     # a .bin holding a pickled callable is refused, and its code never runs
     with pytest.raises(WeightsError, match="holds more than tensors"):
@@ -298,7 +242,7 @@ def test_hub_clip_with_only_a_bin_is_converted_once_and_scores(fake_hub, photos,
     assert code == 2 and "fake/evil-clip: pytorch_model.bin holds more than tensors" in err
 
 
-# ---------------------------------------------------------------- 7. a local file that is not the release
+# ---------------------------------------------------------------- a local file that is not the release
 
 
 def test_a_file_named_like_a_release_but_not_it_is_a_custom_head(tmp_path, photos, tiny_clip_dir, calibration,
@@ -317,7 +261,7 @@ def test_a_file_named_like_a_release_but_not_it_is_a_custom_head(tmp_path, photo
     assert "is not the released file" in err and "custom head" in err
 
 
-# ---------------------------------------------------------------- 8. smaller rough edges
+# ---------------------------------------------------------------- smaller rough edges
 
 
 def test_top_must_be_positive_and_its_help_says_what_it_means_for_a_classifier(mixed_store, capsys):
@@ -387,9 +331,9 @@ def test_train_refuses_an_existing_rev_before_loading_data(trained, labelled, ca
 def test_demo_says_building_only_when_it_builds(tmp_path, capsys):
     from cityclf_core.demo import run_demo
 
-    run_demo(tmp_path / "demo", progress=False)
+    run_demo(tmp_path / "demo", main, progress=False)
     assert "building tiny models" in capsys.readouterr().out
-    run_demo(tmp_path / "demo", progress=False)
+    run_demo(tmp_path / "demo", main, progress=False)
     out = capsys.readouterr().out
     assert "building tiny models" not in out and "already in" in out
 
@@ -449,7 +393,7 @@ def test_first_eta_is_unknown_rather_than_wild(monkeypatch):
     assert "ETA ?" in bar.text()
 
 
-# ---------------------------------------------------------------- 10. review without re-embedding
+# ---------------------------------------------------------------- review without re-embedding
 
 
 def test_review_with_a_store_embeds_once(trained, labelled, tmp_path, capsys):
@@ -467,7 +411,7 @@ def test_review_with_a_store_embeds_once(trained, labelled, tmp_path, capsys):
     assert key(first) == key(second) == key(plain)
 
 
-# ---------------------------------------------------------------- 14. one rule for a bare --min in score and query
+# ---------------------------------------------------------------- one rule for a bare --min in score and query
 
 
 def test_a_bare_min_means_the_same_head_in_score_and_query(mixed_store, score_head_path, class_head_path, capsys):
@@ -484,12 +428,12 @@ def test_a_bare_min_means_the_same_head_in_score_and_query(mixed_store, score_he
     assert f"selected {len(by_score)} of 6 image(s)" in err and "scored" not in err
 
 
-# ---------------------------------------------------------------- 11. an unchanged rerun does not load the CLIP
+# ---------------------------------------------------------------- an unchanged rerun does not load the CLIP
 
 
 def test_unchanged_rerun_never_loads_the_clip(photos, tmp_path, tiny_clip_dir, score_head_path, class_head_path,
                                               monkeypatch, capsys):
-    from cityclf_core import encoders, loading
+    from cityclf_core.loading import clips, fingerprints
 
     monkeypatch.setenv("CITYCLF_CACHE", str(tmp_path / "cache"))
     clip = tmp_path / "clip"
@@ -499,28 +443,28 @@ def test_unchanged_rerun_never_loads_the_clip(photos, tmp_path, tiny_clip_dir, s
             "--no-progress"]
     code, _, err = run(argv, capsys)
     assert code == 0 and "6 embedded" in err
-    loading._ENCODERS.clear()
+    clips.forget_encoders()
 
     def no_loading(*a, **k):
         raise AssertionError("the CLIP was loaded")
 
-    monkeypatch.setattr(encoders.TransformersClipEncoder, "from_folder", no_loading)
-    fingerprints = []
-    real = encoders.folder_fingerprint
-    monkeypatch.setattr(encoders, "folder_fingerprint", lambda f: fingerprints.append(f) or real(f))
+    monkeypatch.setattr(clips.TransformersClipEncoder, "from_folder", no_loading)
+    computed = []
+    real = fingerprints.folder_fingerprint
+    monkeypatch.setattr(fingerprints, "folder_fingerprint", lambda f: computed.append(f) or real(f))
     code, _, err = run(argv, capsys)
     assert code == 0 and "6 already in the store" in err and "the CLIP was not loaded" in err
-    assert fingerprints == []  # remembered by the folder's files' sizes and mtimes
+    assert computed == []  # remembered by the folder's files' sizes and mtimes
     code, out, err = run(["score", photos, "--store", db, "-m", score_head_path, "-m", class_head_path, "--clip",
                           clip, "--format", "csv", "--no-progress"], capsys)
-    assert code == 0 and len(out.splitlines()) == 7 and fingerprints == []
+    assert code == 0 and len(out.splitlines()) == 7 and computed == []
     # one new file: now the CLIP is needed, and loaded
     Image.fromarray(illustration(64, 64, 99)).save(photos / "new.png")
     code, _, err = run(argv, capsys)  # the stand-in's AssertionError is an internal error to the command
     assert code == 3 and "the CLIP was loaded" in err
 
 
-# ---------------------------------------------------------------- 12. stored selections run in SQL, in blocks
+# ---------------------------------------------------------------- stored selections run in SQL, in blocks
 
 
 def test_query_selects_in_sql_and_never_reads_the_whole_store(mixed_store, monkeypatch, capsys):
@@ -557,12 +501,12 @@ def test_query_selects_in_sql_and_never_reads_the_whole_store(mixed_store, monke
         assert [line.split(",")[0] for line in out.splitlines()[1:]] == want, argv
 
 
-# ---------------------------------------------------------------- 13. each distinct view embedded once
+# ---------------------------------------------------------------- each distinct view embedded once
 
 
 def test_embed_runs_clip_once_for_a_small_images_shared_view(tmp_path, tiny_clip_dir, score_head_path,
                                                              class_head_path, monkeypatch, capsys):
-    from cityclf_core import encoders
+    from cityclf_core.loading import clips
     from cityclf_core.store import EmbeddingStore
 
     folder = tmp_path / "small"
@@ -571,8 +515,8 @@ def test_embed_runs_clip_once_for_a_small_images_shared_view(tmp_path, tiny_clip
         Image.fromarray(illustration(50 + 5 * i, 60, i)).save(folder / f"{i}.png")
     Image.fromarray(illustration(100, 90, 9)).save(folder / "big.png")  # really tiled: 1 + 5 views
     seen = []
-    real = encoders.TransformersClipEncoder.encode
-    monkeypatch.setattr(encoders.TransformersClipEncoder, "encode",
+    real = clips.TransformersClipEncoder.encode
+    monkeypatch.setattr(clips.TransformersClipEncoder, "encode",
                         lambda self, views: seen.append(int(views.shape[0])) or real(self, views))
     db = tmp_path / "s.db"
     code, _, err = run(["embed", folder, "--store", db, "-m", score_head_path, "-m", class_head_path, "--clip",

@@ -303,7 +303,7 @@ def predict_alone(clip: str, color: int = 0x808080) -> dict:
 
 
 def test_loader_and_predict_alone_run_and_show_scores(comfy):
-    """Issue 9.1: the simplest graph is a valid prompt, and its scores are on the node."""
+    """The simplest graph is a valid prompt, and its scores are on the node."""
     entry = comfy.run(predict_alone("cityclassifiers/clip/tiny-clip"))
     assert entry["status"]["status_str"] == "success", entry["status"]
     text = entry["outputs"]["3"]["text"]
@@ -311,7 +311,7 @@ def test_loader_and_predict_alone_run_and_show_scores(comfy):
 
 
 def test_workflow_validates_after_the_models_folder_moved(comfy, workspace, tmp_path_factory):
-    """Issue 9.2: a prompt saved against one models folder runs on a server whose models live elsewhere."""
+    """A prompt saved against one models folder runs on a server whose models live elsewhere."""
     saved_absolute = str(workspace / "models" / "cityclassifiers" / "clip" / "tiny-clip")  # older workflows
     other = tmp_path_factory.mktemp("other-machine")
     shutil.copytree(workspace / "models", other / "models", ignore=shutil.ignore_patterns("big-clip"))
@@ -337,7 +337,7 @@ def test_workflow_validates_after_the_models_folder_moved(comfy, workspace, tmp_
 
 
 def test_free_unloads_the_clip_and_the_next_prompt_scores(comfy, workspace):
-    """Issues 9.3: /free with unload_models releases a CLIP we loaded, and it loads again when needed."""
+    """/free with unload_models releases a CLIP we loaded, and it loads again when needed."""
     size = sum(f.stat().st_size for f in (workspace / "models" / "cityclassifiers" / "clip" / "big-clip").iterdir())
     requested = "Requested to load CityClfCLIP[big-clip]"
     entry = comfy.run(predict_alone("cityclassifiers/clip/big-clip", 0x102030))
@@ -360,7 +360,7 @@ def test_free_unloads_the_clip_and_the_next_prompt_scores(comfy, workspace):
 
 
 def test_deleted_or_edited_sidecar_is_rewritten_on_requeue(comfy, workspace):
-    """Issue 9.5: ComfyUI's cache does not hide sidecars that changed since the last run."""
+    """ComfyUI's cache does not hide sidecars that changed since the last run."""
     from PIL import Image
 
     folder = workspace / "input" / "requeue"
@@ -395,7 +395,7 @@ def test_deleted_or_edited_sidecar_is_rewritten_on_requeue(comfy, workspace):
 
 
 def test_partial_loading_is_refused_for_our_clips(workspace):
-    """Issue 9.4, simulated on a CPU: ComfyUI's manager given two distinct devices and too little free
+    """Simulated on a CPU: ComfyUI's manager given two distinct devices and too little free
     memory loads a plain patcher only partly; ours is always loaded fully."""
     script = Path(__file__).with_name("comfyui_partial_load.py")
     clip = workspace / "models" / "cityclassifiers" / "clip" / "big-clip"
@@ -472,7 +472,7 @@ def test_scores_show_on_the_node_in_the_browser(browser_page):
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in (ROOT / "example_workflows").glob("*.json")))
 def test_example_workflow_nodes_do_not_overlap_after_a_run(browser_page, name, tmp_path):
-    """Issue 9.7: results boxes grow to their content, and the example workflows leave room for them."""
+    """Results boxes grow to their content, and the example workflows leave room for them."""
     page, errors = browser_page
     helper = shots()
     helper.load_workflow(page, json.loads((ROOT / "example_workflows" / f"{name}.json").read_text()))

@@ -6,7 +6,8 @@ import pytest
 import torch
 from conftest import illustration
 
-from cityclf_core import ConfigError, CropPolicy, crops, plan_crops, reduce_tiles, render_views
+from cityclf_core import ConfigError, CropPolicy, plan_crops, reduce_tiles, render_views
+from cityclf_core.scoring import crops
 
 S = 336
 TILE = CropPolicy(tiling=True)

@@ -1,6 +1,6 @@
 """Our batched tensor pipeline against the independent reference-style pipeline.
 
-Issue requirement: for the same CLIP and head weights, scores and class
+Required: for the same CLIP and head weights, scores and class
 probabilities within 0.01 of the reference (PIL resizes and crops, the
 transformers CLIP image processor, one image at a time) on images below,
 between and above the tiling thresholds, square and not.

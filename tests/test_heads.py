@@ -12,18 +12,11 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from cityclf_core import (
-    DownloadError,
-    HeadConfig,
-    HeadNet,
-    WeightsError,
-    catalogue,
-    load_head,
-    resolve_head,
-    save_head,
-)
-from cityclf_core.heads import STATE_DICT_KEYS
+from cityclf_core import DownloadError, HeadConfig, HeadNet, WeightsError, load_head, resolve_head, save_head
+from cityclf_core.kinds.released import STATE_DICT_KEYS
+from cityclf_core.loading import catalogue
 from cityclf_core.samples import build_head, random_head
+from cityclf_core.scoring.heads import default_policy
 
 RELEASED_SIZES = {1: 16_312_596, 2: 16_312_728, 3: 16_312_860}
 
@@ -122,7 +115,7 @@ def fake_release(monkeypatch, tmp_path):
     """Make a random head file play the part of a released model (we cannot ship the real ones)."""
     src = build_head(tmp_path / "orig" / "Fake-v1.safetensors", "class",
                      labels={"0": "Pass", "1": "Chromatic Aberration"}, write_config=False)
-    from cityclf_core.weights import file_sha256
+    from cityclf_core.loading.weights import file_sha256
 
     release = catalogue.Release(
         name="FakeCA-v1.16", filename="FakeCA-v1.16.safetensors", repo_id="someone/FakeClassifiers",
@@ -160,10 +153,10 @@ def test_renamed_configless_release_is_recognised_by_checksum(fake_release, tmp_
     assert head.labels == ["Pass", "Chromatic Aberration"]
     # the pairing gives the CLIP and the tile policy, and the user can pick the other one
     assert catalogue.paired_clip(head).repo_id == "openai/clip-vit-large-patch14"
-    assert catalogue.default_policy(head, 224).tile_size == 512
+    assert default_policy(head, 224).tile_size == 512
     assert catalogue.paired_clip(head, "alternative").image_size == 336
-    assert catalogue.default_policy(head, 336).tile_size is None  # 2*S = 672 once resolved
-    assert catalogue.default_policy(head, 336).resolved(336).tile_size == 672
+    assert default_policy(head, 336).tile_size is None  # 2*S = 672 once resolved
+    assert default_policy(head, 336).resolved(336).tile_size == 672
 
 
 def test_unknown_head_is_not_a_release(score_head):

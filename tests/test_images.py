@@ -11,7 +11,7 @@ from conftest import illustration
 from PIL import Image
 
 from cityclf_core import ImageError, decode_image, find_images
-from cityclf_core.images import iter_decoded
+from cityclf_core.scoring.images import iter_decoded
 
 
 def save(img: Image.Image, path, **kw):

@@ -19,10 +19,10 @@ from PIL import Image
 from cityclf_core import HeadConfig, HeadKind, ScoringModel, get_kind, load_head, register_kind, save_head
 from cityclf_core.cli import main
 from cityclf_core.errors import WeightsError
-from cityclf_core.heads import HeadNet
-from cityclf_core.kinds import TrainingTargets, kind_names, unregister_kind
+from cityclf_core.kinds import TrainingTargets, kind_names, result_from_dict, unregister_kind
+from cityclf_core.kinds.released import HeadNet
 from cityclf_core.metrics import score_metrics
-from cityclf_core.results import HeadResult
+from cityclf_core.scoring.results import HeadResult
 from cityclf_core.store import EmbeddingStore
 
 
@@ -175,14 +175,14 @@ def test_toy_kind_trains_from_its_own_folder_layout(pair_kind, tiny_clip_dir, tm
 
 
 @pytest.mark.parametrize("result", [
-    HeadResult("Aes", "score", ["score"], [0.7], 0.7, 1),
-    HeadResult("Cmp", "class", ["Pass", "JPEG", "WEBP"], [0.2, 0.5, 0.3], 0.8, 5),
-    HeadResult("Pop", "popularity-multitask",
+    HeadResult("Aes", get_kind("score"), ["score"], [0.7], 0.7, 1),
+    HeadResult("Cmp", get_kind("class"), ["Pass", "JPEG", "WEBP"], [0.2, 0.5, 0.3], 0.8, 5),
+    HeadResult("Pop", get_kind("popularity-multitask"),
                ["popularity", "sanity:general", "sanity:sensitive", "sanity:explicit", "ai:human", "ai:ai"],
                [0.66, 0.7, 0.2, 0.1, 0.9, 0.1], 0.66, 1),
 ])
 def test_a_result_read_back_from_its_json_says_the_same(result):
     """Show reads Predict's JSON: every kind's result survives the trip (its label and its summary line)."""
-    back = HeadResult.from_dict(result.head, json.loads(json.dumps(result.to_dict())))
+    back = result_from_dict(result.head, json.loads(json.dumps(result.to_dict())))
     assert (back.label, back.summary(), back.score, back.views) == (result.label, result.summary(), result.score,
                                                                       result.views)

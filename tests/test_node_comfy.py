@@ -1,5 +1,4 @@
-"""The nodes as ComfyUI users meet them (issue 9), and the encoder interface the nodes rely on
-(issue 8 points 5 and 7). Called directly, as ComfyUI calls them; no ComfyUI needed."""
+"""The nodes as ComfyUI users meet them, and the encoder interface the nodes rely on. Called directly, as ComfyUI calls them; no ComfyUI needed."""
 
 from __future__ import annotations
 
@@ -12,7 +11,7 @@ import torch
 from conftest import ROOT, as_image_tensor, illustration
 
 from cityclf_core import ConfigError, TransformersClipEncoder
-from cityclf_core.encoders import ComfyClipVisionEncoder, Encoder, TimedEncoder
+from cityclf_core.scoring.encoders import ComfyClipVisionEncoder, Encoder, TimedEncoder
 
 
 @pytest.fixture
@@ -30,7 +29,7 @@ def mod(pack):
     return lambda name: import_module(f"cityclf_pack.nodes.{name}")
 
 
-# ---------------------------------------------------------------- issue 8: outputs once, encoders declare
+# ---------------------------------------------------------------- outputs once, encoders declare
 
 
 def test_outputs_are_declared_once_per_node(nodes, mod):
@@ -63,10 +62,11 @@ def test_encoders_declare_source_prepare_and_device(tiny_clip_dir):
     # nothing grafted from outside, no getattr fallbacks for the interface
     import cityclf_core.dataset.embed as embed
     import cityclf_core.dataset.from_store as from_store
-    import cityclf_core.loading as loading
-    import cityclf_core.pipeline as pipeline
+    import cityclf_core.loading.clips as clips
+    import cityclf_core.loading.models as models
+    import cityclf_core.scoring.pipeline as pipeline
 
-    for module in (loading, pipeline, embed, from_store):
+    for module in (clips, models, pipeline, embed, from_store):
         text = inspect.getsource(module)
         assert "encoder.source =" not in text and 'getattr(enc, "source"' not in text
         assert "getattr(g.encoder, \"source\"" not in text and "encoder.prepare is not None" not in text
@@ -75,13 +75,13 @@ def test_encoders_declare_source_prepare_and_device(tiny_clip_dir):
 
 
 def test_loaded_encoder_records_its_source(tiny_clip_dir):
-    from cityclf_core.loading import load_encoder
+    from cityclf_core.loading.clips import load_encoder
 
     enc = load_encoder(tiny_clip_dir, device="cpu")
     assert enc.source == str(tiny_clip_dir.resolve())
 
 
-# ---------------------------------------------------------------- 1: Predict alone is a prompt
+# ---------------------------------------------------------------- Predict alone is a prompt
 
 
 def test_predict_is_an_output_node_that_still_feeds_others(nodes, tiny_clip_dir):
@@ -93,7 +93,7 @@ def test_predict_is_an_output_node_that_still_feeds_others(nodes, tiny_clip_dir)
     assert out["ui"]["text"][0].startswith("#0: TestAesthetics-v1: ") and len(out["result"][0]) == 1
 
 
-# ---------------------------------------------------------------- 2: portable CLIP names
+# ---------------------------------------------------------------- portable CLIP names
 
 
 @pytest.fixture
@@ -131,7 +131,7 @@ def test_clip_choices_are_relative_and_survive_a_moved_models_folder(nodes, mode
     assert isinstance(message, str) and "models/cityclassifiers/clip/" in message
 
 
-# ---------------------------------------------------------------- 3, 4, 9: managed CLIPs
+# ---------------------------------------------------------------- managed CLIPs
 
 
 def test_managed_clip_releases_its_weights_and_reads_them_again(nodes, mod, tiny_clip_dir):
@@ -181,13 +181,14 @@ def test_loaders_share_one_managed_clip_while_a_model_holds_it(nodes, tiny_clip_
     a = nodes.CityClfLoader().load(head="TestAesthetics-v1.safetensors", clip=str(tiny_clip_dir))["result"][0]
     b = nodes.CityClfLoader().load(head="TestCompression-v1.safetensors", clip=str(tiny_clip_dir))["result"][0]
     assert a.bindings[0].encoder is b.bindings[0].encoder
-    loader_mod = __import__("cityclf_pack.nodes.loader", fromlist=["_ENCODERS"])
+    clips = __import__("cityclf_pack.cityclf_core.loading.clips", fromlist=["_CACHE"])
     del a, b
     gc.collect()
-    assert len(loader_mod._ENCODERS) == 0  # nothing process-wide keeps a CLIP once ComfyUI drops the model
+    # nothing process-wide keeps a CLIP once ComfyUI drops the model
+    assert [key for key in clips._CACHE.keys() if key[0] == "comfyui"] == []
 
 
-# ---------------------------------------------------------------- 5: fresh sidecars
+# ---------------------------------------------------------------- fresh sidecars
 
 
 def test_tag_is_changed_follows_the_sidecars(nodes, tmp_path):
@@ -209,7 +210,7 @@ def test_tag_is_changed_follows_the_sidecars(nodes, tmp_path):
     assert tag.IS_CHANGED(write_sidecars=[False], paths=[str(img)]) == ""
 
 
-# ---------------------------------------------------------------- 6: Cancel within a view or two
+# ---------------------------------------------------------------- Cancel within a view or two
 
 
 def test_cancel_is_checked_before_every_single_view_forward_on_cpu(mod):
@@ -263,7 +264,7 @@ def test_predict_scores_through_the_interruptible_encoder_unchanged(nodes, tiny_
     assert got == pytest.approx(want, abs=1e-5)
 
 
-# ---------------------------------------------------------------- 9: precision with CLIP_VISION
+# ---------------------------------------------------------------- precision with CLIP_VISION
 
 
 def test_precision_with_clip_vision_is_said_to_be_ignored(nodes, tiny_clip_dir):
@@ -285,7 +286,7 @@ def test_load_images_refuses_with_a_clear_message(nodes, tmp_path, monkeypatch):
         nodes.CityClfLoadImages().load(folder=str(tmp_path))
 
 
-# ---------------------------------------------------------------- 8: Show Scores on small images
+# ---------------------------------------------------------------- Show Scores on small images
 
 
 @pytest.mark.parametrize("w, h", [(64, 64), (96, 80), (64, 40)])
@@ -305,7 +306,7 @@ def test_show_fits_every_character_on_small_images(w, h):
     assert out.size == (w, h)
 
 
-# ---------------------------------------------------------------- the ComfyUI harness (issue 13.9)
+# ---------------------------------------------------------------- the ComfyUI harness
 
 
 def test_comfyui_harness_checks_its_input(tmp_path):

@@ -226,7 +226,7 @@ def test_hub_clip_downloads_only_when_allowed(tmp_path, tiny_clip_dir, monkeypat
     import huggingface_hub
 
     from cityclf_core import DownloadError
-    from cityclf_core.encoders import locate_clip
+    from cityclf_core.loading.clips import locate_clip
 
     calls = []
 
@@ -260,7 +260,8 @@ def test_hub_clip_downloads_only_when_allowed(tmp_path, tiny_clip_dir, monkeypat
 def test_clip_folders_that_are_not_what_they_claim(tmp_path, tiny_clip_dir):
     import shutil
 
-    from cityclf_core.encoders import check_clip_folder, locate_clip
+    from cityclf_core.loading.clip_folder import check_clip_folder
+    from cityclf_core.loading.clips import locate_clip
 
     pickled = tmp_path / "pickled"
     shutil.copytree(tiny_clip_dir, pickled)

@@ -11,11 +11,11 @@ import torch
 
 import cityclf_core
 from cityclf_core.errors import ConfigError, WeightsError
-from cityclf_core.heads import HeadConfig, load_head_file, save_head
 from cityclf_core.kinds import get_kind
+from cityclf_core.loading.head_files import HeadConfig, load_head_file, save_head
 from cityclf_core.pixiv.config import parse_settings
 from cityclf_core.pixiv.records import Records
-from cityclf_core.results import HeadResult
+from cityclf_core.scoring.results import HeadResult
 
 KINDS = {"popularity": 1, "popularity-multitask": 6, "popularity-attention": 6}
 
@@ -45,7 +45,7 @@ def test_saved_head_loads_back_and_predicts_the_same(tmp_path, arch):
     if KINDS[arch] == 6:
         torch.testing.assert_close(values[:, 1:4].sum(1), torch.ones(5))
         torch.testing.assert_close(values[:, 4:6].sum(1), torch.ones(5))
-    result = HeadResult("Pop-v1", arch, head.labels, values[0].tolist(), float(values[0, 0]), 1)
+    result = HeadResult("Pop-v1", kind, head.labels, values[0].tolist(), float(values[0, 0]), 1)
     assert result.label == f"{int(round(1 + 99 * result.score))}/100"
     assert result.value_of("popularity") == result.score
     score, label, extra = kind.to_stored(result)

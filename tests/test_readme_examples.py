@@ -1,4 +1,4 @@
-"""The README's `cityclf ...` lines that use the demo folder run as written (issue 13)."""
+"""The README's `cityclf ...` lines that use the demo folder run as written."""
 
 from __future__ import annotations
 

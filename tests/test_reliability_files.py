@@ -11,7 +11,7 @@ from conftest import illustration
 from PIL import Image
 
 from cityclf_core.cli import main
-from cityclf_core.images import find_images
+from cityclf_core.scoring.images import find_images
 from cityclf_core.store import EmbeddingStore
 
 LATIN1 = b"caf\xe9.png"  # a name written by a Latin-1 system: not UTF-8

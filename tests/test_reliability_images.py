@@ -14,7 +14,7 @@ from cityclf_core.cli import main
 from cityclf_core.dataset import reader as reader_module
 from cityclf_core.dataset.reader import FileReader, Known
 from cityclf_core.errors import ImageError
-from cityclf_core.images import decode_image
+from cityclf_core.scoring.images import decode_image
 
 SIDE = 3072  # the smallest short side that large images are reduced at (2 x 1536)
 
@@ -66,7 +66,7 @@ class _Store:
 
 def test_a_huge_file_that_is_not_an_image_is_refused_without_reading_it(tmp_path, encoder):
     from cityclf_core import CropPolicy
-    from cityclf_core.embedding import ClipPass
+    from cityclf_core.scoring.embedding import ClipPass
 
     big = tmp_path / "huge.png"
     with open(big, "wb") as f:  # 256 MiB of nothing (sparse: costs no disk)
@@ -85,7 +85,7 @@ def test_a_huge_file_that_is_not_an_image_is_refused_without_reading_it(tmp_path
 
 def test_a_large_image_is_hashed_in_a_stream_and_decoded_from_the_file(tmp_path, encoder, monkeypatch):
     from cityclf_core import CropPolicy
-    from cityclf_core.embedding import ClipPass
+    from cityclf_core.scoring.embedding import ClipPass
 
     monkeypatch.setattr(reader_module, "READ_WHOLE_BELOW", 1024)  # every file counts as large
     path = tmp_path / "im.png"

@@ -1,4 +1,4 @@
-"""The Tag and Load Images nodes touch files only inside the allowed roots (issue 10 point 1).
+"""The Tag and Load Images nodes touch files only inside the allowed roots.
 
 A prompt comes from whoever can reach the server. It is driven here with absolute paths, `../`
 paths and symlinks that lead out of the allowed roots; nothing outside is read or written.

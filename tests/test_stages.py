@@ -15,8 +15,9 @@ from cityclf_core.dataset import EmbedReport, ScoreOptions, Selection, score_fil
 from cityclf_core.dataset.embed import register_passes
 from cityclf_core.dataset.reader import FileReader, Known
 from cityclf_core.dataset.writer import StoreWriter
-from cityclf_core.embedding import ClipPass
-from cityclf_core.results import HeadResult
+from cityclf_core.kinds import get_kind
+from cityclf_core.scoring.embedding import ClipPass
+from cityclf_core.scoring.results import HeadResult
 from cityclf_core.store import EmbeddingStore, Store, StoredScore
 
 
@@ -92,7 +93,7 @@ def test_block_scoring_isolates_a_bad_image(files, encoder, score_head):
 
 
 def test_selection_is_inactive_without_bounds():
-    rows = [(f"{i}.png", {"h": HeadResult("h", "score", ["score"], [v], v, 1)}) for i, v in enumerate([0.2, 0.9, 0.5])]
+    rows = [(f"{i}.png", {"h": HeadResult("h", get_kind("score"), ["score"], [v], v, 1)}) for i, v in enumerate([0.2, 0.9, 0.5])]
     assert Selection().apply(rows) == rows and not Selection().active
     sel = Selection.parse(mins=["0.3"], top=1)
     assert [p for p, _ in sel.apply(rows)] == ["1.png"]

@@ -20,7 +20,8 @@ from PIL import Image
 from cityclf_core import ScoringModel, StoreError, TransformersClipEncoder
 from cityclf_core.cli import main
 from cityclf_core.dataset import clip_passes, embed_files, score_store
-from cityclf_core.loading import clip_identity, load_stored_model
+from cityclf_core.dataset.stored_model import load_stored_model
+from cityclf_core.loading.clips import clip_identity
 from cityclf_core.store import EmbeddingStore
 
 
@@ -120,7 +121,7 @@ def test_identity_without_loading_matches_the_loaded_encoder(tiny_clip_dir, enco
     assert clip_identity(str(tiny_clip_dir)) == encoder.identity
 
 
-def test_export_numpy(tmp_path, tiny_clip_dir, class_head_path):
+def test_export_writes_one_npz_per_clip_and_policy(tmp_path, tiny_clip_dir, class_head_path):
     write_images(tmp_path / "imgs", 3)
     db = tmp_path / "s.db"
     main(["embed", str(tmp_path / "imgs"), "--store", str(db), "-m", str(class_head_path), "--clip",

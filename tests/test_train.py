@@ -247,7 +247,7 @@ def test_proof_it_learns_a_knowable_score_task(encoder, tmp_path):
 
 
 def test_weighted_cross_entropy_is_on_logits(colour_dataset):
-    from cityclf_core.heads import HeadNet
+    from cityclf_core.kinds.released import HeadNet
 
     torch.manual_seed(0)
     net = HeadNet(768, 1024, 2)

@@ -24,6 +24,7 @@ import argparse
 import os
 import sys
 import traceback
+from pathlib import Path
 
 from .. import __version__
 from ..errors import CityClfError
@@ -32,8 +33,8 @@ from . import info, pixiv, scoring, stored, training
 #: each group of subcommands registers its own parsers
 GROUPS = (scoring, stored, training, info, pixiv)
 
-#: exit statuses
-OK, SKIPPED, USAGE, INTERNAL, INTERRUPTED = 0, 1, 2, 3, 130
+#: exit statuses (a command itself returns 1 when it skipped some of its inputs)
+OK, USAGE, INTERNAL, INTERRUPTED = 0, 2, 3, 130
 
 DEBUG_HELP = "on an internal error, print its traceback (for a bug report)"
 
@@ -49,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     for group in GROUPS:
         group.register(sub)
+    sub.choices["demo"].set_defaults(func=cmd_demo)
     for command in sub.choices.values():  # `cityclf score ... --debug` works too
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
     return parser
@@ -81,6 +83,13 @@ def check_option_names(parser: argparse.ArgumentParser, argv: list[str]) -> None
         near = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
         sub.error(f"unknown option {name}" + (f"; did you mean {near[0]}?" if near else
                                                f"; see cityclf {command} --help"))
+
+
+def cmd_demo(args) -> int:
+    from ..demo import run_demo
+    from .common import progress_enabled
+
+    return run_demo(Path(args.dir), main, progress=progress_enabled(args))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,10 +11,10 @@ import os
 import sys
 
 from ..errors import ConfigError
-from ..images import DEFAULT_MAX_PIXELS
+from ..scoring.images import DEFAULT_MAX_PIXELS
 from ..pathtext import raw_b64, safe_text, shown
 from ..progress import ProgressBar
-from ..reduce import COMBINES
+from ..scoring.reduce import COMBINES
 
 FORMATS = ("table", "jsonl", "csv")
 
@@ -143,8 +143,12 @@ def add_model_options(p: argparse.ArgumentParser, required: bool = True) -> None
                    help="a head: a .safetensors file, or a release name such as CCAnime-Compression-v1.5 "
                         "(downloaded into --models-dir if missing). Repeat for several heads.")
     g.add_argument("--clip", metavar="ID_OR_DIR",
-                   help="run every head on this CLIP (a transformers folder or hub id); default: each "
-                        "release's own CLIP pairing, else openai/clip-vit-large-patch14-336")
+                   help="run every head on this CLIP (a transformers folder, its name in a --clip-dir, or a hub id); "
+                        "default: the CLIP a trained head records, else each release's own CLIP pairing, else "
+                        "openai/clip-vit-large-patch14-336")
+    g.add_argument("--clip-dir", action="append", default=[], metavar="DIR",
+                   help="a folder of CLIP folders, searched for a CLIP named by its folder's name and for the CLIP "
+                        "a trained head records (also $CITYCLF_CLIP_DIRS; repeat for several)")
     g.add_argument("--pairing", choices=("best", "alternative"), default="best",
                    help="which catalogue pairing to use for releases that have two (chromatic aberration: "
                         "best = ViT-L/14 with 512 px tiles as trained, alternative = the public demo's 336/672)")
@@ -215,11 +219,12 @@ def progress_enabled(args) -> bool | None:
 
 
 def load_model(args):
-    from ..loading import load_scoring_model
+    from ..loading.models import load_scoring_model
 
     return load_scoring_model(
         args.model, clip=args.clip, device=args.device, dtype=args.dtype, pairing=args.pairing,
         allow_download=not args.offline, models_dir=args.models_dir, tile_size=args.tile_size,
+        clip_dirs=args.clip_dir,
     )
 
 
@@ -246,7 +251,7 @@ def listed_files(inputs, problems: "Problems", shard: str | None = None) -> list
     import os
 
     from ..dataset import in_shard, parse_shard
-    from ..images import find_images
+    from ..scoring.images import find_images
 
     files, missing = find_images(inputs)
     for path, reason in missing:

@@ -1,11 +1,10 @@
-"""cityclf store-info / models / demo: what a store holds; the known releases; a first run with nothing downloaded."""
+"""cityclf store-info / models / demo: what a store holds; the known releases; a first run with nothing downloaded
+(the demo's command is in __init__.py, beside the main it runs)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-
-from .common import progress_enabled
 
 
 def cmd_store_info(args) -> int:
@@ -17,7 +16,7 @@ def cmd_store_info(args) -> int:
 
 
 def cmd_models(args) -> int:
-    from ..catalogue import RELEASES, default_models_dir
+    from ..loading.catalogue import RELEASES, default_models_dir
 
     models_dir = Path(args.models_dir) if args.models_dir else default_models_dir()
     for r in RELEASES:
@@ -32,7 +31,7 @@ def cmd_models(args) -> int:
 
 
 def _local_state(local: Path, release) -> str:
-    from ..weights import file_sha256
+    from ..loading.weights import file_sha256
 
     if not local.is_file():
         return f"download: {release.url}"
@@ -40,12 +39,6 @@ def _local_state(local: Path, release) -> str:
     if sha != release.sha256:
         return f"on disk, but not the released file (sha256 {sha}): {local} is used as a custom head"
     return f"on disk: {local}"
-
-
-def cmd_demo(args) -> int:
-    from ..demo import run_demo
-
-    return run_demo(Path(args.dir), progress=progress_enabled(args))
 
 
 def register(sub) -> None:
@@ -64,4 +57,4 @@ def register(sub) -> None:
     p.add_argument("--dir", default="cityclf-demo", help="where to put the demo's models and images "
                                                         "(default: ./cityclf-demo)")
     p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=cmd_demo)
+    # its command (cli/__init__.py) runs `cityclf score` through main, as a user would

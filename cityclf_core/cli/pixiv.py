@@ -36,7 +36,7 @@ def cmd_synth(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from ..catalogue import load_head
+    from ..loading.catalogue import load_head
     from ..pixiv.config import load_settings
     from ..pixiv.evaluate import popularity_metrics
     from ..pixiv.splits import make_split

@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 import sys
 
-from ..crops import CropPolicy
+from ..scoring.crops import CropPolicy
 from ..errors import ConfigError
-from ..images import find_images
+from ..scoring.images import find_images
 from ..pathtext import safe_text, shown
 from ..progress import ProgressBar
 from .engine import add_engine_options, run_engine
@@ -61,7 +61,7 @@ def cmd_score(args) -> int:
 
 def _score_with_store(args) -> int:
     from ..dataset import save_results, score_store
-    from ..loading import load_stored_model
+    from ..dataset.stored_model import load_stored_model
     from ..store import EmbeddingStore
 
     problems = Problems()
@@ -109,8 +109,8 @@ def _embed_into(args, store, problems: Problems, shard: str | None = None):
 def _embed_claimed(args, store, problems: Problems, shard: str | None):
     from ..dataset import clip_passes, embed_files
     from ..dataset.plan import nothing_to_embed
-    from ..embedding import ClipPass
-    from ..loading import load_encoder
+    from ..scoring.embedding import ClipPass
+    from ..loading.clips import load_encoder
 
     paths = listed_files(args.paths, problems, shard)
     stored = _stored_passes(args, store)  # no CLIP loaded: the store and the files' stats decide
@@ -139,9 +139,10 @@ def _stored_passes(args, store):
     """(model on stored encoders or None, the CLIP passes) as recorded in `store`, or None when the store does
     not know these CLIPs yet (then they must be loaded)."""
     from ..dataset import clip_passes
-    from ..embedding import ClipPass
+    from ..scoring.embedding import ClipPass
     from ..errors import CityClfError
-    from ..loading import clip_identity, load_stored_model, source_name
+    from ..loading.clips import clip_identity, source_name
+    from ..dataset.stored_model import load_stored_model
     from ..store import StoredEncoder
 
     try:

@@ -6,7 +6,7 @@ import sys
 
 from ..errors import ConfigError
 from ..pathtext import shown
-from ..reduce import COMBINES
+from ..scoring.reduce import COMBINES
 from .common import (
     TOP_HELP,
     Problems,
@@ -128,7 +128,7 @@ def cmd_grid(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from ..loading import clip_identity, source_name
+    from ..loading.clips import clip_identity, source_name
 
     with open_store(args.store, write=False) as store:
         if not store.encoders():

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from ..errors import ConfigError
-from ..images import find_images
+from ..scoring.images import find_images
 from ..progress import ProgressBar
 from .common import (
     FORMATS,
@@ -24,8 +24,8 @@ from .common import (
 
 
 def cmd_train(args) -> int:
-    from ..clip_record import record_for
-    from ..loading import load_encoder, source_name
+    from ..loading.clip_records import record_for
+    from ..loading.clips import load_encoder, source_name
     from ..store import EmbeddingStore
     from ..store.lock import embedding_run
     from ..train.data import inference_policy

@@ -6,8 +6,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from ..results import HeadResult
 from ..errors import ImageError
+from ..scoring.results import HeadResult
 from ..sidecars import SidecarError, write_sidecar
 from ..tags import TagRules, owner
 from .journal import MoveJournal

@@ -6,9 +6,9 @@ from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
 
 from ..errors import ImageError
-from ..images import DEFAULT_MAX_PIXELS, iter_decoded, reason_for
-from ..pipeline import ScoringModel
-from ..results import HeadResult
+from ..scoring.images import DEFAULT_MAX_PIXELS, iter_decoded, reason_for
+from ..scoring.pipeline import ScoringModel
+from ..scoring.results import HeadResult
 from .finite import OUTPUT, finite_results
 
 

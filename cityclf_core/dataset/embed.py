@@ -14,10 +14,10 @@ import os
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
-from ..embedding import ChunkedEncoder, ClipPass, default_batch_size
-from ..encoders import TimedEncoder
 from ..errors import StoreError
-from ..images import DEFAULT_MAX_PIXELS, ordered_map
+from ..scoring.embedding import ChunkedEncoder, ClipPass, default_batch_size
+from ..scoring.encoders import TimedEncoder
+from ..scoring.images import DEFAULT_MAX_PIXELS, ordered_map
 from .reader import FileReader, Known
 from .writer import StoreWriter
 

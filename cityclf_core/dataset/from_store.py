@@ -7,8 +7,8 @@ from typing import Callable, Iterator, Sequence
 import torch
 
 from ..kinds import get_kind
-from ..pipeline import Group, ScoringModel, head_scores
-from ..results import HeadResult
+from ..scoring.pipeline import Group, ScoringModel, head_scores
+from ..scoring.results import HeadResult
 from ..store import StoredScore
 from .finite import OUTPUT, STORED, STORED_SCORE, finite_array, finite_results, finite_views
 

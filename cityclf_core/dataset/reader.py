@@ -18,10 +18,10 @@ from typing import Callable, Sequence
 
 import torch
 
-from ..crops import CropPlan, render_views
-from ..embedding import ClipPass, to_bchw
 from ..errors import ImageError
-from ..images import DEFAULT_MAX_PIXELS, decode_image, reason_for
+from ..scoring.crops import CropPlan, render_views
+from ..scoring.embedding import ClipPass, to_bchw
+from ..scoring.images import DEFAULT_MAX_PIXELS, decode_image, reason_for
 
 
 @dataclass

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from ..errors import ConfigError
-from ..pipeline import resolve_head_name
-from ..results import HeadResult
+from ..scoring.pipeline import resolve_head_name
+from ..scoring.results import HeadResult
 
 
 @dataclass(frozen=True)

@@ -12,10 +12,10 @@ from __future__ import annotations
 import os
 from typing import Callable, Iterator, Sequence
 
+from ..scoring.pipeline import resolve_head_name
+from ..scoring.results import HeadResult
 from .finite import STORED_SCORE
 from .from_store import stored_row
-from ..pipeline import resolve_head_name
-from ..results import HeadResult
 from .select import Selection
 
 GONE = "the file is gone (renamed or deleted outside cityclf); `cityclf prune --store DB` forgets it"

@@ -31,15 +31,16 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from ..crops import CropPolicy, plan_crops
-from ..encoders import Encoder, TimedEncoder
-from ..errors import ConfigError, StoreError
-from ..images import DEFAULT_MAX_PIXELS
 from ..dataset.embed import EmbedReport, register_passes
 from ..dataset.reader import Prepared, read_file
-from ..embedding import ClipPass
-from ..embedding import ChunkedEncoder, default_batch_size
-from ..pipeline import Group, ScoringModel, head_scores
+from ..errors import ConfigError, StoreError
+from ..loading.clips import load_encoder
+from ..loading.models import load_scoring_model
+from ..scoring.crops import CropPolicy, plan_crops
+from ..scoring.embedding import ChunkedEncoder, ClipPass, default_batch_size
+from ..scoring.encoders import Encoder, TimedEncoder
+from ..scoring.images import DEFAULT_MAX_PIXELS
+from ..scoring.pipeline import Group, ScoringModel, head_scores
 from ..store import EmbeddingStore
 from . import parquet, require_ray
 
@@ -85,8 +86,6 @@ class ModelSpec:
 
     def load(self, device: str) -> tuple[ScoringModel | None, list[Group]]:
         """The heads (None when embedding for a bare --clip) and the CLIP passes they need, on `device`."""
-        from ..loading import load_encoder, load_scoring_model
-
         if self.models:
             model = load_scoring_model(list(self.models), clip=self.clip, device=device, dtype=self.dtype,
                                        pairing=self.pairing, allow_download=self.allow_download,

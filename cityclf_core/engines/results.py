@@ -6,8 +6,8 @@ from typing import Iterator, Sequence
 
 from ..dataset.from_store import save_results, score_store
 from ..kinds import get_kind
-from ..pipeline import ScoringModel
-from ..results import HeadResult
+from ..scoring.pipeline import ScoringModel
+from ..scoring.results import HeadResult
 from ..store import EmbeddingStore
 
 

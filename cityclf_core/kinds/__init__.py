@@ -15,56 +15,25 @@ Adding a kind is one module with a `HeadKind` subclass and one
 
 from __future__ import annotations
 
-from ..errors import WeightsError
-from .base import HeadKind, TrainingTargets
+from .base import HeadKind, ReviewItem, TrainingTargets
+from .classes import ClassKind
+from .popularity import PopularityAttentionKind, PopularityKind, PopularityMultiKind
+from .registry import (
+    get_kind,
+    kind_choices,
+    kind_for_outputs,
+    kind_names,
+    register_kind,
+    result_from_dict,
+    unregister_kind,
+)
+from .score import ScoreKind
 
-_KINDS: dict[str, HeadKind] = {}
-
-
-def register_kind(kind: HeadKind, replace: bool = False) -> HeadKind:
-    """Make `kind` known by its name (the config's "arch"); returns it."""
-    if kind.name in _KINDS and not replace and _KINDS[kind.name] is not kind:
-        raise ValueError(f"a head kind named {kind.name!r} is already registered")
-    _KINDS[kind.name] = kind
-    return kind
-
-
-def unregister_kind(name: str) -> None:
-    _KINDS.pop(name, None)
-
-
-def get_kind(name: str) -> HeadKind:
-    try:
-        return _KINDS[name]
-    except KeyError:
-        raise WeightsError(f"unknown head kind (arch) {name!r}; known kinds: {kind_choices()}") from None
-
-
-def kind_names() -> list[str]:
-    return list(_KINDS)
-
-
-def kind_choices() -> str:
-    """The registered kinds for a message: "'score' or 'class'", then kinds trained elsewhere in brackets."""
-    names = [repr(n) for n, k in _KINDS.items() if k.trains_from_folders]
-    others = [repr(n) for n, k in _KINDS.items() if not k.trains_from_folders]
-    text = " or ".join(names) if len(names) < 3 else ", ".join(names[:-1]) + " or " + names[-1]
-    return text + (f" (other kinds: {', '.join(others)})" if others else "")
-
-
-def kind_for_outputs(outputs: int) -> HeadKind:
-    """The kind of a released-layout head known only by its weights: 1 output a score, more a classifier."""
-    return get_kind("score" if outputs == 1 else "class")
-
-
-from .classes import ClassKind  # noqa: E402  (the built-in kinds)
-from .popularity import PopularityAttentionKind, PopularityKind, PopularityMultiKind  # noqa: E402
-from .score import ScoreKind  # noqa: E402
-
+# the built-in kinds
 register_kind(ScoreKind())
 register_kind(ClassKind())
 for _kind in (PopularityKind(), PopularityMultiKind(), PopularityAttentionKind()):
     register_kind(_kind)
 
-__all__ = ["ClassKind", "HeadKind", "ScoreKind", "TrainingTargets", "get_kind", "kind_choices",
-           "kind_for_outputs", "kind_names", "register_kind", "unregister_kind"]
+__all__ = ["ClassKind", "HeadKind", "ReviewItem", "ScoreKind", "TrainingTargets", "get_kind", "kind_choices",
+           "kind_for_outputs", "kind_names", "register_kind", "result_from_dict", "unregister_kind"]

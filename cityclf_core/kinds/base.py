@@ -1,8 +1,8 @@
 """`HeadKind`: the one place that knows what a kind of head's outputs mean.
 
 The defaults describe the released CityClassifiers file layout (16 tensors,
-see heads.py); a kind with another network overrides `build_net` and
-`read_layout`. Results are `HeadResult`s (results.py): per image, the outputs
+see released.py); a kind with another network overrides `build_net` and
+`read_layout`. Results are `HeadResult`s (scoring/results.py): per image, the outputs
 reduced over the views (`values`) and the head's single number (`positive`,
 what selections, gates and sorting use).
 """
@@ -10,13 +10,16 @@ what selections, gates and sorting use).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
-from ..errors import ConfigError, WeightsError
+from ..errors import ConfigError
+from ..scoring.results import HeadResult
+from .registry import get_kind
+from .released import HeadNet, validate_state_dict
 
 
 @dataclass
@@ -25,6 +28,22 @@ class TrainingTargets:
 
     values: list  # per example: a number, or a list of numbers for multi-output kinds
     facts: dict
+
+
+@dataclass
+class ReviewItem:
+    """An image a head gets wrong, for the refinement loop (see review.py)."""
+
+    path: str
+    expected: str
+    predicted: str
+    confidence: float  # probability of the predicted class (or the predicted score)
+    p_expected: float  # probability of the expected class (or the expected score)
+    loss: float  # -log p(expected) for classes, |score - expected| for scores
+    kind: str  # false positive / false negative / confused / off by
+
+    def to_dict(self) -> dict:
+        return asdict(self)
 
 
 class HeadKind:
@@ -40,6 +59,10 @@ class HeadKind:
     #: the validation metric training reports beside the loss, and whether larger is better
     metric_name: str = "loss"
 
+    def __reduce__(self):
+        """Pickled by name (results sent between processes): unpickles to the registered kind."""
+        return get_kind, (self.name,)
+
     # ------------------------------------------------------------ files
 
     def check_config(self, config) -> None:
@@ -52,14 +75,10 @@ class HeadKind:
 
     def build_net(self, config) -> nn.Module:
         """An untrained network for `config`; it must have `logits(x)` ([n, F] -> [n, outputs])."""
-        from ..heads import HeadNet
-
         return HeadNet(config.features, config.hidden, config.outputs)
 
     def read_layout(self, state_dict: dict, source: str) -> tuple[int, int, int]:
         """Check a state dict's layout; (features, hidden, outputs) read from its shapes."""
-        from ..heads import validate_state_dict
-
         return validate_state_dict(state_dict, source)
 
     # ------------------------------------------------------------ inference
@@ -127,11 +146,9 @@ class HeadKind:
         return result.positive, result.label, self.probs(result)
 
     def from_stored(self, head: str, score: float, label: str, extra: dict | None):
-        from ..results import HeadResult
-
         values = list(extra.values()) if extra else [score]
         labels = list(extra) if extra else ["score"]
-        return HeadResult(head, self.name, labels, values, score, 0)
+        return HeadResult(head, self, labels, values, score, 0)
 
     # ------------------------------------------------------------ tags
 

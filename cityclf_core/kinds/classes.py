@@ -9,7 +9,8 @@ import torch
 
 from ..errors import ConfigError, WeightsError
 from ..metrics import class_metrics
-from .base import HeadKind, TrainingTargets
+from ..scoring.results import HeadResult
+from .base import HeadKind, ReviewItem, TrainingTargets
 
 
 class ClassKind(HeadKind):
@@ -40,10 +41,8 @@ class ClassKind(HeadKind):
         return f"{result.label} (not-pass {result.positive:.2f})"
 
     def from_stored(self, head, score, label, extra):
-        from ..results import HeadResult
-
         extra = extra or {label: 1.0}
-        return HeadResult(head, self.name, list(extra), list(extra.values()), score, 0)
+        return HeadResult(head, self, list(extra), list(extra.values()), score, 0)
 
     # ------------------------------------------------------------ tags
 
@@ -69,8 +68,6 @@ class ClassKind(HeadKind):
         return labels[int(target)]
 
     def review(self, path, result, expected, head):
-        from ..review import ReviewItem
-
         name = class_name(head, str(expected))
         p = result.value_of(name)
         if result.label == name:

@@ -32,8 +32,10 @@ from torch import nn
 
 from ..errors import ConfigError, WeightsError
 from ..metrics import score_metrics
-from ..pixiv.models import AI, NETS, OUTPUT_NAMES, SANITY
+from ..scoring.results import HeadResult
 from .base import HeadKind
+from .popularity_nets import AI, NETS, OUTPUT_NAMES, SANITY
+from .score import ScoreKind
 
 
 def popularity_value(score: float) -> int:
@@ -118,19 +120,13 @@ class PopularityKind(HeadKind):
         return f"popularity {result.label} (score {result.positive:.2f})"
 
     def from_stored(self, head, score, label, extra):
-        from ..results import HeadResult
-
         extra = extra or {}
-        return HeadResult(head, self.name, ["popularity", *extra], [score, *extra.values()], score, 0)
+        return HeadResult(head, self, ["popularity", *extra], [score, *extra.values()], score, 0)
 
     def tags(self, head, result, rules):
-        from .score import ScoreKind
-
         return ScoreKind.tags(self, head, result, rules)
 
     def tag_vocabulary(self, head, result, rules):
-        from .score import ScoreKind
-
         return ScoreKind.tag_vocabulary(self, head, result, rules)
 
     # ------------------------------------------------------------ training

@@ -7,7 +7,7 @@ import torch
 
 from ..errors import ConfigError, WeightsError
 from ..metrics import score_metrics
-from .base import HeadKind, TrainingTargets
+from .base import HeadKind, ReviewItem, TrainingTargets
 
 SCORE_LOSSES = ("l1", "mse", "huber")
 
@@ -69,8 +69,6 @@ class ScoreKind(HeadKind):
         return float(target)
 
     def review(self, path, result, expected, head):
-        from ..review import ReviewItem
-
         target = float(expected)
         return ReviewItem(path, f"{target:.3f}", f"{result.positive:.3f}", result.positive, target,
                           abs(result.positive - target), "off by")

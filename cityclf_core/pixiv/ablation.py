@@ -22,7 +22,11 @@ from typing import Callable
 
 import numpy as np
 
+from ..annotate import font
 from ..errors import ConfigError
+from ..grid import BG, FG, MUTED
+from ..loading.catalogue import load_head
+from ..metrics import spearman
 from .config import PixivSettings
 from .evaluate import MetadataBaseline, popularity_metrics
 from .splits import artists_on_both_sides, make_split
@@ -35,8 +39,6 @@ SHOWN = ("spearman", "pearson", "mae", "top10_precision")
 
 def run_ablation(settings: PixivSettings, out: str | os.PathLike, overwrite: bool = False,
                  log: Callable[[str], None] = print, data: PixivData | None = None) -> dict:
-    from ..catalogue import load_head
-
     out = Path(out)
     files = [out / "ablation.json", out / "ablation.png"]
     if not overwrite and (any(f.exists() for f in files) or (out / "runs").exists()):
@@ -109,9 +111,6 @@ def scatter_panels(points: dict, out: Path, panel: int = 220) -> Path:
     """Predicted (y) vs actual (x) test scores, a panel per (split, model), as a PNG (Pillow only)."""
     from PIL import Image, ImageDraw
 
-    from ..annotate import font
-    from ..grid import BG, FG, MUTED
-
     splits = list(dict.fromkeys(s for s, _ in points))
     models = list(dict.fromkeys(m for _, m in points))
     pad, head = 28, 36
@@ -145,8 +144,6 @@ def scatter_panels(points: dict, out: Path, panel: int = 220) -> Path:
 
 
 def _rho(pred, true) -> float:
-    from ..metrics import spearman
-
     return spearman(np.asarray(pred), np.asarray(true)) if len(true) > 1 else float("nan")
 
 

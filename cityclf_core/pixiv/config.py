@@ -42,7 +42,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ConfigError
-from .models import NETS
+from ..kinds.popularity_nets import NETS
+from ..train.config import read_yaml
 from .splits import SPLITS
 from .targets import TARGETS
 
@@ -191,8 +192,6 @@ def parse_settings(data: dict, source: str, base_dir: Path) -> PixivSettings:
 
 
 def load_settings(path: str | os.PathLike) -> PixivSettings:
-    from ..train.config import read_yaml
-
     path = Path(path)
     return parse_settings(read_yaml(path), str(path), path.parent)
 

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import ConfigError
-from ..images import IMAGE_EXTENSIONS
+from ..scoring.images import IMAGE_EXTENSIONS
 from .sidecar import COLUMN_TYPES, COLUMNS, SidecarError, parse_sidecar
 
 DATABASE = Path(".database") / "metadata.sqlite3"

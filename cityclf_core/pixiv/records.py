@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError
+from .ingest import database_path
 from .sidecar import SidecarError, parse_time
 
 AI_TAGS = ("AIイラスト", "Diffusion", "Novel", "midjourney")
@@ -73,8 +74,6 @@ def _time(text, where) -> float:
 def load_records(dataset: str | os.PathLike, db_path: str | os.PathLike | None = None,
                  require_images: bool = True) -> tuple[Records, list[tuple[str, str]]]:
     """The usable works of a dataset's metadata database, and (filename, why) for every row left out."""
-    from .ingest import database_path
-
     dataset = Path(dataset)
     path = Path(db_path) if db_path else database_path(dataset)
     if not path.is_file():

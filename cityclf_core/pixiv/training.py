@@ -18,10 +18,14 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
+from ..kinds.popularity_nets import OUTPUT_NAMES
+from ..loading.clip_records import record_for
+from ..loading.clips import clip_identity, source_name
+from ..scoring.crops import WHOLE_IMAGE
+from ..store import EmbeddingStore
 from ..train import Dataset, TrainConfig, Trainer, TrainResult
 from ..train.config import validate
 from .config import PixivSettings
-from .models import OUTPUT_NAMES
 from .records import Records, load_records
 from .rows import StoredViews
 from .splits import Split, artists_on_both_sides
@@ -64,9 +68,6 @@ class PixivData:
 
 def load_data(settings: PixivSettings, records: Records | None = None) -> PixivData:
     """The ingested works that have stored whole-image embeddings of the settings' CLIP."""
-    from ..loading import clip_identity, source_name
-    from ..store import EmbeddingStore
-
     left_out: list = []
     if records is None:
         records, left_out = load_records(settings.dataset)
@@ -136,8 +137,7 @@ def train_config(settings: PixivSettings, data: PixivData, arch: str, n_train: i
     sidecar = {
         "output_names": list(OUTPUT_NAMES[: 1 if arch == "popularity" else len(OUTPUT_NAMES)]),
         "target": target.to_dict(),
-        "clip": {"source": data.clip, "identity": enc.identity, "name": enc.name, "image_size": enc.image_size,
-                 "embed_dim": enc.embed_dim},
+        "clip": {**record_for(enc, data.clip, WHOLE_IMAGE).to_dict(), "name": enc.name, "embed_dim": enc.embed_dim},
         "crop_policy": POLICY,
         "split": {"name": split.name, "seed": split.seed, "train": int(len(split.train)), "val": int(len(split.val)),
                   "test": int(len(split.test))},

@@ -9,8 +9,8 @@
 
 from .protocol import Store
 from .rows import EncoderRow, FileRow, PolicyInfo, PruneReport, StoredScore
-from .sqlite import SCHEMA_VERSION, EmbeddingStore, ReadOnlyStore, merge_stores, policy_key
+from .sqlite import SCHEMA_VERSION, EmbeddingStore, ReadOnlyStore, merge_stores
 from .stored_encoder import StoredEncoder
 
 __all__ = ["SCHEMA_VERSION", "EmbeddingStore", "EncoderRow", "FileRow", "PolicyInfo", "PruneReport", "ReadOnlyStore",
-           "Store", "StoredEncoder", "StoredScore", "merge_stores", "policy_key"]
+           "Store", "StoredEncoder", "StoredScore", "merge_stores"]

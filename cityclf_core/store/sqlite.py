@@ -35,7 +35,6 @@ from urllib.request import pathname2url
 
 import numpy as np
 
-from ..crops import CropPolicy
 from ..errors import StoreError
 from ..pathtext import safe_text
 from .rows import EncoderRow, FileRow, PolicyInfo, PruneReport, StoredScore
@@ -151,14 +150,6 @@ def _from_db(value) -> str:
 def _text(message: str | None) -> str | None:
     """Free text (an error message) that may quote a non-UTF-8 name: stored with that name's bytes as \\xNN."""
     return None if message is None else safe_text(message)
-
-
-def policy_key(policy: CropPolicy) -> str:
-    """A stable text key for a resolved crop policy: 'whole' or 'tiles:672:1536:up'."""
-    try:
-        return policy.key
-    except Exception as e:  # noqa: BLE001  (an unresolved policy)
-        raise StoreError(str(e)) from None
 
 
 class EmbeddingStore:
@@ -636,10 +627,6 @@ class EmbeddingStore:
         return [PolicyInfo(by_id[e], p, n) for e, p, n in self.db.execute(
             sql + " GROUP BY encoder_id, policy ORDER BY encoder_id, policy", args)]
 
-    def export_numpy(self, out: str | os.PathLike, encoder: EncoderRow, policy: str) -> int:
-        """Write an .npz: paths [N], offsets [N+1], embeddings [total views, D] (float32), and the CLIP."""
-        return self.export_sets(out, [(encoder, policy)])[0]
-
     def export_sets(self, out: str | os.PathLike, sets: list[tuple[EncoderRow, str]]) -> list[int]:
         """Write an .npz of one or more (CLIP, policy) sets of embeddings; the number of images of each.
 
@@ -803,4 +790,4 @@ for _name, _method in list(vars(EmbeddingStore).items()):
         setattr(EmbeddingStore, _name, _guarded(_method))
 
 
-__all__ = ["EmbeddingStore", "ReadOnlyStore", "merge_stores", "policy_key", "store_error"]
+__all__ = ["EmbeddingStore", "ReadOnlyStore", "merge_stores", "store_error"]

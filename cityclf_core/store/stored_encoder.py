@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..encoders import Encoder
+from ..scoring.encoders import Encoder
 from ..errors import StoreError
 from .rows import EncoderRow
 

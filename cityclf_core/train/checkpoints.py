@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from ..errors import WeightsError
-from ..weights import check_safetensors_file
+from ..loading.weights import check_safetensors_file
 
 
 def checkpoint_path(out: Path, cfg) -> Path:

@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ConfigError
-from ..heads import HeadConfig
 from ..kinds import HeadKind, get_kind, kind_choices, kind_names
+from ..loading.head_files import HeadConfig
 
 REFERENCE_CLIPS = {  # model.clip in the reference configs
     "CLIP": {"features": 768, "hidden": 1024, "clip_model": "openai/clip-vit-large-patch14-336"},
@@ -51,7 +51,7 @@ class TrainConfig:
     tile_size: int | None = None  # default 2 x the CLIP input size
     workers: int = 2
     batch_size: int | None = None  # CLIP views per forward when embedding
-    clip_record: dict | None = None  # not a YAML key: the CLIP images were embedded with (clip_record.py)
+    clip_record: dict | None = None  # not a YAML key: the CLIP images were embedded with (loading/clip_records.py)
 
     @property
     def name(self) -> str:

@@ -11,11 +11,12 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..crops import CropPlan, CropPolicy, plan_crops
-from ..embedding import ClipPass
+from ..dataset.embed import embed_files, register_passes
 from ..errors import ConfigError
-from ..images import IMAGE_EXTENSIONS
 from ..kinds import HeadKind, get_kind
+from ..scoring.crops import CropPlan, CropPolicy, plan_crops
+from ..scoring.embedding import ClipPass
+from ..scoring.images import IMAGE_EXTENSIONS
 from .config import TrainConfig
 
 
@@ -168,8 +169,6 @@ def load_image_dataset(cfg: TrainConfig, root: Path, store, encoder, on_file=Non
     seeded random tile crops of images large enough (the whole image otherwise);
     the others the whole image. Validation views: exactly what inference uses.
     """
-    from ..dataset.embed import embed_files, register_passes
-
     examples, facts = scan_folders(root, cfg.kind, "images")
     S = encoder.image_size
     if encoder.embed_dim != cfg.features:

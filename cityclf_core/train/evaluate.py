@@ -6,7 +6,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..reduce import reduce_segments
+from ..kinds import get_kind
+from ..scoring.reduce import reduce_segments
 
 
 @torch.no_grad()
@@ -24,6 +25,4 @@ def evaluate(net: nn.Module, cfg, views: torch.Tensor, counts: list[int], target
 
 def format_metrics(metrics: dict) -> str:
     """The validation summary printed after training, as the head's kind writes it."""
-    from ..kinds import get_kind
-
     return get_kind(metrics["arch"]).format_metrics(metrics)

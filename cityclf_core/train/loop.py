@@ -16,9 +16,9 @@ from typing import Callable
 
 import torch
 
-from ..encoders import pick_device
 from ..errors import ConfigError
-from ..heads import save_head
+from ..loading.head_files import save_head
+from ..scoring.encoders import pick_device
 from .checkpoints import checkpoint_path, load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .data import Dataset

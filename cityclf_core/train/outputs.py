@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..grid import line_chart
 
 
 @dataclass
@@ -76,8 +77,6 @@ def write_metrics(path: Path, metrics: dict) -> None:
 
 
 def draw_curves(path: Path, history: list, metric_name: str, title: str) -> None:
-    from ..grid import line_chart
-
     line_chart({"train loss": [(h[0], h[1]) for h in history], "validation loss": [(h[0], h[2]) for h in history]},
                {f"validation {metric_name}": [(h[0], h[3]) for h in history]}, path,
                title=f"{title}: loss and validation {metric_name} by optimizer step")

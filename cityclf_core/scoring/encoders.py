@@ -2,9 +2,10 @@
 
 Two kinds, one interface (:class:`Encoder`):
 
-* :class:`TransformersClipEncoder` -- a transformers `CLIPVisionModelWithProjection`
-  from a local folder or a hub id (downloaded only when allowed), SDPA attention,
-  fp32 on the CPU by default and bf16/fp16 on a GPU;
+* :class:`ClipVisionEncoder` -- a transformers `CLIPVisionModelWithProjection`
+  (loaded from a folder or a hub id by loading/clips.py, as its subclass
+  `TransformersClipEncoder`), SDPA attention, fp32 on the CPU by default and
+  bf16/fp16 on a GPU;
 * :class:`ComfyClipVisionEncoder` -- ComfyUI's `CLIP_VISION` object. It is handed
   views already at its own `image_size`, which ComfyUI's preprocessing passes
   through without resizing again.
@@ -15,23 +16,17 @@ float32 -- what the released heads were trained on.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import os
 import threading
-from pathlib import Path
 
 import torch
 
-from .errors import ConfigError, DownloadError, WeightsError
-from .weights import check_safetensors_file, describe_non_safetensors
+from ..errors import ConfigError
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-_CLIP_FILES = ["config.json", "preprocessor_config.json", "model.safetensors", "model.safetensors.index.json",
-               "model-*.safetensors"]
 
 
 class Encoder:
@@ -120,43 +115,10 @@ def weights_fingerprint(tensors: dict[str, torch.Tensor], config: dict) -> str:
     return h.hexdigest()[:16]
 
 
-FINGERPRINT_KEYS = ("visual_projection.weight", "vision_model.embeddings.class_embedding",
-                    "vision_model.post_layernorm.weight")
-_SHAPE_FIELDS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-                 "image_size", "patch_size", "projection_dim", "hidden_act")
+class ClipVisionEncoder(Encoder):
+    """A transformers CLIP vision model with projection, in memory (loading.clips loads one from a folder)."""
 
-
-def _shape_config(cfg) -> dict:
-    return {k: getattr(cfg, k, None) for k in _SHAPE_FIELDS}
-
-
-def folder_fingerprint(folder: str | os.PathLike) -> str:
-    """The identity a TransformersClipEncoder loaded from `folder` will have, without loading the model.
-
-    Reads the vision config and three small tensors; lets the embedding store
-    find a CLIP's embeddings when scoring, with no CLIP in memory.
-    """
-    from safetensors import safe_open
-    from transformers import CLIPVisionConfig
-
-    folder = Path(folder)
-    check_clip_folder(folder)
-    with quiet_transformers():
-        cfg = CLIPVisionConfig.from_pretrained(str(folder))
-    tensors = {}
-    for shard in sorted(folder.glob("*.safetensors")):
-        with safe_open(str(shard), framework="pt") as f:
-            keys = set(f.keys())
-            for k in FINGERPRINT_KEYS:
-                if k in keys:
-                    tensors[k] = f.get_tensor(k)
-    return weights_fingerprint(tensors, _shape_config(cfg))
-
-
-class TransformersClipEncoder(Encoder):
-    """A transformers CLIP vision model with projection."""
-
-    def __init__(self, model, mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD, name: str = "clip",
+    def __init__(self, model, identity: str, mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD, name: str = "clip",
                  dtype: torch.dtype | None = None, source: str | None = None):
         self.model = model.eval()
         self._source = source
@@ -164,9 +126,7 @@ class TransformersClipEncoder(Encoder):
         self.image_size = int(cfg.image_size)
         self.embed_dim = int(cfg.projection_dim)
         self.name = name
-        params = dict(model.named_parameters())
-        sample = {k: params[k] for k in FINGERPRINT_KEYS if k in params}
-        self.identity = weights_fingerprint(sample, _shape_config(cfg))
+        self.identity = identity
         self._mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
         self._std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
         if dtype is not None:
@@ -181,7 +141,7 @@ class TransformersClipEncoder(Encoder):
     def dtype(self) -> torch.dtype:
         return next(self.model.parameters()).dtype
 
-    def to(self, device=None, dtype=None) -> "TransformersClipEncoder":
+    def to(self, device=None, dtype=None) -> "ClipVisionEncoder":
         self.model.to(device=device, dtype=dtype)
         return self
 
@@ -197,142 +157,6 @@ class TransformersClipEncoder(Encoder):
         with self._lock, torch.inference_mode():
             out = self.model(pixel_values=x.to(dtype))
         return out.image_embeds.float()
-
-    @classmethod
-    def load(
-        cls,
-        source: str | os.PathLike,
-        device: str | torch.device | None = "cpu",
-        dtype: str | torch.dtype | None = "auto",
-        allow_download: bool = False,
-        download_dir: str | os.PathLike | None = None,
-    ) -> "TransformersClipEncoder":
-        """From a local folder (config.json + safetensors) or a hub id.
-
-        A hub id is looked up in `download_dir` (when given) and the Hugging Face
-        cache; it is downloaded only with `allow_download`.
-        """
-        device = pick_device(device)
-        folder, name = locate_clip(source, allow_download=allow_download, download_dir=download_dir)
-        return cls.from_folder(folder, name=name, device=device, dtype=pick_dtype(dtype, device))
-
-    @classmethod
-    def from_folder(cls, folder: Path, name: str, device: torch.device, dtype: torch.dtype,
-                    source: str | None = None):
-        from transformers import CLIPVisionModelWithProjection
-
-        check_clip_folder(folder)
-        attempts = ({"attn_implementation": "sdpa"}, {})  # older transformers lack SDPA for CLIP
-        for extra in attempts:
-            try:
-                with quiet_transformers():
-                    model = CLIPVisionModelWithProjection.from_pretrained(str(folder), use_safetensors=True, **extra)
-                break
-            except (TypeError, ValueError) as e:
-                if extra and ("sdpa" in str(e).lower() or "attn_implementation" in str(e)):
-                    continue
-                raise WeightsError(f"CLIP folder {folder} could not be loaded: {e}") from None
-            except (OSError, RuntimeError) as e:
-                raise WeightsError(f"CLIP folder {folder} could not be loaded: {e}") from None
-        mean, std = OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
-        proc = folder / "preprocessor_config.json"
-        if proc.is_file():
-            try:
-                p = json.loads(proc.read_text(encoding="utf-8"))
-                mean = tuple(p.get("image_mean", mean))
-                std = tuple(p.get("image_std", std))
-            except (ValueError, OSError):
-                pass
-        enc = cls(model, mean=mean, std=std, name=name, source=source)
-        return enc.to(device=device, dtype=dtype)
-
-
-@contextlib.contextmanager
-def quiet_transformers():
-    """Silence transformers' own progress bars and load reports while we load a CLIP."""
-    from transformers.utils import logging as tlog
-
-    bars = tlog.is_progress_bar_enabled()
-    level = tlog.get_verbosity()
-    tlog.disable_progress_bar()
-    tlog.set_verbosity_error()
-    try:
-        yield
-    finally:
-        tlog.set_verbosity(level)
-        if bars:
-            tlog.enable_progress_bar()
-
-
-def check_clip_folder(folder: Path) -> None:
-    """Clear errors for folders that are not a transformers CLIP in safetensors."""
-    if not (folder / "config.json").is_file():
-        raise WeightsError(
-            f"{folder} is not a transformers CLIP folder: it has no config.json. "
-            "Give a folder saved with save_pretrained, or a hub id like openai/clip-vit-large-patch14-336."
-        )
-    try:
-        cfg = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except (ValueError, OSError) as e:
-        raise WeightsError(f"{folder}/config.json is not valid JSON ({e})") from None
-    model_type = cfg.get("model_type")
-    if model_type not in ("clip", "clip_vision_model", None):
-        raise WeightsError(f"{folder} holds a {model_type!r} model, not a CLIP vision model")
-    shards = sorted(folder.glob("*.safetensors"))
-    if not shards:
-        pickles = [p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt")]
-        extra = f" (it has {', '.join(pickles)}: pickled weights are never loaded)" if pickles else ""
-        raise WeightsError(f"{folder} has no .safetensors weights{extra}. Save the model with safe_serialization.")
-    for shard in shards:
-        check_safetensors_file(shard, "CLIP weights")
-
-
-def locate_clip(
-    source: str | os.PathLike, allow_download: bool = False, download_dir: str | os.PathLike | None = None,
-) -> tuple[Path, str]:
-    """A local folder for `source` (a folder, or a hub id found or fetched), and a display name."""
-    text = str(source)
-    path = Path(text).expanduser()
-    if path.is_dir():
-        return path, path.name
-    if path.is_file():
-        with open(path, "rb") as f:
-            head = f.read(1024)
-        problem = describe_non_safetensors(path, head, path.stat().st_size)
-        raise WeightsError(
-            problem or f"{path} is a single file; a transformers CLIP is a folder with config.json and "
-            "model.safetensors (in ComfyUI, load single-file CLIP vision models with Load CLIP Vision instead)"
-        )
-    if text.count("/") != 1 or text.startswith((".", "/", "~")):
-        raise WeightsError(f"CLIP {text!r} is neither a folder nor a hub id like openai/clip-vit-large-patch14-336")
-    from huggingface_hub import snapshot_download
-
-    name = text.split("/")[-1]
-    local_dir = Path(download_dir) / text.replace("/", "--") if download_dir else None
-    if local_dir is not None and (local_dir / "config.json").is_file():
-        return local_dir, name
-    offline = os.environ.get("HF_HUB_OFFLINE", "").strip() not in ("", "0", "false", "False")
-    kw = {"allow_patterns": _CLIP_FILES}
-    if local_dir is not None:
-        kw["local_dir"] = str(local_dir)
-    try:
-        folder = snapshot_download(text, local_files_only=True, **kw)
-        return Path(folder), name
-    except Exception:
-        if not allow_download or offline:
-            raise DownloadError(
-                f"CLIP {text} is not on this machine and downloads are off. Allow downloads "
-                f"(cityclf: drop --offline; the loader node: download_missing), or give a local folder."
-            ) from None
-    try:
-        folder = snapshot_download(text, **kw)
-    except Exception as e:
-        raise DownloadError(
-            f"could not download CLIP {text} ({type(e).__name__}: {e}). If this machine is offline, "
-            f"save it elsewhere with save_pretrained and give the folder."
-        ) from None
-    return Path(folder), name
-
 
 class ComfyClipVisionEncoder(Encoder):
     """ComfyUI's CLIP_VISION object (from the core Load CLIP Vision node)."""
@@ -430,13 +254,11 @@ __all__ = [
     "DTYPES",
     "OPENAI_CLIP_MEAN",
     "OPENAI_CLIP_STD",
+    "ClipVisionEncoder",
     "ComfyClipVisionEncoder",
     "Encoder",
     "TimedEncoder",
-    "TransformersClipEncoder",
-    "check_clip_folder",
-    "folder_fingerprint",
-    "locate_clip",
+    "WrappedEncoder",
     "pick_device",
     "pick_dtype",
     "weights_fingerprint",

@@ -17,9 +17,12 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from .crops import CropPolicy
-from .errors import DownloadError, WeightsError
-from .heads import Head, HeadConfig, config_path_for, load_head_file
+from ..errors import DownloadError, WeightsError
+from ..notices import warn
+from ..scoring.crops import CropPolicy
+from ..scoring.heads import Head
+from .head_files import HeadConfig, config_path_for, load_head_file
+from .hub import offline
 from .weights import file_sha256
 
 
@@ -30,11 +33,10 @@ class ClipModel:
     repo_id: str
     image_size: int
     embed_dim: int
-    short_name: str
 
 
-VIT_L14 = ClipModel("openai/clip-vit-large-patch14", 224, 768, "ViT-L/14")
-VIT_L14_336 = ClipModel("openai/clip-vit-large-patch14-336", 336, 768, "ViT-L/14-336")
+VIT_L14 = ClipModel("openai/clip-vit-large-patch14", 224, 768)  # ViT-L/14
+VIT_L14_336 = ClipModel("openai/clip-vit-large-patch14-336", 336, 768)  # ViT-L/14-336
 KNOWN_CLIPS = (VIT_L14_336, VIT_L14)
 
 
@@ -143,27 +145,6 @@ def identify(path: str | os.PathLike) -> Release | None:
     return _BY_SHA.get(file_sha256(path))
 
 
-def default_policy(head: Head, clip_size: int, pairing: str = "best") -> CropPolicy:
-    """The crop policy for `head` run on a CLIP of input size `clip_size`.
-
-    A release run on its paired CLIP gets the pairing's policy (e.g. 512 px tiles
-    for chromatic aberration on ViT-L/14); on any other CLIP, tiles are 2*S.
-    A head whose config records the CLIP it was trained with, on a CLIP of that
-    input size: the recorded policy. Other heads: as their kind says (score heads the whole image, classifiers five tiles).
-    """
-    release = head.release
-    if release is not None:
-        for p in (release.pairing_for(pairing), release.pairing, release.alternative):
-            if p is not None and p.clip.image_size == clip_size:
-                return p.policy
-        return CropPolicy(tiling=release.pairing.policy.tiling)
-    from .clip_record import recorded_clip
-
-    rec = recorded_clip(head)
-    trained = rec.policy_for(clip_size) if rec is not None else None
-    return trained or CropPolicy(tiling=head.kind.tiles_by_default)
-
-
 def paired_clip(head: Head, pairing: str = "best") -> ClipModel | None:
     """The CLIP the catalogue pairs with this head, or None for a head it does not know."""
     return head.release.pairing_for(pairing).clip if head.release is not None else None
@@ -200,7 +181,7 @@ def download_release(
     target = models_dir / release.filename
     if target.is_file():
         return target
-    if not allow_download or os.environ.get("HF_HUB_OFFLINE", "").strip() not in ("", "0", "false", "False"):
+    if not allow_download or offline():
         raise DownloadError(
             f"{release.filename} is not in {models_dir} and downloads are off. "
             f"Download it from {release.url} into {models_dir}."
@@ -277,8 +258,6 @@ def _load_named_file(path: Path, device: str) -> Head:
     head = load_head(path, device=device)
     release = find_release(path.name)
     if head.release is None and release is not None and release.filename == path.name:
-        from .notices import warn
-
         warn(f"{path} has the name of release {release.name} but is not the released file "
              f"(sha256 {file_sha256(path)}, released {release.sha256}); using it as a custom head "
              "(labels from its own config, if any). Remove or rename it to get the release.")
@@ -303,7 +282,6 @@ __all__ = [
     "Pairing",
     "Release",
     "default_models_dir",
-    "default_policy",
     "download_release",
     "find_release",
     "identify",

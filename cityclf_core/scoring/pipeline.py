@@ -22,12 +22,12 @@ from typing import Callable, Iterable, Sequence
 
 import torch
 
-from .catalogue import default_policy
+from ..errors import ConfigError, ImageError, WeightsError
 from .crops import WHOLE_IMAGE, CropPolicy
 from .embedding import ClipPass, default_batch_size, iter_plan_embeddings
 from .encoders import Encoder
-from .errors import ConfigError, ImageError, WeightsError
-from .heads import Head
+from .heads import Head, default_policy
+from .images import _to_rgb_array, decode_image
 from .reduce import reduce_segments
 from .results import HeadResult
 
@@ -77,7 +77,7 @@ class ScoringModel:
         name: str | None = None,
         pairing: str = "best",
     ) -> "ScoringModel":
-        """Bind `head` to `encoder`; the policy defaults to the head's pairing (see catalogue)."""
+        """Bind `head` to `encoder`; the policy defaults to the head's (see heads.default_policy)."""
         if encoder.embed_dim is not None and encoder.embed_dim != head.features:
             raise WeightsError(
                 f"head {head.name} takes {head.features}-d embeddings, but CLIP {encoder.name} gives "
@@ -173,14 +173,10 @@ def image_list(images, names: Sequence[str] | None = None) -> list[torch.Tensor]
                 add(item, f"{where}[{i}]")
             return
         if isinstance(x, (str, os.PathLike)):
-            from .images import decode_image
-
             out.append(decode_image(x).pixels)
             return
         if _is_pil(x):
             from PIL import ImageOps
-
-            from .images import _to_rgb_array
 
             out.append(torch.from_numpy(_to_rgb_array(ImageOps.exif_transpose(x))[0]))
             return
@@ -225,7 +221,7 @@ class HeadScores:
 
     def result(self, i: int) -> HeadResult:
         head = self.binding.head
-        return HeadResult(head=self.binding.name, arch=head.kind.name, labels=head.labels,
+        return HeadResult(head=self.binding.name, kind=head.kind, labels=head.labels,
                           values=self.values[i].tolist(), positive=float(self.positive[i]),
                           views=int(self.views[i]))
 

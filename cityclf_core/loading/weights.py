@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import WeightsError
+from ..errors import WeightsError
 
 _SNIFF_BYTES = 1024
 _MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit on the JSON header

@@ -28,8 +28,8 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 import torch
 
+from ..errors import ImageError
 from .crops import MAX_SIDE
-from .errors import ImageError
 
 IMAGE_EXTENSIONS = frozenset(
     {".png", ".jpg", ".jpeg", ".jfif", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".avif", ".heic", ".jxl"}

@@ -1,7 +1,9 @@
-"""CLIPs named by hub id whose repository has no safetensors weights (openai/clip-vit-large-patch14-336 has
-only `pytorch_model.bin`).
+"""CLIPs on the Hugging Face hub: what is a hub id, whether the hub may be asked, and fetching a repo.
 
-`local_clip(source)` gives a folder to load for such a repo: its config files and
+`snapshot` fetches a repo's safetensors files (the only caller of
+`snapshot_download`). A repository with no safetensors weights
+(openai/clip-vit-large-patch14-336 has only `pytorch_model.bin`) goes through
+`bin_only_folder` instead: its config files and
 `pytorch_model.bin`, fetched at one commit (the one the hub names when it is first
 asked, or the revision given), loaded only through torch's weights-only loader (no
 arbitrary unpickling: a file holding code is refused), and converted once to
@@ -18,11 +20,14 @@ import pickle
 import shutil
 from pathlib import Path
 
-from .errors import DownloadError, WeightsError
+from ..errors import DownloadError, WeightsError
+from ..notices import note
 
 BIN = "pytorch_model.bin"
 CONFIG_FILES = ("config.json", "preprocessor_config.json")
 KEEP_PREFIXES = ("vision_model.", "visual_projection.")  # CLIPVisionModelWithProjection's part of a full CLIP
+CLIP_FILES = ["config.json", "preprocessor_config.json", "model.safetensors", "model.safetensors.index.json",
+              "model-*.safetensors"]
 
 
 def cache_dir() -> Path:
@@ -30,6 +35,7 @@ def cache_dir() -> Path:
 
 
 def is_hub_id(source: str) -> bool:
+    """`owner/name`, not an existing path (the one rule for telling hub ids from paths)."""
     text = str(source)
     return not Path(text).expanduser().exists() and text.count("/") == 1 and not text.startswith((".", "/", "~"))
 
@@ -38,29 +44,28 @@ def converted_folder(repo_id: str, root: str | os.PathLike | None = None) -> Pat
     return Path(root or cache_dir()) / repo_id.replace("/", "--")
 
 
-def local_clip(source: str | os.PathLike, allow_download: bool = False, revision: str | None = None,
-               root: str | os.PathLike | None = None) -> str | os.PathLike:
-    """`source`, or for a hub id whose repo has only `pytorch_model.bin`, the folder it was converted to."""
-    from .notices import note
+def offline() -> bool:
+    """Whether HF_HUB_OFFLINE forbids the hub (the one place it is read)."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip() not in ("", "0", "false", "False")
 
-    if not is_hub_id(str(source)):
-        return source
-    repo_id = str(source)
+
+def bin_only_folder(repo_id: str, allow_download: bool = False, revision: str | None = None,
+                    root: str | os.PathLike | None = None) -> Path | None:
+    """For a hub repo with only `pytorch_model.bin`: the folder it was (or is now) converted to; else None."""
     folder = converted_folder(repo_id, root)
     if (folder / "model.safetensors").is_file() and (folder / "config.json").is_file():
         return folder
-    offline = os.environ.get("HF_HUB_OFFLINE", "").strip() not in ("", "0", "false", "False")
-    if not allow_download or offline:
-        return source  # the ordinary lookup says what is missing
+    if not allow_download or offline():
+        return None  # the ordinary lookup says what is missing
     import huggingface_hub
 
     try:
         info = huggingface_hub.model_info(repo_id, revision=revision)
     except Exception:  # noqa: BLE001  (unreachable, unknown: the ordinary download reports it)
-        return source
+        return None
     files = {s.rfilename for s in (info.siblings or [])}
     if any(f.endswith(".safetensors") for f in files) or BIN not in files:
-        return source
+        return None
     commit = info.sha or revision or "main"
     note(f"CLIP {repo_id} has no safetensors weights on the hub; fetching {BIN} at commit {commit} and "
          f"converting it once to safetensors in {folder}")
@@ -69,9 +74,36 @@ def local_clip(source: str | os.PathLike, allow_download: bool = False, revision
                    for name in (*CONFIG_FILES, BIN) if name in files}
     except Exception as e:  # noqa: BLE001
         raise DownloadError(f"could not download CLIP {repo_id} ({type(e).__name__}: {e})") from None
-    convert_bin(Path(fetched[BIN]), folder, [Path(fetched[n]) for n in CONFIG_FILES if n in fetched],
-                {"repo_id": repo_id, "revision": commit, "converted_from": BIN})
-    return folder
+    return convert_bin(Path(fetched[BIN]), folder, [Path(fetched[n]) for n in CONFIG_FILES if n in fetched],
+                       {"repo_id": repo_id, "revision": commit, "converted_from": BIN})
+
+
+def snapshot(repo_id: str, allow_download: bool = False, download_dir: str | os.PathLike | None = None) -> Path:
+    """A hub CLIP's safetensors files: in `download_dir/<owner>--<name>` or the Hugging Face cache, fetched
+    there only with `allow_download` (and HF_HUB_OFFLINE unset)."""
+    from huggingface_hub import snapshot_download
+
+    local_dir = Path(download_dir) / repo_id.replace("/", "--") if download_dir else None
+    if local_dir is not None and (local_dir / "config.json").is_file():
+        return local_dir
+    kw = {"allow_patterns": CLIP_FILES}
+    if local_dir is not None:
+        kw["local_dir"] = str(local_dir)
+    try:
+        return Path(snapshot_download(repo_id, local_files_only=True, **kw))
+    except Exception:
+        if not allow_download or offline():
+            raise DownloadError(
+                f"CLIP {repo_id} is not on this machine and downloads are off. Allow downloads "
+                f"(cityclf: drop --offline; the loader node: download_missing), or give a local folder."
+            ) from None
+    try:
+        return Path(snapshot_download(repo_id, **kw))
+    except Exception as e:
+        raise DownloadError(
+            f"could not download CLIP {repo_id} ({type(e).__name__}: {e}). If this machine is offline, "
+            f"save it elsewhere with save_pretrained and give the folder."
+        ) from None
 
 
 def read_bin(path: Path, what: str) -> dict:
@@ -128,4 +160,5 @@ def convert_bin(bin_path: Path, folder: Path, config_files: list[Path], provenan
     return folder
 
 
-__all__ = ["cache_dir", "convert_bin", "converted_folder", "is_hub_id", "local_clip", "read_bin"]
+__all__ = ["bin_only_folder", "cache_dir", "convert_bin", "converted_folder", "is_hub_id", "offline", "read_bin",
+           "snapshot"]

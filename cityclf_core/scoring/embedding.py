@@ -16,9 +16,9 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
 
+from ..errors import ConfigError, ImageError, WeightsError
 from .crops import CropPlan, CropPolicy, plan_crops, render_views
 from .encoders import Encoder
-from .errors import ConfigError, ImageError, WeightsError
 
 Planner = Callable[[int, int, str], CropPlan]
 
@@ -130,10 +130,6 @@ class ChunkedEncoder:
         self._queue: list[torch.Tensor] = []  # views not yet encoded, in item order
         self._queued = 0
         self._pending: deque[_Pending] = deque()  # items whose embeddings are not all back yet
-
-    @property
-    def queued(self) -> int:
-        return self._queued
 
     def add(self, key, views: torch.Tensor) -> list[tuple[object, torch.Tensor]]:
         self._queue.append(views)

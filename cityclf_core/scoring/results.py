@@ -1,10 +1,9 @@
-"""`HeadResult`: one head's verdict on one image. What its numbers mean is its kind's (kinds/)."""
+"""`HeadResult`: one head's verdict on one image. What its numbers mean is its kind's, carried as an object."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-from .kinds import HeadKind, get_kind
+from typing import Any
 
 
 @dataclass
@@ -12,15 +11,16 @@ class HeadResult:
     """One head's outputs for one image, reduced over the image's views."""
 
     head: str
-    arch: str  # the head's kind, by name
+    kind: Any  # the head's kind (a kinds.HeadKind): what the numbers mean
     labels: list[str]  # one name per output
     values: list[float]  # per output, reduced over the views
     positive: float  # the head's one number: a score head's score, a classifier's P(not class 0)
     views: int
 
     @property
-    def kind(self) -> HeadKind:
-        return get_kind(self.arch)
+    def arch(self) -> str:
+        """The head's kind, by name."""
+        return self.kind.name
 
     @property
     def score(self) -> float:
@@ -41,13 +41,6 @@ class HeadResult:
 
     def to_dict(self) -> dict:
         return self.kind.to_dict(self)
-
-    @classmethod
-    def from_dict(cls, head: str, d: dict) -> "HeadResult":
-        """The inverse of to_dict (e.g. a node reading Predict's JSON output), as the head's kind rebuilds it."""
-        result = get_kind(d["arch"]).from_stored(head, d["score"], d["label"], d.get("probs"))
-        result.views = d.get("views", 0)
-        return result
 
     def summary(self) -> str:
         return self.kind.summary(self)

@@ -10,7 +10,7 @@ from typing import Sequence
 
 import torch
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 COMBINES = ("mean", "median", "max", "min")
 

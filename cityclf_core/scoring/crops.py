@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 #: The reference's limit: images with a longer side above this get their short side set to it.
 MAX_SIDE = 1536
