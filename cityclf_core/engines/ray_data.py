@@ -40,7 +40,7 @@ from ..dataset.reader import Prepared, read_file
 from ..embedding import ClipPass
 from ..embedding import ChunkedEncoder, default_batch_size
 from ..pipeline import Group, ScoringModel, head_scores
-from ..store import EmbeddingStore
+from ..store import Store
 from . import parquet, require_ray
 
 #: files per CPU task call, and per CLIP actor call
@@ -123,7 +123,7 @@ class RayReport(EmbedReport):
 
 
 def run_job(
-    store: EmbeddingStore,
+    store: Store,
     spec: ModelSpec,
     paths: Sequence[str],
     shard_dir: str | os.PathLike,

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
+from ..store import EncoderRow
 from ..train import Dataset, TrainConfig, Trainer, TrainResult
 from ..train.config import validate
 from .config import PixivSettings
@@ -57,7 +58,7 @@ class PixivData:
     records: Records
     contents: np.ndarray  # S64: the stored content hash of each record's image
     store: Path
-    encoder: object  # EncoderRow
+    encoder: EncoderRow
     clip: str
     left_out: list  # (filename, why)
 
@@ -105,7 +106,7 @@ def _defined(target: Target, rec: Records, idx: np.ndarray) -> np.ndarray:
 
 
 def views_of(data: PixivData, idx: np.ndarray) -> StoredViews:
-    return StoredViews(data.store, data.encoder.id, POLICY, data.contents[idx], data.encoder.embed_dim)
+    return StoredViews(data.store, data.encoder, POLICY, data.contents[idx])
 
 
 def build_dataset(settings: PixivSettings, data: PixivData, split: Split, target: Target) -> Dataset:
