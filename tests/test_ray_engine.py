@@ -285,10 +285,3 @@ def test_shard_import_is_whole_idempotent_and_recorded(tmp_path):
         with pytest.raises(Exception, match="shard-2.parquet is not a cityclf shard"):
             parquet.import_shard(store, tmp_path / "shards" / "shard-2.parquet")
         assert store.imported_shards() == {"shard-1"}
-
-
-def test_stores_without_import_records_stay_readable(tmp_path):
-    with EmbeddingStore(tmp_path / "old.db") as store:  # a store as earlier versions wrote it
-        store.register_encoder("clip-a", "a", "/clips/a", 32, 4)
-    with EmbeddingStore(tmp_path / "old.db", create=False, readonly=True) as store:
-        assert store.imported_shards() == set() and len(store.encoders()) == 1

@@ -1,9 +1,8 @@
-"""The dataset job's stages, each on its own: reader, writer, block scoring, selection, the store's contract."""
+"""The dataset job's stages, each on its own: reader, writer, block scoring, selection."""
 
 from __future__ import annotations
 
 import os
-import sqlite3
 
 import pytest
 import torch
@@ -17,7 +16,7 @@ from cityclf_core.dataset.reader import FileReader, Known
 from cityclf_core.dataset.writer import StoreWriter
 from cityclf_core.embedding import ClipPass
 from cityclf_core.results import HeadResult
-from cityclf_core.store import EmbeddingStore, Store, StoredScore
+from cityclf_core.store import EmbeddingStore
 
 
 @pytest.fixture
@@ -96,28 +95,3 @@ def test_selection_is_inactive_without_bounds():
     assert Selection().apply(rows) == rows and not Selection().active
     sel = Selection.parse(mins=["0.3"], top=1)
     assert [p for p, _ in sel.apply(rows)] == ["1.png"]
-
-
-def test_the_sqlite_store_meets_the_store_protocol(tmp_path):
-    with EmbeddingStore(tmp_path / "s.db") as store:
-        assert isinstance(store, Store)
-
-
-def test_a_schema_1_store_opens_and_answers_the_same(tmp_path):
-    db = tmp_path / "old.db"
-    with EmbeddingStore(db) as store:
-        with store.transaction():
-            store.put_scores([("a.png", "Aes", "mean", StoredScore(0.7, "70%", None, "score")),
-                              ("a.png", "Cls", "mean", StoredScore(0.4, "Pass", {"Pass": 0.6, "JPEG": 0.4}, "class"))])
-    con = sqlite3.connect(db)  # make it a store as schema 1 wrote it: no kind column
-    con.execute("ALTER TABLE scores DROP COLUMN kind")
-    con.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
-    con.commit()
-    con.close()
-    with EmbeddingStore(db, create=False, readonly=True) as store:  # read as it is
-        old = store.scores()
-    assert old["a.png"]["Aes"] == (0.7, "70%", None, "score")
-    assert old["a.png"]["Cls"].kind == "class" and old["a.png"]["Cls"].extra == {"Pass": 0.6, "JPEG": 0.4}
-    with EmbeddingStore(db) as store:  # opened for writing: migrated, same answers
-        assert store.scores() == old
-    assert sqlite3.connect(db).execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == ("2",)
