@@ -265,6 +265,15 @@ def test_nothing_outside_the_store_runs_sql_on_it():
             f"{rel} reaches into a store's connection"
 
 
+def test_the_store_is_split_into_small_modules_and_classes():
+    for path in sorted((ROOT / "cityclf_core" / "store").rglob("*.py")):
+        text = path.read_text(encoding="utf-8")
+        assert len(text.splitlines()) <= 400, f"{path} has grown past 400 lines: split it by concern"
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.ClassDef):
+                assert node.end_lineno - node.lineno < 300, f"{path}: class {node.name} is over 300 lines"
+
+
 def test_embeddings_by_content_answer_like_embeddings_by_path(tmp_path):
     emb = {"c1": np.ones((1, 4), np.float32), "c2": np.arange(8, dtype=np.float32).reshape(2, 4)}
     with EmbeddingStore(tmp_path / "s.db") as store:
