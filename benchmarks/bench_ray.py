@@ -34,7 +34,8 @@ from bench_dataset import write_files  # noqa: E402
 from bench_pipeline import build_clip, machine  # noqa: E402
 
 from cityclf_core.dataset import clip_passes, embed_files  # noqa: E402
-from cityclf_core.engines.ray_data import ModelSpec, RayOptions, run_job  # noqa: E402
+from cityclf_core.dataset.passes import ModelSpec  # noqa: E402
+from cityclf_core.engines.ray_data import RayOptions, run_job  # noqa: E402
 from cityclf_core.loading.models import load_scoring_model  # noqa: E402
 from cityclf_core.samples import build_head  # noqa: E402
 from cityclf_core.store import EmbeddingStore  # noqa: E402

@@ -112,7 +112,7 @@ def test_layers_import_only_downwards():
 
 def test_the_graph_sees_imports_inside_functions():
     g = graph()
-    assert "cityclf_core.loading.clips" in g["cityclf_core.engines.ray_data"]  # imported inside a method
+    assert "cityclf_core.loading.clips" in g["cityclf_core.dataset.passes"]  # imported inside a method
     assert "cityclf_core.scoring.images" in g["cityclf_core.scoring.pipeline"]
 
 

@@ -287,8 +287,24 @@ def test_shard_import_is_whole_idempotent_and_recorded(tmp_path):
         assert store.imported_shards() == {"shard-1"}
 
 
-def test_stores_without_import_records_stay_readable(tmp_path):
-    with EmbeddingStore(tmp_path / "old.db") as store:  # a store as earlier versions wrote it
-        store.register_encoder("clip-a", "a", "/clips/a", 32, 4)
-    with EmbeddingStore(tmp_path / "old.db", create=False, readonly=True) as store:
-        assert store.imported_shards() == set() and len(store.encoders()) == 1
+def test_a_rerun_with_nothing_to_embed_loads_no_clip_and_starts_no_workers(tmp_path, tiny_clip_dir, score_head_path,
+                                                                           monkeypatch):
+    pytest.importorskip("ray.data")
+    from cityclf_core import loading
+    from cityclf_core.dataset import embed_files
+    from cityclf_core.dataset.passes import ModelSpec
+    from cityclf_core.engines import ray_data
+
+    paths = []
+    for i in range(3):
+        paths.append(str(tmp_path / f"{i}.png"))
+        Image.fromarray(illustration(40 + i, 30, i)).save(paths[-1])
+    spec = ModelSpec((str(score_head_path),), str(tiny_clip_dir), dtype="fp32")
+    with EmbeddingStore(tmp_path / "s.db") as store:
+        embed_files(store, [g.clip for g in spec.load("cpu")[1]], paths)
+        monkeypatch.setattr(loading, "load_encoder", lambda *a, **k: pytest.fail("a CLIP was loaded"))
+        monkeypatch.setattr(ray_data, "_stream", lambda *a, **k: pytest.fail("Ray workers were started"))
+        seen = []
+        report = ray_data.run_job(store, spec, paths, tmp_path / "shards", on_file=lambda p, e: seen.append((p, e)))
+    assert (report.embedded, report.reused, report.shards) == (0, 3, 0) and seen == [(p, None) for p in paths]
+    assert report.model.names == [b.name for b in report.model.bindings] and len(report.model.names) == 1

@@ -1,9 +1,8 @@
-"""The dataset job's stages, each on its own: reader, writer, block scoring, selection, the store's contract."""
+"""The dataset job's stages, each on its own: reader, writer, block scoring, selection."""
 
 from __future__ import annotations
 
 import os
-import sqlite3
 
 import pytest
 import torch
@@ -11,14 +10,14 @@ from conftest import illustration
 from PIL import Image
 
 from cityclf_core import CropPolicy, ScoringModel
-from cityclf_core.dataset import EmbedReport, ScoreOptions, Selection, score_files
+from cityclf_core.dataset import EmbedReport, ScoreOptions, Selection, embed_files, score_files
 from cityclf_core.dataset.embed import register_passes
 from cityclf_core.dataset.reader import FileReader, Known
 from cityclf_core.dataset.writer import StoreWriter
 from cityclf_core.kinds import get_kind
 from cityclf_core.scoring.embedding import ClipPass
 from cityclf_core.scoring.results import HeadResult
-from cityclf_core.store import EmbeddingStore, Store, StoredScore
+from cityclf_core.store import EmbeddingStore
 
 
 @pytest.fixture
@@ -99,26 +98,58 @@ def test_selection_is_inactive_without_bounds():
     assert [p for p, _ in sel.apply(rows)] == ["1.png"]
 
 
-def test_the_sqlite_store_meets_the_store_protocol(tmp_path):
+# ---------------------------------------------------------------- before loading a CLIP
+
+
+def test_files_to_embed_names_new_changed_unreadable_and_half_embedded_files(tmp_path, files, passes):
+    from cityclf_core.dataset.plan import files_to_embed
+
+    ok, other = files[0], files[1]
     with EmbeddingStore(tmp_path / "s.db") as store:
-        assert isinstance(store, Store)
+        embed_files(store, passes, [ok, other])
+        rows = register_passes(store, passes)
+        known = [store.known_contents(r.id, p.key) for r, p in zip(rows, passes)]
+        plan = list(files_to_embed(store, known, [ok, other, str(tmp_path / "gone.png")]))
+        assert [needed for *_, needed in plan] == [False, False, True]
+        assert plan[0][1:3] == (os.path.getsize(ok), os.stat(ok).st_mtime_ns) and plan[2][1:3] == (None, None)
+        os.utime(other, ns=(1, 1))  # touched: its stats differ from the stored ones
+        assert [needed for *_, needed in files_to_embed(store, known, [ok, other])] == [False, True]
+        first = store.file(ok).content  # embedded for pass 0 only
+        assert [needed for *_, needed in files_to_embed(store, [known[0], known[1] - {first}], [ok])] == [True]
 
 
-def test_a_schema_1_store_opens_and_answers_the_same(tmp_path):
-    db = tmp_path / "old.db"
-    with EmbeddingStore(db) as store:
-        with store.transaction():
-            store.put_scores([("a.png", "Aes", "mean", StoredScore(0.7, "70%", None, "score")),
-                              ("a.png", "Cls", "mean", StoredScore(0.4, "Pass", {"Pass": 0.6, "JPEG": 0.4}, "class"))])
-    con = sqlite3.connect(db)  # make it a store as schema 1 wrote it: no kind column
-    con.execute("ALTER TABLE scores DROP COLUMN kind")
-    con.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
-    con.commit()
-    con.close()
-    with EmbeddingStore(db, create=False, readonly=True) as store:  # read as it is
-        old = store.scores()
-    assert old["a.png"]["Aes"] == (0.7, "70%", None, "score")
-    assert old["a.png"]["Cls"].kind == "class" and old["a.png"]["Cls"].extra == {"Pass": 0.6, "JPEG": 0.4}
-    with EmbeddingStore(db) as store:  # opened for writing: migrated, same answers
-        assert store.scores() == old
-    assert sqlite3.connect(db).execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == ("2",)
+def test_choose_clips_takes_the_stored_clip_when_nothing_needs_embedding_and_reads_each_head_once(
+        tmp_path, tiny_clip_dir, score_head_path, monkeypatch):
+    from cityclf_core.loading import catalogue, clips, models
+    from dataclasses import replace
+
+    from cityclf_core.dataset.passes import ModelSpec, choose_clips
+
+    paths = []
+    for i in range(2):
+        paths.append(str(tmp_path / f"{i}.png"))
+        Image.fromarray(illustration(40 + i, 30, i)).save(paths[-1])
+    spec = ModelSpec((str(score_head_path),), str(tiny_clip_dir), dtype="fp32")
+    bare = ModelSpec(clip=str(tiny_clip_dir), dtype="fp32")
+    heads, loaded = [], []
+    real_head, real_clip = catalogue.load_head, clips.load_encoder
+    monkeypatch.setattr(catalogue, "load_head", lambda *a, **k: heads.append(a[0]) or real_head(*a, **k))
+    for module in (clips, models):  # the one resolver, where each caller finds it
+        monkeypatch.setattr(module, "load_encoder", lambda *a, **k: loaded.append(a[0]) or real_clip(*a, **k))
+    with EmbeddingStore(tmp_path / "s.db") as store:
+        first = choose_clips(store, spec, paths, "cpu")  # the store knows no CLIP yet: loaded
+        assert first.loaded and first.model.names == [b.name for b in first.model.bindings]
+        assert (len(heads), len(loaded)) == (1, 1)
+        embed_files(store, first.passes, paths)
+        heads.clear(), loaded.clear()
+        again = choose_clips(store, spec, paths, "cpu")  # every file embedded: no CLIP loaded
+        assert not again.loaded and (len(heads), len(loaded)) == (1, 0)
+        assert [p.key for p in again.passes] == [p.key for p in first.passes]
+        assert again.groups[0].encoder.identity == first.groups[0].encoder.identity
+        assert [p.key for p in again.passes] == ["whole"]
+        assert not choose_clips(store, bare, paths, "cpu").loaded  # a bare CLIP: its whole views are stored
+        assert choose_clips(store, replace(bare, tiling="on"), paths, "cpu").loaded  # its tiles are not
+        heads.clear(), loaded.clear()
+        os.utime(paths[0], ns=(1, 1))  # changed since: the CLIP is loaded, the head still read once
+        changed = choose_clips(store, spec, paths, "cpu")
+        assert changed.loaded and (len(heads), len(loaded)) == (1, 1)

@@ -1,7 +1,10 @@
-"""The embedding store and dataset jobs: reuse, change detection, identity, kill-and-resume, fast re-scoring."""
+"""The embedding store and dataset jobs: reuse, change detection, identity, kill-and-resume, fast re-scoring;
+the store's protocol, its schema versions."""
 
 from __future__ import annotations
 
+import ast
+import inspect
 import os
 import signal
 import sqlite3
@@ -22,7 +25,7 @@ from cityclf_core.cli import main
 from cityclf_core.dataset import clip_passes, embed_files, score_store
 from cityclf_core.dataset.stored_model import load_stored_model
 from cityclf_core.loading.clips import clip_identity
-from cityclf_core.store import EmbeddingStore
+from cityclf_core.store import EmbeddingStore, Store, StoredScore
 
 
 def write_images(folder, n, size=(120, 90), start=0):
@@ -216,3 +219,107 @@ def test_shards_split_the_same_way_everywhere_and_merge_back(tmp_path, tiny_clip
     assert "0 embedded, 12 already in the store" in capsys.readouterr().err
     assert main(["embed", str(tmp_path / "a"), "--store", str(tmp_path / "x.db"), "--clip", str(tiny_clip_dir),
                  "--shard", "3/3"]) == 2
+
+
+# ---------------------------------------------------------------- the protocol, schema versions
+
+#: modules outside store/ that may use sqlite3: the Pixiv metadata database, which is not an embedding store
+OWN_SQLITE = {"pixiv/ingest.py", "pixiv/records.py", "pixiv/synth.py"}
+
+
+def _package_modules():
+    """(path relative to the package, parsed module) for every module of cityclf_core and the node pack outside store/."""
+    for root in (ROOT / "cityclf_core", ROOT / "nodes"):
+        for path in sorted(root.rglob("*.py")):
+            rel = path.relative_to(root).as_posix()
+            if root.name == "cityclf_core" and rel.startswith("store/"):
+                continue
+            yield rel, ast.parse(path.read_text(encoding="utf-8"))
+
+
+def _methods(cls) -> set[str]:
+    return {n for n in dir(cls) if not n.startswith("_") and callable(getattr(cls, n))}
+
+
+def test_every_store_method_called_is_in_the_protocol_with_the_sqlite_signature():
+    store_methods, declared = _methods(EmbeddingStore), _methods(Store)
+    called: dict[str, list[str]] = {}
+    for rel, tree in _package_modules():
+        for node in ast.walk(tree):  # any call of a name the store has counts (a false match only asks for more)
+            if isinstance(node, ast.Attribute) and node.attr in store_methods:
+                called.setdefault(node.attr, []).append(f"{rel}:{node.lineno}")
+    undeclared = {name: where for name, where in called.items() if name not in declared}
+    assert not undeclared, f"store methods called outside store/ but not declared in store/protocol.py: {undeclared}"
+    assert {"find_encoder", "put_embedding", "select_paths", "embeddings_by_content", "record_import"} <= set(called)
+    for name in declared:
+        assert name in store_methods, f"the SQLite store lacks protocol method {name}"
+        mine, promised = inspect.signature(getattr(EmbeddingStore, name)), inspect.signature(getattr(Store, name))
+        assert mine == promised, f"{name}: the SQLite store has {mine}, the protocol {promised}"
+
+
+def test_nothing_outside_the_store_runs_sql_on_it():
+    for rel, tree in _package_modules():
+        imports = {a.name for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))
+                   for a in n.names} | {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+        assert "sqlite3" not in imports or rel in OWN_SQLITE, f"{rel} uses sqlite3"
+        assert not [n for n in ast.walk(tree) if isinstance(n, ast.Attribute) and n.attr == "db"], \
+            f"{rel} reaches into a store's connection"
+
+
+def test_the_store_is_split_into_small_modules_and_classes():
+    for path in sorted((ROOT / "cityclf_core" / "store").rglob("*.py")):
+        text = path.read_text(encoding="utf-8")
+        assert len(text.splitlines()) <= 400, f"{path} has grown past 400 lines: split it by concern"
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.ClassDef):
+                assert node.end_lineno - node.lineno < 300, f"{path}: class {node.name} is over 300 lines"
+
+
+def test_embeddings_by_content_answer_like_embeddings_by_path(tmp_path):
+    emb = {"c1": np.ones((1, 4), np.float32), "c2": np.arange(8, dtype=np.float32).reshape(2, 4)}
+    with EmbeddingStore(tmp_path / "s.db") as store:
+        row = store.register_encoder("clip-a", "a", "/clips/a", 32, 4)
+        with store.transaction():
+            for i, (content, e) in enumerate(emb.items()):
+                store.put_file(f"/d/{i}.png", 1, 1, content)
+                store.put_embedding(content, row.id, "whole", e)
+    with EmbeddingStore(tmp_path / "s.db", create=False, readonly=True) as store:
+        got = store.embeddings_by_content(["c2", "gone", "c1"], row, "whole")
+        assert set(got) == {"c1", "c2"}
+        for content, e in emb.items():
+            np.testing.assert_array_equal(got[content], e)
+        _, _, stacked, _ = store.read_embeddings(["/d/0.png", "/d/1.png"], row, "whole")
+        np.testing.assert_array_equal(stacked, np.concatenate([got["c1"], got["c2"]]))
+        assert store.embeddings_by_content(["c1"], row, "tiles:64:1536:up") == {}
+
+
+def test_the_sqlite_store_meets_the_store_protocol(tmp_path):
+    with EmbeddingStore(tmp_path / "s.db") as store:
+        assert isinstance(store, Store)
+
+
+def test_a_schema_1_store_opens_and_answers_the_same(tmp_path):
+    db = tmp_path / "old.db"
+    with EmbeddingStore(db) as store:
+        with store.transaction():
+            store.put_scores([("a.png", "Aes", "mean", StoredScore(0.7, "70%", None, "score")),
+                              ("a.png", "Cls", "mean", StoredScore(0.4, "Pass", {"Pass": 0.6, "JPEG": 0.4}, "class"))])
+    con = sqlite3.connect(db)  # make it a store as schema 1 wrote it: no kind column
+    con.execute("ALTER TABLE scores DROP COLUMN kind")
+    con.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    con.commit()
+    con.close()
+    with EmbeddingStore(db, create=False, readonly=True) as store:  # read as it is
+        old = store.scores()
+    assert old["a.png"]["Aes"] == (0.7, "70%", None, "score")
+    assert old["a.png"]["Cls"].kind == "class" and old["a.png"]["Cls"].extra == {"Pass": 0.6, "JPEG": 0.4}
+    with EmbeddingStore(db) as store:  # opened for writing: migrated, same answers
+        assert store.scores() == old
+    assert sqlite3.connect(db).execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == ("2",)
+
+
+def test_stores_without_import_records_stay_readable(tmp_path):
+    with EmbeddingStore(tmp_path / "old.db") as store:  # a store as earlier versions wrote it
+        store.register_encoder("clip-a", "a", "/clips/a", 32, 4)
+    with EmbeddingStore(tmp_path / "old.db", create=False, readonly=True) as store:
+        assert store.imported_shards() == set() and len(store.encoders()) == 1

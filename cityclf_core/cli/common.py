@@ -218,6 +218,15 @@ def progress_enabled(args) -> bool | None:
     return False if getattr(args, "no_progress", False) else None
 
 
+def model_spec(args, score: bool = False):
+    """The heads and CLIP the options name, for an embedding job (dataset.passes.ModelSpec)."""
+    from ..dataset.passes import ModelSpec
+
+    return ModelSpec(tuple(args.model or ()), args.clip, args.pairing, args.models_dir, not args.offline,
+                     args.tile_size, args.dtype, args.tiling, args.upscale, getattr(args, "combine", "mean"),
+                     score=score)
+
+
 def load_model(args):
     from ..loading.models import load_scoring_model
 

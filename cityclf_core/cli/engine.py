@@ -7,7 +7,7 @@ import os
 import sys
 
 from ..errors import ConfigError
-from .common import Problems, ResultWriter, file_progress, finish, listed_files, selection
+from .common import Problems, ResultWriter, file_progress, finish, listed_files, model_spec, selection
 
 
 def add_engine_options(p: argparse.ArgumentParser) -> None:
@@ -39,7 +39,7 @@ def run_engine(args, command: str, shard: str | None = None) -> int | None:
     from ..engines import require_ray
 
     require_ray()
-    from ..engines.ray_data import ModelSpec, RayOptions, run_job
+    from ..engines.ray_data import RayOptions, run_job
     from ..engines.results import results_after_run
     from ..store import EmbeddingStore
 
@@ -48,9 +48,7 @@ def run_engine(args, command: str, shard: str | None = None) -> int | None:
                           "(score --store DB alone) needs no engine")
     problems = Problems()
     paths = listed_files(args.paths, problems, shard)
-    spec = ModelSpec(tuple(args.model or ()), args.clip, args.pairing, args.models_dir, not args.offline,
-                     args.tile_size, args.dtype, args.tiling, args.upscale, getattr(args, "combine", "mean"),
-                     score=command == "score")
+    spec = model_spec(args, score=command == "score")
     options = RayOptions(args.address, args.workers, args.num_gpus_per_worker, args.files_per_shard,
                          args.batch_size, args.device, args.max_pixels)
     with contextlib.ExitStack() as stack:  # score without --store: a store and shards for this run only

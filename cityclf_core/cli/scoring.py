@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import sys
 
-from ..scoring.crops import CropPolicy
 from ..errors import ConfigError
 from ..scoring.images import find_images
 from ..pathtext import safe_text, shown
@@ -25,6 +23,7 @@ from .common import (
     finish_interrupted_moves,
     listed_files,
     load_model,
+    model_spec,
     present,
     progress_enabled,
     score_options,
@@ -107,55 +106,22 @@ def _embed_into(args, store, problems: Problems, shard: str | None = None):
 
 
 def _embed_claimed(args, store, problems: Problems, shard: str | None):
-    from ..dataset import clip_passes, embed_files
-    from ..dataset.plan import nothing_to_embed
-    from ..scoring.embedding import ClipPass
-    from ..loading.clips import load_encoder
+    from ..dataset import embed_files
+    from ..dataset.passes import choose_clips
 
     paths = listed_files(args.paths, problems, shard)
-    stored = _stored_passes(args, store)  # no CLIP loaded: the store and the files' stats decide
-    if stored is not None and nothing_to_embed(store, stored[1], paths):
+    job = choose_clips(store, model_spec(args), paths, args.device)
+    if not job.loaded:
         print(f"cityclf: {len(paths)} file(s), 0 embedded, {len(paths)} already in the store "
               "(nothing to embed: the CLIP was not loaded)", file=sys.stderr)
-        return paths, stored[0]
-    model = None
-    if args.model:
-        model = load_model(args)
-        passes = clip_passes(model, args.tiling, args.upscale)
-    else:
-        encoder = load_encoder(args.clip, args.device, args.dtype, allow_download=not args.offline)
-        passes = [ClipPass(encoder, CropPolicy(tiling=args.tiling == "on", tile_size=args.tile_size,
-                                               upscale=args.upscale))]
+        return paths, job.model
     with file_progress(args, problems, len(paths)) as on_file:
-        report = embed_files(store, passes, paths, batch_size=args.batch_size, workers=args.workers,
+        report = embed_files(store, job.passes, paths, batch_size=args.batch_size, workers=args.workers,
                              max_pixels=args.max_pixels, on_file=on_file)
     for path, note in report.notes:
         print(f"cityclf: note {shown(path)}: {safe_text(note)}", file=sys.stderr)
     print(f"cityclf: {report.summary()}", file=sys.stderr)
-    return paths, model
-
-
-def _stored_passes(args, store):
-    """(model on stored encoders or None, the CLIP passes) as recorded in `store`, or None when the store does
-    not know these CLIPs yet (then they must be loaded)."""
-    from ..dataset import clip_passes
-    from ..scoring.embedding import ClipPass
-    from ..errors import CityClfError
-    from ..loading.clips import clip_identity, source_name
-    from ..dataset.stored_model import load_stored_model
-    from ..store import StoredEncoder
-
-    try:
-        if args.model:
-            model = load_stored_model(args.model, store, clip=args.clip, pairing=args.pairing,
-                                      allow_download=not args.offline, models_dir=args.models_dir,
-                                      tile_size=args.tile_size)
-            return model, clip_passes(model, args.tiling, args.upscale)
-        row = store.find_encoder(clip_identity(args.clip), source_name(args.clip))
-        policy = CropPolicy(tiling=args.tiling == "on", tile_size=args.tile_size, upscale=args.upscale)
-        return None, [ClipPass(StoredEncoder(row), policy)]
-    except CityClfError:
-        return None
+    return paths, job.model
 
 
 def cmd_embed(args) -> int:

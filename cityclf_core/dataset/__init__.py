@@ -1,5 +1,7 @@
 """Dataset jobs: embedding folders into a store, scoring from it, selecting, copying or moving, tagging.
 
+    passes.py      what a job runs: the heads and their CLIP passes, the store's CLIPs when nothing needs
+                   embedding (plan.py: decided from the store and the files' stats), else loaded
     embed.py       embed_files: reader (reader.py) -> chunked CLIP (embedding.py) -> writer (writer.py)
     from_store.py  heads on stored embeddings; stored scores back as results; saving results
     blocks.py      scoring files in blocks, a bad image never costing the others

@@ -26,7 +26,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from ..errors import StoreError
-from ..store import EmbeddingStore, StoredScore
+from ..store import Store, StoredScore
 
 SHARD_VERSION = 1
 SUFFIX = ".parquet"
@@ -109,7 +109,7 @@ class Imported:
     rows: list[dict]  # the shard's rows, for reporting (status, error, notes, scores)
 
 
-def import_shard(store: EmbeddingStore, path: str | os.PathLike) -> Imported:
+def import_shard(store: Store, path: str | os.PathLike) -> Imported:
     """Put one shard's embeddings, files and scores into `store` in one transaction, and record it."""
     path = Path(path)
     name = path.name[: -len(SUFFIX)]
@@ -137,7 +137,7 @@ def import_shard(store: EmbeddingStore, path: str | os.PathLike) -> Imported:
     return Imported(name, rows)
 
 
-def pending_shards(store: EmbeddingStore, folder: str | os.PathLike) -> list[Path]:
+def pending_shards(store: Store, folder: str | os.PathLike) -> list[Path]:
     """Whole shards in `folder` not yet imported into `store` (a run killed between writing and importing)."""
     folder = Path(folder)
     if not folder.is_dir():

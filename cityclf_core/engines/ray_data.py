@@ -1,8 +1,10 @@
 """Embed (and score) a dataset on Ray Data, into the same store as a local run.
 
-    driver     list files; skip those the store already has (same path, size,
-               mtime, embeddings present); group the rest into shards of
-               `files_per_shard`
+    driver     the heads and CLIPs (dataset.passes.choose_clips: the store's
+               when every file is in it already, else loaded on the CPU for
+               their identities and sizes); skip the files the store already
+               has (dataset.plan.files_to_embed: same path, size, mtime,
+               embeddings present); group the rest into shards of `files_per_shard`
     CPU tasks  read, hash, decode, crop: dataset.reader.read_file (the local reader's), one file at a time
     actors     CLIP (one per GPU, or CPU actors), chunked like a local run
                (pipeline.ChunkedEncoder); every head sharing that CLIP pass
@@ -24,24 +26,23 @@ import json
 import os
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field, replace
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
 
 from ..dataset.embed import EmbedReport, register_passes
+from ..dataset.passes import ModelSpec, choose_clips
+from ..dataset.plan import files_to_embed
 from ..dataset.reader import Prepared, read_file
 from ..errors import ConfigError, StoreError
-from ..loading.clips import load_encoder
-from ..loading.models import load_scoring_model
 from ..scoring.crops import CropPolicy, plan_crops
-from ..scoring.embedding import ChunkedEncoder, ClipPass, default_batch_size
+from ..scoring.embedding import ChunkedEncoder, default_batch_size
 from ..scoring.encoders import Encoder, TimedEncoder
 from ..scoring.images import DEFAULT_MAX_PIXELS
 from ..scoring.pipeline import Group, ScoringModel, head_scores
-from ..store import EmbeddingStore
+from ..store import Store
 from . import parquet, require_ray
 
 #: files per CPU task call, and per CLIP actor call
@@ -58,44 +59,6 @@ def encoder_meta(e: Encoder) -> dict:
     """How a shard's metadata names a CLIP."""
     return {"identity": e.identity, "name": e.name, "source": e.source, "image_size": int(e.image_size),
             "embed_dim": int(e.embed_dim)}
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """What every CLIP actor (and the driver) loads: picklable, paths absolute."""
-
-    models: tuple[str, ...] = ()
-    clip: str | None = None
-    pairing: str = "best"
-    models_dir: str | None = None
-    allow_download: bool = True
-    tile_size: int | None = None
-    dtype: str = "auto"
-    tiling: str = "auto"
-    upscale: bool = True
-    combine: str = "mean"
-    score: bool = False  # also run the heads in the actors and store their scores
-
-    def portable(self) -> "ModelSpec":
-        """Local files and folders as absolute paths (workers do not share the driver's working folder)."""
-        def absolute(p):
-            return str(Path(p).expanduser().resolve()) if p and Path(p).expanduser().exists() else p
-
-        return replace(self, models=tuple(absolute(m) for m in self.models), clip=absolute(self.clip),
-                       models_dir=absolute(self.models_dir))
-
-    def load(self, device: str) -> tuple[ScoringModel | None, list[Group]]:
-        """The heads (None when embedding for a bare --clip) and the CLIP passes they need, on `device`."""
-        if self.models:
-            model = load_scoring_model(list(self.models), clip=self.clip, device=device, dtype=self.dtype,
-                                       pairing=self.pairing, allow_download=self.allow_download,
-                                       models_dir=self.models_dir, tile_size=self.tile_size)
-            return model, model.groups(self.tiling, self.upscale)
-        if not self.clip:
-            raise ConfigError("name the heads (--model) whose CLIP and crops to embed for, or a --clip")
-        encoder = load_encoder(self.clip, device, self.dtype, allow_download=self.allow_download)
-        policy = CropPolicy(tiling=self.tiling == "on", tile_size=self.tile_size, upscale=self.upscale)
-        return None, [Group(ClipPass(encoder, policy))]
 
 
 @dataclass
@@ -122,7 +85,7 @@ class RayReport(EmbedReport):
 
 
 def run_job(
-    store: EmbeddingStore,
+    store: Store,
     spec: ModelSpec,
     paths: Sequence[str],
     shard_dir: str | os.PathLike,
@@ -139,25 +102,25 @@ def run_job(
     for shard in parquet.pending_shards(store, shard_dir):  # written by a run killed before importing them
         parquet.import_shard(store, shard)
         report.resumed += 1
-    model, targets = spec.load("cpu")  # the driver never runs CLIP: it needs identities, sizes and heads
-    report.model = model
-    rows = register_passes(store, [t.clip for t in targets])  # also refuses a CLIP of unknown embedding size
-    known = [store.known_contents(r.id, t.clip.key) for r, t in zip(rows, targets)]
-    work = []
-    for path in paths:
-        try:
-            st = os.stat(path)
-            size, mtime = st.st_size, st.st_mtime_ns
-        except OSError:
-            size = mtime = None  # the CPU task reports why
-        prior = store.file(path)
-        if (prior is not None and prior.status == "ok" and (prior.size, prior.mtime_ns) == (size, mtime)
-                and all(prior.content in k for k in known)):
-            report.reused += 1
+    # the driver never runs CLIP: it needs identities, sizes and heads (the store's, when nothing needs embedding)
+    job = choose_clips(store, spec, paths, "cpu")
+    report.model, targets = job.model, job.groups
+    if not job.loaded:  # every file is unchanged and embedded: no work for the workers
+        report.reused = len(paths)
+        for path in paths:
             if on_file:
                 on_file(path, None)
+        return report
+    rows = register_passes(store, job.passes)  # also refuses a CLIP of unknown embedding size
+    known = [store.known_contents(r.id, t.clip.key) for r, t in zip(rows, targets)]
+    work = []
+    for path, size, mtime, needed in files_to_embed(store, known, paths):  # not stat'ed: the CPU task says why
+        if needed:
+            work.append((path, size, mtime))
             continue
-        work.append((path, size, mtime))
+        report.reused += 1
+        if on_file:
+            on_file(path, None)
     if not work:
         return report
     signature = json.dumps([[t.encoder.identity, t.clip.key, [b.name for b in t.bindings]] for t in targets]
@@ -376,5 +339,5 @@ class ClipWorker:
                          for k, v in out.items()})
 
 
-__all__ = ["ClipWorker", "ModelSpec", "RayOptions", "RayReport", "connect", "pool_size",
+__all__ = ["ClipWorker", "RayOptions", "RayReport", "connect", "pool_size",
            "prepare_batch", "run_job"]

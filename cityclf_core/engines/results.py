@@ -8,11 +8,11 @@ from ..dataset.from_store import save_results, score_store
 from ..kinds import get_kind
 from ..scoring.pipeline import ScoringModel
 from ..scoring.results import HeadResult
-from ..store import EmbeddingStore
+from ..store import Store
 
 
 def results_after_run(
-    store: EmbeddingStore,
+    store: Store,
     model: ScoringModel,
     paths: Sequence[str],
     fresh: set[str],

@@ -218,13 +218,16 @@ def download_release(
 
 
 def resolve_head(
-    name_or_path: str | os.PathLike,
+    name_or_path: str | os.PathLike | Head,
     search_dirs: list[str | os.PathLike] = (),
     download_dir: str | os.PathLike | None = None,
     allow_download: bool = True,
     device: str = "cpu",
 ) -> Head:
-    """A head from a file path, a file in `search_dirs`, or a catalogue name (downloaded if needed)."""
+    """A head from a file path, a file in `search_dirs`, or a catalogue name (downloaded if needed); a head
+    already loaded is returned as it is (a job that reads its heads once)."""
+    if isinstance(name_or_path, Head):
+        return name_or_path
     text = str(name_or_path)
     candidate = Path(text).expanduser()
     if candidate.exists():

@@ -3,27 +3,25 @@
 `StoredViews` stands where the Trainer expects a [n, D] tensor of views: it
 answers `views[index_tensor]` by reading just those rows from the embedding
 store (one whole-image view per work), and `.to(device)` by remembering the
-device. It holds only the content hashes (64 bytes per work).
+device. It holds only the content hashes (64 bytes per work) and a read-only
+handle on the store, opened at the first read.
 """
 
 from __future__ import annotations
-
-import sqlite3
 
 import numpy as np
 import torch
 
 from ..errors import StoreError
-
-READ_ROWS = 900  # SQLite's limit on bound parameters, with room
+from ..store import EmbeddingStore, EncoderRow, Store
 
 
 class StoredViews:
-    def __init__(self, store_path, encoder_id: int, policy: str, contents: np.ndarray, dim: int):
-        self.store_path, self.encoder_id, self.policy, self.dim = str(store_path), encoder_id, policy, dim
+    def __init__(self, store_path, encoder: EncoderRow, policy: str, contents: np.ndarray):
+        self.store_path, self.encoder, self.policy, self.dim = str(store_path), encoder, policy, encoder.embed_dim
         self.contents = np.asarray(contents, dtype="S64")
         self.device = torch.device("cpu")
-        self._db: sqlite3.Connection | None = None
+        self._store: Store | None = None
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -36,33 +34,29 @@ class StoredViews:
         self.device = torch.device(device) if not isinstance(device, torch.device) else device
         return self
 
-    def _connection(self) -> sqlite3.Connection:
-        if self._db is None:
-            self._db = sqlite3.connect(f"file:{self.store_path}?mode=ro", uri=True, check_same_thread=False)
-        return self._db
+    def _reader(self) -> Store:
+        if self._store is None:
+            self._store = EmbeddingStore(self.store_path, create=False, readonly=True)
+        return self._store
 
     def rows(self, index) -> np.ndarray:
         """[len(index), D] float32 embeddings of these works, in this order."""
         idx = np.asarray(index.cpu() if isinstance(index, torch.Tensor) else index, dtype=np.int64).reshape(-1)
         wanted = self.contents[idx]
         unique = list(dict.fromkeys(wanted.tolist()))
-        found: dict[bytes, np.ndarray] = {}
-        db = self._connection()
-        for start in range(0, len(unique), READ_ROWS):
-            part = [c.decode() for c in unique[start: start + READ_ROWS]]
-            marks = ",".join("?" * len(part))
-            for content, views, data in db.execute(
-                    f"SELECT content, views, data FROM embeddings WHERE encoder_id = ? AND policy = ? "
-                    f"AND content IN ({marks})", (self.encoder_id, self.policy, *part)):
-                if views != 1:
-                    raise StoreError(f"store {self.store_path}: {content} has {views} views; popularity heads "
-                                     "train on whole-image embeddings (one view per image)")
-                found[content.encode()] = np.frombuffer(data, dtype=np.float32)
+        found = {content.encode(): emb for content, emb in self._reader().embeddings_by_content(
+            [c.decode() for c in unique], self.encoder, self.policy).items()}
+        for content, emb in found.items():
+            if emb.shape[0] != 1:
+                raise StoreError(f"store {self.store_path}: {content.decode()} has {emb.shape[0]} views; popularity "
+                                 "heads train on whole-image embeddings (one view per image)")
         missing = [c for c in unique if c not in found]
         if missing:
             raise StoreError(f"store {self.store_path}: the embeddings of {len(missing)} file(s) disappeared while "
                              "training; do not change the store during a run")
-        return np.stack([found[c] for c in wanted.tolist()]) if len(wanted) else np.zeros((0, self.dim), np.float32)
+        if not len(wanted):
+            return np.zeros((0, self.dim), np.float32)
+        return np.concatenate([found[c] for c in wanted.tolist()])
 
     def __getitem__(self, index) -> torch.Tensor:
         return torch.from_numpy(self.rows(index)).to(self.device)
@@ -73,9 +67,9 @@ class StoredViews:
             yield start, self[np.arange(start, min(start + size, len(self)))]
 
     def close(self) -> None:
-        if self._db is not None:
-            self._db.close()
-            self._db = None
+        if self._store is not None:
+            self._store.close()
+            self._store = None
 
 
 __all__ = ["StoredViews"]

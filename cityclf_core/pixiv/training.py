@@ -22,7 +22,7 @@ from ..kinds.popularity_nets import OUTPUT_NAMES
 from ..loading.clip_records import record_for
 from ..loading.clips import clip_identity, source_name
 from ..scoring.crops import WHOLE_IMAGE
-from ..store import EmbeddingStore
+from ..store import EmbeddingStore, EncoderRow
 from ..train import Dataset, TrainConfig, Trainer, TrainResult
 from ..train.config import validate
 from .config import PixivSettings
@@ -61,7 +61,7 @@ class PixivData:
     records: Records
     contents: np.ndarray  # S64: the stored content hash of each record's image
     store: Path
-    encoder: object  # EncoderRow
+    encoder: EncoderRow
     clip: str
     left_out: list  # (filename, why)
 
@@ -106,7 +106,7 @@ def _defined(target: Target, rec: Records, idx: np.ndarray) -> np.ndarray:
 
 
 def views_of(data: PixivData, idx: np.ndarray) -> StoredViews:
-    return StoredViews(data.store, data.encoder.id, POLICY, data.contents[idx], data.encoder.embed_dim)
+    return StoredViews(data.store, data.encoder, POLICY, data.contents[idx])
 
 
 def build_dataset(settings: PixivSettings, data: PixivData, split: Split, target: Target) -> Dataset:
