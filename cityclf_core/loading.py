@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import threading
 from collections import OrderedDict
-from dataclasses import replace
 from pathlib import Path
 
 from .catalogue import VIT_L14_336, default_models_dir, default_policy, paired_clip, resolve_head
@@ -21,6 +20,7 @@ from .errors import CityClfError, StoreError, WeightsError
 from .heads import Head
 from .fingerprints import remembered_fingerprint
 from .hub import is_hub_id, local_clip
+from .numbers import with_tile_size
 from .pipeline import ScoringModel
 from .store import StoredEncoder
 
@@ -129,8 +129,7 @@ def load_scoring_model(
                                allow_download=allow_download, download_dir=clip_download_dir)
         check_clip(head, encoder)
         policy = default_policy(head, encoder.image_size, pairing)
-        if tile_size and policy.tiling:
-            policy = replace(policy, tile_size=tile_size)
+        policy = with_tile_size(policy, tile_size, encoder.image_size)
         model.add(head, encoder, policy)
     return model
 
@@ -171,8 +170,7 @@ def load_stored_model(
         encoder = encoders.setdefault(row.id, StoredEncoder(row))
         check_clip(head, encoder)
         policy = default_policy(head, encoder.image_size, pairing)
-        if tile_size and policy.tiling:
-            policy = replace(policy, tile_size=tile_size)
+        policy = with_tile_size(policy, tile_size, encoder.image_size)
         model.add(head, encoder, policy)
     return model
 

@@ -149,8 +149,8 @@ def effective_policy(policy: CropPolicy, tiling: str, upscale: bool) -> CropPoli
     """A head's policy after the user's tiling override ('auto' keeps it) and no-upscale switch."""
     if tiling == "off":
         return WHOLE_IMAGE
-    if tiling == "on" and not policy.tiling:
-        policy = CropPolicy(tiling=True)
+    if tiling == "on" and not policy.tiling:  # forced: the whole-image head tiles, with a --tile-size it has
+        policy = dataclasses.replace(policy, tiling=True)
     if policy.tiling and not upscale:
         policy = dataclasses.replace(policy, upscale=False)
     return policy

@@ -17,6 +17,7 @@ import re
 from dataclasses import dataclass, field
 
 from .errors import ConfigError
+from .numbers import THRESHOLD
 from .results import HeadResult
 from .sidecars import merge_caption, sidecar_path, write_sidecar  # noqa: F401  (moved; re-exported)
 
@@ -49,17 +50,13 @@ def parse_thresholds(text: str) -> dict[str, float]:
     text = (text or "").strip()
     if not text:
         return {}
-    try:
-        return {"*": float(text)}
-    except ValueError:
-        pass
-    out = {}
-    for key, value in parse_mapping(text, "thresholds").items():
-        try:
-            out[key] = float(value)
-        except ValueError:
-            raise ConfigError(f"thresholds: {key} = {value!r} is not a number") from None
-    return out
+    number, why = THRESHOLD.problem(text)
+    if why is None:
+        return {"*": number}
+    if "=" not in text:
+        raise ConfigError(f"thresholds {text!r}: {why}")
+    return {key: THRESHOLD.check(value, f"thresholds: {key} =")
+            for key, value in parse_mapping(text, "thresholds").items()}
 
 
 def slug(text: str) -> str:

@@ -93,8 +93,6 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     check_option_names(parser, sys.argv[1:] if argv is None else list(argv))
     args = parser.parse_args(argv)
-    if getattr(args, "batch_size", None) is not None and args.batch_size < 1:
-        parser.error("--batch-size must be at least 1")
     try:
         return args.func(args)
     except CityClfError as e:

@@ -7,6 +7,9 @@ import os
 import sys
 
 from ..errors import ConfigError
+from ..numbers import COUNT, real
+
+GPUS = real(0.0)
 from .common import Problems, ResultWriter, file_progress, finish, listed_files, selection
 
 
@@ -19,10 +22,10 @@ def add_engine_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--address", metavar="ADDR",
                    help="with --engine ray: the Ray cluster to join (HOST:6379, or auto for the one `ray start` "
                         "began on this machine); default: $RAY_ADDRESS, else a new local Ray")
-    g.add_argument("--num-gpus-per-worker", type=float, metavar="G",
+    g.add_argument("--num-gpus-per-worker", type=GPUS, metavar="G",
                    help="with --engine ray: GPUs per CLIP worker (default: 1 when the cluster has GPUs, else 0: "
                         "CPU workers)")
-    g.add_argument("--files-per-shard", type=int, default=1000, metavar="N",
+    g.add_argument("--files-per-shard", type=COUNT, default=1000, metavar="N",
                    help="with --engine ray: files per Parquet shard, the unit a rerun resumes from (default 1000)")
     p.set_defaults(workers=None)  # given or not: decode threads locally (2 if not), CLIP workers on Ray
 

@@ -111,6 +111,7 @@ def _embed_claimed(args, store, problems: Problems, shard: str | None):
     from ..dataset.plan import nothing_to_embed
     from ..embedding import ClipPass
     from ..loading import load_encoder
+    from ..numbers import check_tile_size
 
     paths = listed_files(args.paths, problems, shard)
     stored = _stored_passes(args, store)  # no CLIP loaded: the store and the files' stats decide
@@ -124,6 +125,7 @@ def _embed_claimed(args, store, problems: Problems, shard: str | None):
         passes = clip_passes(model, args.tiling, args.upscale)
     else:
         encoder = load_encoder(args.clip, args.device, args.dtype, allow_download=not args.offline)
+        check_tile_size(args.tile_size, encoder.image_size)
         passes = [ClipPass(encoder, CropPolicy(tiling=args.tiling == "on", tile_size=args.tile_size,
                                                upscale=args.upscale))]
     with file_progress(args, problems, len(paths)) as on_file:

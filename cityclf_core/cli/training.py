@@ -11,13 +11,13 @@ from pathlib import Path
 from ..errors import ConfigError
 from ..images import find_images
 from ..progress import ProgressBar
+from ..numbers import COUNT
 from .common import (
     FORMATS,
     Problems,
     add_crop_options,
     add_model_options,
     load_model,
-    positive_int,
     progress_enabled,
     score_options,
 )
@@ -205,9 +205,9 @@ def register(sub) -> None:
     p.add_argument("--expect", metavar="CLASS", help="what every image in PATH should be (a class name or number)")
     p.add_argument("--store", metavar="DB", help="an embedding store (e.g. the one train wrote: OUT/<base>."
                                                  "embeddings.db): embed only what it lacks, keep the rest")
-    p.add_argument("--top", type=positive_int, default=50, metavar="N", help="list at most N (default 50)")
+    p.add_argument("--top", type=COUNT, default=50, metavar="N", help="list at most N (default 50)")
     p.add_argument("--sheet", metavar="PNG", help="also write a contact sheet of them")
-    p.add_argument("--thumb", type=int, default=200, metavar="PX")
+    p.add_argument("--thumb", type=COUNT, default=200, metavar="PX")
     p.add_argument("--format", choices=FORMATS, default="table")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_review)
@@ -216,10 +216,10 @@ def register(sub) -> None:
     p.add_argument("clean", metavar="CLEAN_DIR")
     p.add_argument("--out", required=True, metavar="DATA_DIR")
     p.add_argument("--task", choices=("compression", "chromatic-aberration"), default="compression")
-    p.add_argument("--per-image", type=int, default=1, metavar="N", help="variants per class per clean image")
+    p.add_argument("--per-image", type=COUNT, default=1, metavar="N", help="variants per class per clean image")
     p.add_argument("--quality", default="10-60", metavar="LO-HI", help="JPEG/WEBP quality range (default 10-60)")
     p.add_argument("--shift", default="1-5", metavar="LO-HI", help="red/blue shift in pixels (default 1-5)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--generate", type=int, metavar="N",
+    p.add_argument("--generate", type=COUNT, metavar="N",
                    help="first draw N clean sample pictures into CLEAN_DIR (for trying it out without a dataset)")
     p.set_defaults(func=cmd_synth)

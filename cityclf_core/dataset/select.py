@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from ..errors import ConfigError
+from ..numbers import THRESHOLD
 from ..pipeline import resolve_head_name
 from ..results import HeadResult
 
@@ -28,10 +29,10 @@ class Bound:
             head, label = head.strip() or None, label.strip() or None
         else:
             number = text
-        try:
-            value = float(number)
-        except ValueError:
-            raise ConfigError(f"--{kind} {text!r}: expected VALUE, HEAD=VALUE or HEAD:CLASS=VALUE") from None
+        value, why = THRESHOLD.problem(number)
+        if why:
+            raise ConfigError(f"--{kind} {text!r}: expected VALUE, HEAD=VALUE or HEAD:CLASS=VALUE with VALUE "
+                              f"{THRESHOLD.describe()}")
         return cls(head, label, value, kind)
 
 
