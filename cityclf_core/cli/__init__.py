@@ -26,7 +26,7 @@ import sys
 import traceback
 
 from .. import __version__
-from ..errors import CityClfError
+from ..errors import CityClfError, Interrupted
 from . import info, pixiv, scoring, stored, training
 
 #: each group of subcommands registers its own parsers
@@ -98,6 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     except CityClfError as e:
         print(f"cityclf: error: {e}", file=sys.stderr)
         return USAGE
+    except Interrupted as e:  # stopped at a safe point: its message says how to go on
+        print(f"\ncityclf: {e}", file=sys.stderr)
+        return INTERRUPTED
     except KeyboardInterrupt:
         print("\ncityclf: interrupted" + (" (the store keeps everything finished; rerun to continue)"
                                           if getattr(args, "store", None) else ""), file=sys.stderr)
