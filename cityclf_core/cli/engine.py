@@ -45,6 +45,7 @@ def run_engine(args, command: str, shard: str | None = None) -> int | None:
     from ..engines.ray_data import ModelSpec, RayOptions, run_job
     from ..engines.results import results_after_run
     from ..store import EmbeddingStore
+    from ..store.lock import store_writer
 
     if not args.paths:
         raise ConfigError("--engine ray embeds image files: give PATH...; scoring stored embeddings "
@@ -59,6 +60,7 @@ def run_engine(args, command: str, shard: str | None = None) -> int | None:
     with contextlib.ExitStack() as stack:  # score without --store: a store and shards for this run only
         db = args.store or os.path.join(stack.enter_context(tempfile.TemporaryDirectory()), "run.db")
         store = stack.enter_context(EmbeddingStore(db))
+        stack.enter_context(store_writer(db))  # the shards are imported into it
         with file_progress(args, problems, len(paths)) as on_file:
             report = run_job(store, spec, paths, f"{db}.shards", options, on_file)
         if report.resumed:

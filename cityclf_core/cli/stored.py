@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 
 from ..errors import ConfigError
 from ..pathtext import shown
 from ..reduce import COMBINES
+from ..store.lock import store_writer
 from ..numbers import COUNT
 from .common import (
     TOP_HELP,
@@ -62,7 +64,8 @@ def cmd_query(args) -> int:
     from ..dataset.stored_select import common_folder, select_stored
 
     problems = Problems()
-    with open_store(args.store, write=bool(args.move)) as store:
+    with open_store(args.store, write=bool(args.move)) as store, \
+            (store_writer(store.path) if args.move else contextlib.nullcontext()):
         finish_interrupted_moves(store, problems, args.dry_run)
         stored = store.scored_heads(args.combine)
         if args.head and not any(h in stored for h in args.head):
@@ -157,7 +160,7 @@ def cmd_export(args) -> int:
 def cmd_prune(args) -> int:
     import os
 
-    with open_store(args.store) as store:
+    with open_store(args.store) as store, store_writer(store.path):
         report = store.prune(lambda p: not os.path.exists(p), dry_run=args.dry_run)
     verb = "would forget" if args.dry_run else "forgot"
     for path in report.files:

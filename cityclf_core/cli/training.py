@@ -27,7 +27,7 @@ def cmd_train(args) -> int:
     from ..clip_record import record_for
     from ..loading import load_encoder, source_name
     from ..store import EmbeddingStore
-    from ..store.lock import embedding_run
+    from ..store.lock import store_writer
     from ..train.data import inference_policy
     from ..train import (REFERENCE_CLIPS, data_kind, format_metrics, load_config, load_image_dataset,
                         load_npy_dataset, train)
@@ -53,7 +53,7 @@ def cmd_train(args) -> int:
         store_path = Path(args.store) if args.store else out / f"{cfg.base}.embeddings.db"
         out.mkdir(parents=True, exist_ok=True)
         reports: list = []
-        with EmbeddingStore(store_path) as store, embedding_run(store.path):  # one embedding run per store
+        with EmbeddingStore(store_path) as store, store_writer(store.path):  # one writer per store
             n_files = sum(1 for _ in root.rglob("*") if _.is_file())
             bar = ProgressBar(n_files, "img", enabled=progress_enabled(args), label="embedding")
             problems.bar = bar
@@ -131,10 +131,11 @@ def _review_rows_from_store(args, model, files, problems, bar) -> list:
     """Embed only what the store lacks (nothing, the second time), then score from the stored embeddings."""
     from ..dataset import clip_passes, embed_files, score_store
     from ..store import EmbeddingStore
+    from ..store.lock import store_writer
 
     paths = [os.path.abspath(p) for p in files]
     rows = []
-    with EmbeddingStore(args.store) as store:
+    with EmbeddingStore(args.store) as store, store_writer(store.path):
         report = embed_files(store, clip_passes(model, args.tiling, args.upscale), paths,
                              batch_size=args.batch_size, workers=args.workers, max_pixels=args.max_pixels,
                              on_file=lambda p, e: (problems.add(p, e) if e else None, bar.update(1)))

@@ -38,6 +38,7 @@ import numpy as np
 from ..crops import CropPolicy
 from ..errors import StoreError
 from ..pathtext import safe_text
+from .lock import store_writer
 from .rows import EncoderRow, FileRow, PolicyInfo, PruneReport, StoredScore
 
 SCHEMA_VERSION = 2  # 2: scores.kind
@@ -714,16 +715,21 @@ def label_expr(prefix: str, label: str) -> str:
 def merge_stores(target: str | os.PathLike, sources: Iterable[str | os.PathLike]) -> dict[str, int]:
     """Merge `sources` into `target` all or nothing: every source is checked first, the merge is done on a
     copy (`TARGET.merging`) and renamed over the target only when it finished; a failure leaves the target
-    as it was. (Run no other writer on the target meanwhile.)"""
+    as it was. The target's lock is held throughout (store/lock.py), so no other writer's rows are lost."""
     sources = list(sources)
     for src in sources:  # a missing or foreign part fails here, before anything is written
         EmbeddingStore(src, create=False, readonly=True).close()
     target = Path(target)
+    with store_writer(target):  # made (empty) if missing, so that two merges into a new store wait too
+        return _merge_locked(target, sources)
+
+
+def _merge_locked(target: Path, sources: list) -> dict[str, int]:
     tmp = target.with_name(target.name + ".merging")
     for leftover in (tmp, Path(f"{tmp}-wal"), Path(f"{tmp}-shm")):
         leftover.unlink(missing_ok=True)  # our own temporary file from an interrupted merge
     try:
-        if target.exists():
+        if target.stat().st_size:
             with EmbeddingStore(target, create=False) as current:
                 copy = sqlite3.connect(str(tmp))
                 try:
