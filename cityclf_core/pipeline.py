@@ -85,7 +85,8 @@ class ScoringModel:
             )
         if policy is None:
             policy = default_policy(head, encoder.image_size, pairing)
-        policy = policy.resolved(encoder.image_size)
+        if policy.tiling:  # a whole-image policy keeps a tile size it was given, for when tiling is forced
+            policy = policy.resolved(encoder.image_size)
         param = next(head.net.parameters(), None)
         if param is not None and param.device != encoder.device and encoder.device.type != "meta":
             head.to(encoder.device)
