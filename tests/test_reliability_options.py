@@ -111,7 +111,8 @@ def train_with(tmp_path, npy_data, capsys, model=None, raw: bytes | None = None,
     ({"model": {"base": "/tmp/elsewhere"}}, "model.base '/tmp/elsewhere' must be a plain name"),
     ({"model": {"rev": "../../x"}}, "model.rev '../../x' must be a plain name"),
     ({"model": {"base": "a/b"}}, "model.base 'a/b' must be a plain name"),
-])
+], ids=["weight_decay", "steps", "eval_every", "cosine", "lr-nan", "lr-zero", "batch-bool", "base-absolute",
+        "rev-dotdot", "base-separator"])
 def test_training_config_values_are_checked(tmp_path, npy_data, capsys, setting, expect):
     model = setting.pop("model", None)
     code, err = train_with(tmp_path, npy_data, capsys, model=model, **setting)
