@@ -93,7 +93,7 @@ class Trainer:
             view = data.train_offsets[idx] + (torch.rand(len(take), generator=self.gen) * counts[idx]).long()
             loss = self._step(views[view.to(self.device)], targets[idx.to(self.device)])
             if not math.isfinite(loss):
-                raise self._diverged(f"the training loss is {loss}")
+                raise self._diverged(f"the training loss is {loss}", state["step"] + 1)
             state["step"] += 1
             running[0] += loss * len(take)
             running[1] += len(take)
@@ -159,10 +159,11 @@ class Trainer:
     def _check_weights(self) -> None:
         bad = [n for n, p in self.net.named_parameters() if not torch.isfinite(p).all()]
         if bad:
-            raise self._diverged(f"the weights {', '.join(bad[:3])} hold NaN or infinite values")
+            raise self._diverged(f"the weights {', '.join(bad[:3])} hold NaN or infinite values",
+                                 self.state["step"])
 
-    def _diverged(self, what: str) -> ConfigError:
-        return ConfigError(f"training diverged at step {self.state['step'] + 1}: {what}; no head was written. "
+    def _diverged(self, what: str, step: int) -> ConfigError:
+        return ConfigError(f"training diverged at step {step}: {what}; no head was written. "
                            f"Lower train.lr (now {self.cfg.lr:g}) and train again")
 
     # ------------------------------------------------------------ checkpoints and the end
