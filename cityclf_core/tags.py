@@ -55,8 +55,12 @@ def parse_thresholds(text: str) -> dict[str, float]:
         return {"*": number}
     if "=" not in text:
         raise ConfigError(f"thresholds {text!r}: {why}")
-    return {key: THRESHOLD.check(value, f"thresholds: {key} =")
-            for key, value in parse_mapping(text, "thresholds").items()}
+    out = {}
+    for key, value in parse_mapping(text, "thresholds").items():
+        out[key], why = THRESHOLD.problem(value)
+        if why:
+            raise ConfigError(f"thresholds: {key} = {value!r} is not a number ({why})")
+    return out
 
 
 def slug(text: str) -> str:
