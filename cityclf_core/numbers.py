@@ -53,7 +53,7 @@ class Rule:
             return None, f"must be {self.describe()}"
         if isinstance(value, float):
             if not math.isfinite(value):
-                return None, f"must be {self.describe()}, not {value}"
+                return None, f"must be {self.describe()}"
             if self.whole:
                 if not value.is_integer():
                     return None, f"must be {self.describe()}"

@@ -95,8 +95,10 @@ class PixivSettings:
 def _num(section: dict, key: str, where: str, kind, lo=None, default=None):
     if key not in section or section[key] is None:
         return default
-    rule = whole(lo) if kind is int else real(lo)
-    return rule.check(section[key], f"{where}: {key}")
+    n, why = (whole(lo) if kind is int else real(lo)).problem(section[key])
+    if why:
+        raise ConfigError(f"{where}: {key} {why}, not {section[key]!r}")
+    return n
 
 
 def _path(base: Path, text, what: str, source: str) -> Path:
