@@ -32,3 +32,7 @@ class DownloadError(CityClfError):
 class StoreError(CityClfError):
     """An embedding store that cannot be used as asked."""
 
+
+
+class Interrupted(KeyboardInterrupt):
+    """Stopped by Ctrl-C (or SIGTERM) at a safe point; the message says how to continue (exit 130)."""

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from .errors import ConfigError
 from .scoring.results import HeadResult
+from .numbers import THRESHOLD
 from .sidecars import merge_caption, sidecar_path, write_sidecar  # noqa: F401  (moved; re-exported)
 
 BUCKETS = ("none", "decile", "percent")
@@ -49,16 +50,16 @@ def parse_thresholds(text: str) -> dict[str, float]:
     text = (text or "").strip()
     if not text:
         return {}
-    try:
-        return {"*": float(text)}
-    except ValueError:
-        pass
+    number, why = THRESHOLD.problem(text)
+    if why is None:
+        return {"*": number}
+    if "=" not in text:
+        raise ConfigError(f"thresholds {text!r}: {why}")
     out = {}
     for key, value in parse_mapping(text, "thresholds").items():
-        try:
-            out[key] = float(value)
-        except ValueError:
-            raise ConfigError(f"thresholds: {key} = {value!r} is not a number") from None
+        out[key], why = THRESHOLD.problem(value)
+        if why:
+            raise ConfigError(f"thresholds: {key} = {value!r} is not a number ({why})")
     return out
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 
 from ..cityclf_core import ConfigError
+from ..cityclf_core.numbers import THRESHOLD
 from . import comfy_bridge as bridge
 from .batches import check_count, finite, flat_floats, images_in, latent_items, mask_items, stack_latents, stack_runs
 from .common import CATEGORY, Output, declare_outputs, first
@@ -102,7 +103,8 @@ class CityClfGate:
 
     def gate(self, images, scores, rule="at least", threshold=0.5, upper=1.0, fail_when_none_pass=False,
              latent=None, mask=None):
-        rule, threshold, upper = first(rule), float(first(threshold)), float(first(upper))
+        rule = first(rule)
+        threshold, upper = THRESHOLD.check(first(threshold), "threshold"), THRESHOLD.check(first(upper), "upper")
         if rule == "between" and upper < threshold:
             raise ConfigError(f"rule 'between': upper ({upper:g}) is below threshold ({threshold:g})")
         items = images_in(images)

@@ -15,6 +15,7 @@ import torch
 
 from ..cityclf_core import ConfigError, find_images
 from ..cityclf_core.scoring.images import IMAGE_EXTENSIONS, iter_decoded
+from ..cityclf_core.numbers import COUNT_OR_ZERO
 from . import comfy_bridge as bridge
 from .common import CATEGORY, Output, declare_outputs
 from .paths import allowed_roots, confine, is_allowed
@@ -93,6 +94,7 @@ class CityClfLoadImages:
         return cls._listed(folder, recursive)[0]
 
     def load(self, folder, recursive=False, limit=0, skip=0):
+        skip, limit = COUNT_OR_ZERO.check(skip, "skip"), COUNT_OR_ZERO.check(limit, "limit")
         files, outside = self._listed(folder, recursive)
         files = files[skip:]
         if limit:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from ..cityclf_core import COMBINES, image_list
+from ..cityclf_core.numbers import COUNT_OR_ZERO
 from . import comfy_bridge as bridge
 from .common import CATEGORY, MODEL_TYPE, TILING_CHOICES, Output, declare_outputs, first
 
@@ -79,7 +80,7 @@ class CityClfPredict:
         upscale = not first(never_upscale, False)
         head_name = model.head_name((first(head, "") or "").strip())
         score_class = (first(score_class, "") or "").strip()
-        batch_size = int(first(batch_size, 0) or 0) or None
+        batch_size = COUNT_OR_ZERO.check(first(batch_size, 0) or 0, "batch_size") or None
 
         flat = image_list(images)
         if not flat:

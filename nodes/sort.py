@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+from ..cityclf_core.numbers import COUNT_OR_ZERO
 from . import comfy_bridge as bridge
 from .batches import check_count, flat_floats, images_in, latent_items, mask_items, stack_latents, stack_runs
 from .common import CATEGORY, Output, declare_outputs, first
@@ -70,7 +71,7 @@ class CityClfSort:
         latents = latent_items(latent, len(items))
         masks = mask_items(mask, len(items))
         keep = ranking(values, first(order) != "worst first")
-        k = int(first(top_k, 0) or 0)
+        k = COUNT_OR_ZERO.check(first(top_k, 0) or 0, "top_k")
         if k:
             keep = keep[:k]
         text = [f"order {keep}; scores " + ", ".join(f"{values[i]:.3f}" for i in keep)]

@@ -13,7 +13,7 @@ from PIL import Image
 
 from cityclf_core.cli import main
 from cityclf_core.store import EmbeddingStore
-from cityclf_core.store.lock import embedding_run
+from cityclf_core.store.lock import store_writer
 
 
 def run(argv, capsys):
@@ -113,9 +113,11 @@ def test_a_damaged_store_is_a_clear_error_and_left_untouched(scored_store, score
     assert sorted(p.name for p in data.iterdir()) == [f"im{i}.png" for i in range(6)]
 
 
-def test_a_second_embedding_run_on_one_store_is_refused(scored_store, tiny_clip_dir, score_head_path, capsys):
+def test_a_second_embedding_run_on_one_store_is_refused(scored_store, tiny_clip_dir, score_head_path, capsys,
+                                                        monkeypatch):
     data, db = scored_store
-    with embedding_run(db):  # a first run holds the store
+    monkeypatch.setenv("CITYCLF_LOCK_WAIT", "0")  # refused at once (waiting is tested in test_store_lock.py)
+    with store_writer(db):  # a first run holds the store
         code, _, err = run(["embed", str(data), "--store", str(db), "--clip", "/no/such/clip", "--no-progress"],
                            capsys)
         assert code == 2 and "in use" in err and "/no/such/clip" not in err  # refused before loading CLIP

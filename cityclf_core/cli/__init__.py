@@ -27,7 +27,7 @@ import traceback
 from pathlib import Path
 
 from .. import __version__
-from ..errors import CityClfError
+from ..errors import CityClfError, Interrupted
 from . import info, pixiv, scoring, stored, training
 
 #: each group of subcommands registers its own parsers
@@ -102,13 +102,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     check_option_names(parser, sys.argv[1:] if argv is None else list(argv))
     args = parser.parse_args(argv)
-    if getattr(args, "batch_size", None) is not None and args.batch_size < 1:
-        parser.error("--batch-size must be at least 1")
     try:
         return args.func(args)
     except CityClfError as e:
         print(f"cityclf: error: {e}", file=sys.stderr)
         return USAGE
+    except Interrupted as e:  # stopped at a safe point: its message says how to go on
+        print(f"\ncityclf: {e}", file=sys.stderr)
+        return INTERRUPTED
     except KeyboardInterrupt:
         print("\ncityclf: interrupted" + (" (the store keeps everything finished; rerun to continue)"
                                           if getattr(args, "store", None) else ""), file=sys.stderr)

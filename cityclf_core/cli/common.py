@@ -12,6 +12,7 @@ import sys
 
 from ..errors import ConfigError
 from ..scoring.images import DEFAULT_MAX_PIXELS
+from ..numbers import COUNT, PIXELS
 from ..pathtext import raw_b64, safe_text, shown
 from ..progress import ProgressBar
 from ..scoring.reduce import COMBINES
@@ -19,15 +20,30 @@ from ..scoring.reduce import COMBINES
 FORMATS = ("table", "jsonl", "csv")
 
 
-def positive_int(text: str) -> int:
-    """argparse type: a whole number of at least 1 (so --top -1 is an error, not 'all but the last')."""
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
-    return n
+def checked(parse):
+    """An argparse `type=` that checks a text option with `parse` (a library parser) and keeps the text:
+    a bad --min, --max or --tag-thresholds is refused before any work, naming the option."""
+
+    def check(text: str) -> str:
+        try:
+            parse(text)
+        except ConfigError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+        return text
+
+    return check
+
+
+def bound_spec(kind: str):
+    from ..dataset.select import Bound
+
+    return checked(lambda text: Bound.parse(text, kind))
+
+
+def threshold_spec(text: str) -> str:
+    from ..tags import parse_thresholds
+
+    return checked(parse_thresholds)(text)
 
 
 TOP_HELP = ("keep the N highest by --sort-by. For a score head that is the best images; for a classifier its "
@@ -170,23 +186,24 @@ def add_crop_options(p: argparse.ArgumentParser) -> None:
                    help="whole image for every head")
     g.add_argument("--no-upscale", dest="upscale", action="store_false",
                    help="never enlarge an image before tiling (the reference enlarges e.g. 1000x2000 to 1536x3072)")
-    g.add_argument("--tile-size", type=int, metavar="PX", help="tile size in pixels (default: 2x the CLIP input size, "
+    g.add_argument("--tile-size", type=PIXELS, metavar="PX", help="tile size in pixels (default: 2x the CLIP input size, "
                                                                "or the release's pairing)")
     g.add_argument("--combine", choices=COMBINES, default="mean", help="how tiles are combined per class (default: mean)")
-    g.add_argument("--batch-size", type=int, metavar="N", help="views per CLIP forward (default: 8 on CPU, 64 on GPU)")
-    g.add_argument("--workers", type=int, default=2, metavar="N", help="image decoding threads (default: 2)")
-    g.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, metavar="N",
+    g.add_argument("--batch-size", type=COUNT, metavar="N", help="views per CLIP forward (default: 8 on CPU, 64 on GPU)")
+    g.add_argument("--workers", type=COUNT, default=2, metavar="N", help="image decoding threads (default: 2)")
+    g.add_argument("--max-pixels", type=PIXELS, default=DEFAULT_MAX_PIXELS, metavar="N",
                    help=f"skip images with more pixels (decompression-bomb guard; default {DEFAULT_MAX_PIXELS:,})")
 
 
 def add_selection_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("selecting and acting on images")
-    g.add_argument("--min", action="append", default=[], metavar="SPEC",
+    g.add_argument("--min", action="append", default=[], metavar="SPEC", type=bound_spec("min"),
                    help="keep images scoring at least this: 0.6 (the first head), HEAD=0.6, or HEAD:CLASS=0.6 "
                         "(a class probability). Repeat to combine (all must hold).")
-    g.add_argument("--max", action="append", default=[], metavar="SPEC", help="keep images scoring at most this")
-    g.add_argument("--top", type=positive_int, metavar="N", help=TOP_HELP)
-    g.add_argument("--bottom", type=positive_int, metavar="N",
+    g.add_argument("--max", action="append", default=[], metavar="SPEC", type=bound_spec("max"),
+                   help="keep images scoring at most this")
+    g.add_argument("--top", type=COUNT, metavar="N", help=TOP_HELP)
+    g.add_argument("--bottom", type=COUNT, metavar="N",
                    help="keep the N lowest by --sort-by (a classifier: the cleanest images)")
     g.add_argument("--sort-by", metavar="HEAD[:CLASS]", help="the head (or class) --top/--bottom use (default: first)")
     a = g.add_mutually_exclusive_group()
@@ -199,7 +216,7 @@ def add_selection_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--write-tags", action="store_true",
                    help="update caption sidecars (image.txt) with tags, as the Tag node does: earlier tags of "
                         "these heads are replaced, other text is kept")
-    g.add_argument("--tag-thresholds", default="0.5", metavar="T",
+    g.add_argument("--tag-thresholds", default="0.5", metavar="T", type=threshold_spec,
                    help="class probability for a tag: 0.5, or per head 'HEAD = 0.6; * = 0.5'")
     g.add_argument("--tag-bucket", choices=("none", "decile", "percent"), default="decile",
                    help="score heads add a bucket tag: aesthetic_70 (decile, default) or aesthetic_72 (percent)")

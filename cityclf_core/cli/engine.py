@@ -7,7 +7,10 @@ import os
 import sys
 
 from ..errors import ConfigError
+from ..numbers import COUNT, real
 from .common import Problems, ResultWriter, file_progress, finish, listed_files, model_spec, selection
+
+GPUS = real(0.0)
 
 
 def add_engine_options(p: argparse.ArgumentParser) -> None:
@@ -19,10 +22,10 @@ def add_engine_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--address", metavar="ADDR",
                    help="with --engine ray: the Ray cluster to join (HOST:6379, or auto for the one `ray start` "
                         "began on this machine); default: $RAY_ADDRESS, else a new local Ray")
-    g.add_argument("--num-gpus-per-worker", type=float, metavar="G",
+    g.add_argument("--num-gpus-per-worker", type=GPUS, metavar="G",
                    help="with --engine ray: GPUs per CLIP worker (default: 1 when the cluster has GPUs, else 0: "
                         "CPU workers)")
-    g.add_argument("--files-per-shard", type=int, default=1000, metavar="N",
+    g.add_argument("--files-per-shard", type=COUNT, default=1000, metavar="N",
                    help="with --engine ray: files per Parquet shard, the unit a rerun resumes from (default 1000)")
     p.set_defaults(workers=None)  # given or not: decode threads locally (2 if not), CLIP workers on Ray
 
@@ -42,6 +45,7 @@ def run_engine(args, command: str, shard: str | None = None) -> int | None:
     from ..engines.ray_data import RayOptions, run_job
     from ..engines.results import results_after_run
     from ..store import EmbeddingStore
+    from ..store.lock import store_writer
 
     if not args.paths:
         raise ConfigError("--engine ray embeds image files: give PATH...; scoring stored embeddings "
@@ -54,6 +58,7 @@ def run_engine(args, command: str, shard: str | None = None) -> int | None:
     with contextlib.ExitStack() as stack:  # score without --store: a store and shards for this run only
         db = args.store or os.path.join(stack.enter_context(tempfile.TemporaryDirectory()), "run.db")
         store = stack.enter_context(EmbeddingStore(db))
+        stack.enter_context(store_writer(db))  # the shards are imported into it
         with file_progress(args, problems, len(paths)) as on_file:
             report = run_job(store, spec, paths, f"{db}.shards", options, on_file)
         if report.resumed:

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..numbers import COUNT, PIXELS
 from ..progress import ProgressBar
 from .common import Problems, progress_enabled
 
@@ -127,9 +128,9 @@ def register(sub) -> None:
 
     q = sp.add_parser("synth", help="write a synthetic dataset in the document's layout (with a planted relation)")
     q.add_argument("out", metavar="OUT_DIR")
-    q.add_argument("--works", type=int, default=300, metavar="N")
-    q.add_argument("--artists", type=int, default=30, metavar="N")
-    q.add_argument("--size", type=int, default=64, metavar="PX", help="picture size (default 64)")
+    q.add_argument("--works", type=COUNT, default=300, metavar="N")
+    q.add_argument("--artists", type=COUNT, default=30, metavar="N")
+    q.add_argument("--size", type=PIXELS, default=64, metavar="PX", help="picture size (default 64)")
     q.add_argument("--seed", type=int, default=0)
     q.set_defaults(func=cmd_synth)
 

@@ -8,6 +8,7 @@ from ..errors import ConfigError
 from ..scoring.images import find_images
 from ..pathtext import safe_text, shown
 from ..progress import ProgressBar
+from ..store.lock import store_writer
 from .engine import add_engine_options, run_engine
 from .common import (
     Problems,
@@ -65,7 +66,7 @@ def _score_with_store(args) -> int:
 
     problems = Problems()
     paths = None
-    with EmbeddingStore(args.store, create=bool(args.paths)) as store:
+    with EmbeddingStore(args.store, create=bool(args.paths)) as store, store_writer(store.path):  # scores are saved
         finish_interrupted_moves(store, problems, args.dry_run)
         if args.paths:  # embed what is missing first, with the CLIPs loaded; score with that same model
             paths, model = _embed_into(args, store, problems)
@@ -97,15 +98,8 @@ def _score_with_store(args) -> int:
 def _embed_into(args, store, problems: Problems, shard: str | None = None):
     """Embed args.paths (shard K/N of them) into `store` for the heads' CLIP passes; (absolute paths, model or None).
 
-    The store is claimed for this run first (a second run is refused before any CLIP is loaded).
+    The caller holds the store's lock (taken before any CLIP is loaded).
     """
-    from ..store.lock import embedding_run
-
-    with embedding_run(store.path):
-        return _embed_claimed(args, store, problems, shard)
-
-
-def _embed_claimed(args, store, problems: Problems, shard: str | None):
     from ..dataset import embed_files
     from ..dataset.passes import choose_clips
 
@@ -133,7 +127,7 @@ def cmd_embed(args) -> int:
     if not args.model and not args.clip:
         raise ConfigError("name the heads (--model) whose CLIP and crops to embed for, or a --clip")
     problems = Problems()
-    with EmbeddingStore(args.store) as store:
+    with EmbeddingStore(args.store) as store, store_writer(store.path):
         finish_interrupted_moves(store, problems)
         _embed_into(args, store, problems, shard=args.shard)
     problems.write_report(args.report)

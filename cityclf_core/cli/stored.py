@@ -2,22 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 
 from ..errors import ConfigError
 from ..pathtext import shown
 from ..scoring.reduce import COMBINES
+from ..store.lock import store_writer
+from ..numbers import COUNT
 from .common import (
     TOP_HELP,
     Problems,
     ResultWriter,
     act_and_report,
+    bound_spec,
     acting,
     add_output_options,
     add_selection_options,
     finish_interrupted_moves,
     open_store,
-    positive_int,
     present,
     selection,
 )
@@ -61,7 +64,8 @@ def cmd_query(args) -> int:
     from ..dataset.stored_select import common_folder, select_stored
 
     problems = Problems()
-    with open_store(args.store, write=bool(args.move)) as store:
+    with open_store(args.store, write=bool(args.move)) as store, \
+            (store_writer(store.path) if args.move else contextlib.nullcontext()):
         finish_interrupted_moves(store, problems, args.dry_run)
         stored = store.scored_heads(args.combine)
         if args.head and not any(h in stored for h in args.head):
@@ -156,7 +160,7 @@ def cmd_export(args) -> int:
 def cmd_prune(args) -> int:
     import os
 
-    with open_store(args.store) as store:
+    with open_store(args.store) as store, store_writer(store.path):
         report = store.prune(lambda p: not os.path.exists(p), dry_run=args.dry_run)
     verb = "would forget" if args.dry_run else "forgot"
     for path in report.files:
@@ -185,13 +189,15 @@ def register(sub) -> None:
     p.add_argument("--head", action="append", metavar="NAME", help="only these heads (default: all)")
     p.add_argument("--combine", choices=COMBINES, default="mean",
                    help="the tile combine the scores were made with (default: mean)")
-    p.add_argument("--min", action="append", default=[], metavar="SPEC", help="as for score: a band to show")
-    p.add_argument("--max", action="append", default=[], metavar="SPEC", help="as for score: a band to show")
-    p.add_argument("--top", type=positive_int, metavar="N",
+    p.add_argument("--min", action="append", default=[], metavar="SPEC", type=bound_spec("min"),
+                   help="as for score: a band to show")
+    p.add_argument("--max", action="append", default=[], metavar="SPEC", type=bound_spec("max"),
+                   help="as for score: a band to show")
+    p.add_argument("--top", type=COUNT, metavar="N",
                    help="the N highest by --sort-by (default: 24 unless a band is given). " + TOP_HELP.split(". ", 1)[1])
-    p.add_argument("--bottom", type=positive_int, metavar="N", help="the N lowest by --sort-by")
+    p.add_argument("--bottom", type=COUNT, metavar="N", help="the N lowest by --sort-by")
     p.add_argument("--sort-by", metavar="HEAD[:CLASS]", help="the head (or class) to order by (default: as score)")
-    p.add_argument("--thumb", type=positive_int, default=256, metavar="PX", help="thumbnail size (default 256)")
+    p.add_argument("--thumb", type=COUNT, default=256, metavar="PX", help="thumbnail size (default 256)")
     p.set_defaults(func=cmd_grid)
 
     p = sub.add_parser("export", help="export stored embeddings to a numpy .npz",

@@ -11,13 +11,13 @@ from pathlib import Path
 from ..errors import ConfigError
 from ..scoring.images import find_images
 from ..progress import ProgressBar
+from ..numbers import COUNT
 from .common import (
     FORMATS,
     Problems,
     add_crop_options,
     add_model_options,
     load_model,
-    positive_int,
     progress_enabled,
     score_options,
 )
@@ -27,7 +27,7 @@ def cmd_train(args) -> int:
     from ..loading.clip_records import record_for
     from ..loading.clips import load_encoder, source_name
     from ..store import EmbeddingStore
-    from ..store.lock import embedding_run
+    from ..store.lock import store_writer
     from ..train.data import inference_policy
     from ..train import (REFERENCE_CLIPS, data_kind, format_metrics, load_config, load_image_dataset,
                         load_npy_dataset, train)
@@ -53,7 +53,7 @@ def cmd_train(args) -> int:
         store_path = Path(args.store) if args.store else out / f"{cfg.base}.embeddings.db"
         out.mkdir(parents=True, exist_ok=True)
         reports: list = []
-        with EmbeddingStore(store_path) as store, embedding_run(store.path):  # one embedding run per store
+        with EmbeddingStore(store_path) as store, store_writer(store.path):  # one writer per store
             n_files = sum(1 for _ in root.rglob("*") if _.is_file())
             bar = ProgressBar(n_files, "img", enabled=progress_enabled(args), label="embedding")
             problems.bar = bar
@@ -131,10 +131,11 @@ def _review_rows_from_store(args, model, files, problems, bar) -> list:
     """Embed only what the store lacks (nothing, the second time), then score from the stored embeddings."""
     from ..dataset import clip_passes, embed_files, score_store
     from ..store import EmbeddingStore
+    from ..store.lock import store_writer
 
     paths = [os.path.abspath(p) for p in files]
     rows = []
-    with EmbeddingStore(args.store) as store:
+    with EmbeddingStore(args.store) as store, store_writer(store.path):
         report = embed_files(store, clip_passes(model, args.tiling, args.upscale), paths,
                              batch_size=args.batch_size, workers=args.workers, max_pixels=args.max_pixels,
                              on_file=lambda p, e: (problems.add(p, e) if e else None, bar.update(1)))
@@ -205,9 +206,9 @@ def register(sub) -> None:
     p.add_argument("--expect", metavar="CLASS", help="what every image in PATH should be (a class name or number)")
     p.add_argument("--store", metavar="DB", help="an embedding store (e.g. the one train wrote: OUT/<base>."
                                                  "embeddings.db): embed only what it lacks, keep the rest")
-    p.add_argument("--top", type=positive_int, default=50, metavar="N", help="list at most N (default 50)")
+    p.add_argument("--top", type=COUNT, default=50, metavar="N", help="list at most N (default 50)")
     p.add_argument("--sheet", metavar="PNG", help="also write a contact sheet of them")
-    p.add_argument("--thumb", type=int, default=200, metavar="PX")
+    p.add_argument("--thumb", type=COUNT, default=200, metavar="PX")
     p.add_argument("--format", choices=FORMATS, default="table")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_review)
@@ -216,10 +217,10 @@ def register(sub) -> None:
     p.add_argument("clean", metavar="CLEAN_DIR")
     p.add_argument("--out", required=True, metavar="DATA_DIR")
     p.add_argument("--task", choices=("compression", "chromatic-aberration"), default="compression")
-    p.add_argument("--per-image", type=int, default=1, metavar="N", help="variants per class per clean image")
+    p.add_argument("--per-image", type=COUNT, default=1, metavar="N", help="variants per class per clean image")
     p.add_argument("--quality", default="10-60", metavar="LO-HI", help="JPEG/WEBP quality range (default 10-60)")
     p.add_argument("--shift", default="1-5", metavar="LO-HI", help="red/blue shift in pixels (default 1-5)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--generate", type=int, metavar="N",
+    p.add_argument("--generate", type=COUNT, metavar="N",
                    help="first draw N clean sample pictures into CLEAN_DIR (for trying it out without a dataset)")
     p.set_defaults(func=cmd_synth)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..errors import CityClfError, ConfigError
+from ..numbers import check_tile_size
 from ..scoring.crops import CropPolicy
 from ..scoring.embedding import ClipPass
 from ..scoring.pipeline import Group, ScoringModel
@@ -72,6 +73,7 @@ class ModelSpec:
         if not self.clip:
             raise ConfigError("name the heads (--model) whose CLIP and crops to embed for, or a --clip")
         encoder = load_encoder(self.clip, device, self.dtype, allow_download=self.allow_download)
+        check_tile_size(self.tile_size, encoder.image_size)
         return None, [Group(ClipPass(encoder, self._policy()))]
 
     def stored(self, store, heads: Sequence | None = None) -> tuple[ScoringModel | None, list[Group]] | None:

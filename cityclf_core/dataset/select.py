@@ -9,6 +9,7 @@ from typing import Sequence
 from ..errors import ConfigError
 from ..scoring.pipeline import resolve_head_name
 from ..scoring.results import HeadResult
+from ..numbers import THRESHOLD
 
 
 @dataclass(frozen=True)
@@ -28,10 +29,10 @@ class Bound:
             head, label = head.strip() or None, label.strip() or None
         else:
             number = text
-        try:
-            value = float(number)
-        except ValueError:
-            raise ConfigError(f"--{kind} {text!r}: expected VALUE, HEAD=VALUE or HEAD:CLASS=VALUE") from None
+        value, why = THRESHOLD.problem(number)
+        if why:
+            raise ConfigError(f"--{kind} {text!r}: expected VALUE, HEAD=VALUE or HEAD:CLASS=VALUE with VALUE "
+                              f"{THRESHOLD.describe()}")
         return cls(head, label, value, kind)
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import replace
+
 from pathlib import Path
 
 from ..errors import StoreError
@@ -11,6 +11,7 @@ from ..loading.catalogue import default_models_dir, resolve_head
 from ..loading.clip_records import check_clip, recorded_clip
 from ..loading.clips import clip_identity, clip_source_for, source_name
 from ..notices import note
+from ..numbers import with_tile_size
 from ..scoring.heads import Head, default_policy
 from ..scoring.pipeline import ScoringModel
 from ..store.stored_encoder import StoredEncoder
@@ -41,8 +42,7 @@ def load_stored_model(
         encoder = encoders.setdefault(row.id, StoredEncoder(row))
         check_clip(head, encoder)
         policy = default_policy(head, encoder.image_size, pairing)
-        if tile_size and policy.tiling:
-            policy = replace(policy, tile_size=tile_size)
+        policy = with_tile_size(policy, tile_size, encoder.image_size)
         model.add(head, encoder, policy)
     return model
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
-from dataclasses import replace
+
 from pathlib import Path
 
+from ..numbers import with_tile_size
 from ..scoring.heads import default_policy
 from ..scoring.pipeline import ScoringModel
 from .catalogue import default_models_dir, resolve_head
@@ -43,8 +44,7 @@ def load_scoring_model(
                                allow_download=allow_download, download_dir=clip_download_dir, search_dirs=search)
         check_clip(head, encoder)
         policy = default_policy(head, encoder.image_size, pairing)
-        if tile_size and policy.tiling:
-            policy = replace(policy, tile_size=tile_size)
+        policy = with_tile_size(policy, tile_size, encoder.image_size)
         model.add(head, encoder, policy)
     return model
 

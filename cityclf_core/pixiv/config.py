@@ -36,14 +36,14 @@ Relative paths are taken from the config file's folder.
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ConfigError
 from ..kinds.popularity_nets import NETS
-from ..train.config import read_yaml
+from ..train.config import name_part, read_yaml
+from ..numbers import check_flag, real, whole
 from .splits import SPLITS
 from .targets import TARGETS
 
@@ -95,14 +95,9 @@ class PixivSettings:
 def _num(section: dict, key: str, where: str, kind, lo=None, default=None):
     if key not in section or section[key] is None:
         return default
-    try:
-        n = kind(section[key])
-    except (TypeError, ValueError):
-        raise ConfigError(f"{where}: {key} must be a number, not {section[key]!r}") from None
-    if isinstance(n, float) and not math.isfinite(n):
-        raise ConfigError(f"{where}: {key} must be finite")
-    if lo is not None and n < lo:
-        raise ConfigError(f"{where}: {key} must be at least {lo}, not {n}")
+    n, why = (whole(lo) if kind is int else real(lo)).problem(section[key])
+    if why:
+        raise ConfigError(f"{where}: {key} {why}, not {section[key]!r}")
     return n
 
 
@@ -173,13 +168,14 @@ def parse_settings(data: dict, source: str, base_dir: Path) -> PixivSettings:
         val_fraction=_num(d, "val_fraction", source, float, 0.0, 0.1), stream=stream,
         max_validation=_num(d, "max_validation", source, int, 1, 5000), target=target,
         alpha=_num(t, "alpha", source, float, 0.0, 0.7), k=_num(t, "k", source, float, 0.0, 100.0),
-        base=str(m.get("base", "PixivPopularity")), rev=str(m.get("rev", "v1")), arch=arch,
+        base=name_part(m.get("base", "PixivPopularity"), "model.base", source),
+        rev=name_part(m.get("rev", "v1"), "model.rev", source), arch=arch,
         width=_num(m, "width", source, int, 1, 256), lr=_num(tr, "lr", source, float, 0.0, 1e-3),
         epochs=epochs if epochs is not None or steps is not None else 40.0, steps=steps,
         batch=_num(tr, "batch", source, int, 2, 64), seed=_num(tr, "seed", source, int, None, 0),
         weight_decay=_num(tr, "weight_decay", source, float, 0.0, 0.01),
         early_stopping=_num(tr, "early_stopping", source, int, 0, 0), device=str(tr.get("device", "auto")),
-        cosine=bool(tr.get("cosine", True)), warmup=_num(tr, "warmup", source, int, 0),
+        cosine=check_flag(tr.get("cosine", True), f"{source}: train.cosine"), warmup=_num(tr, "warmup", source, int, 0),
         eval_every=_num(tr, "eval_every", source, int, 1), eval_seeds=seeds,
     )
     if "splits" in lists:

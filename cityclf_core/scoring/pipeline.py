@@ -85,7 +85,8 @@ class ScoringModel:
             )
         if policy is None:
             policy = default_policy(head, encoder.image_size, pairing)
-        policy = policy.resolved(encoder.image_size)
+        if policy.tiling:  # a whole-image policy keeps a tile size it was given, for when tiling is forced
+            policy = policy.resolved(encoder.image_size)
         param = next(head.net.parameters(), None)
         if param is not None and param.device != encoder.device and encoder.device.type != "meta":
             head.to(encoder.device)
@@ -149,8 +150,8 @@ def effective_policy(policy: CropPolicy, tiling: str, upscale: bool) -> CropPoli
     """A head's policy after the user's tiling override ('auto' keeps it) and no-upscale switch."""
     if tiling == "off":
         return WHOLE_IMAGE
-    if tiling == "on" and not policy.tiling:
-        policy = CropPolicy(tiling=True)
+    if tiling == "on" and not policy.tiling:  # forced: the whole-image head tiles, with a --tile-size it has
+        policy = dataclasses.replace(policy, tiling=True)
     if policy.tiling and not upscale:
         policy = dataclasses.replace(policy, upscale=False)
     return policy

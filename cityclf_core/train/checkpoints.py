@@ -16,8 +16,10 @@ def checkpoint_path(out: Path, cfg) -> Path:
     return out / f"{cfg.name}.checkpoint.safetensors"
 
 
-def save_checkpoint(path: Path, net, opt, sched, gen: torch.Generator, state: dict, best: dict | None) -> None:
-    """Everything to resume, as safetensors (tensors) + JSON metadata: no pickles."""
+def save_checkpoint(path: Path, net, opt, sched, gen: torch.Generator, state: dict, best: dict | None,
+                    pause=None) -> None:
+    """Everything to resume, as safetensors (tensors) + JSON metadata: no pickles. Written to a temporary
+    name, synced and renamed over the old one: a kill leaves the old checkpoint or the new one."""
     from safetensors.torch import save_file
 
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
@@ -37,6 +39,10 @@ def save_checkpoint(path: Path, net, opt, sched, gen: torch.Generator, state: di
             "param_groups": json.dumps(opt_state["param_groups"])}
     tmp = path.with_name(path.name + ".tmp")
     save_file(tensors, str(tmp), metadata=meta)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    if pause:
+        pause()  # a test stops the process here (pause_points.py)
     os.replace(tmp, path)
 
 

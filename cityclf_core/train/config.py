@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..numbers import PIXELS, check_flag, real, whole
 from ..kinds import HeadKind, get_kind, kind_choices, kind_names
 from ..loading.head_files import HeadConfig
 
@@ -16,6 +16,17 @@ REFERENCE_CLIPS = {  # model.clip in the reference configs
     "CLIP": {"features": 768, "hidden": 1024, "clip_model": "openai/clip-vit-large-patch14-336"},
     "META": {"features": 1024, "hidden": 1280, "clip_model": None},  # ViT-H metaclip: .npy embeddings only
 }
+#: every number a config takes, and what it may be (steps count samples, as in the reference)
+NUMBERS = {
+    "train": {"lr": real(0.0, above=True), "weight_decay": real(0.0), "val_fraction": real(0.0, 1.0),
+              "steps": whole(1, 10**10), "batch": whole(1, 10**6), "seed": whole(0, 2**63 - 1),
+              "warmup": whole(0, 10**10), "early_stopping": whole(0, 10**6), "eval_every": whole(1, 10**10),
+              "save_every": whole(1, 10**10)},
+    "data": {"crops_per_image": whole(1, 1000), "tile_size": PIXELS, "workers": whole(1, 256),
+             "batch_size": whole(1, 65536)},
+}
+LOSS_WEIGHT = real(0.0)
+
 ALLOWED = {
     "model": {"base", "rev", "arch", "clip", "clip_model"},
     "train": {"lr", "steps", "batch", "cosine", "val_fraction", "seed", "warmup", "device", "early_stopping",
@@ -91,6 +102,10 @@ def read_yaml(path: Path):
         return yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"config {path} not found") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config {path} is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+    except OSError as e:
+        raise ConfigError(f"config {path} cannot be read ({e.strerror or e})") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"config {path} is not valid YAML: {e}") from None
 
@@ -130,26 +145,18 @@ def parse_config(data: dict, source: str = "config", overrides: dict | None = No
     if clip not in REFERENCE_CLIPS:
         raise ConfigError(f"{source}: model.clip must be CLIP or META (the reference's names), not {clip!r}; "
                           "to embed images with another CLIP use model.clip_model")
-    train = data.get("train") or {}
     kw: dict = {}
-    for key in ("lr", "weight_decay", "val_fraction"):
-        if key in train:
-            kw[key] = _number(train[key], f"train.{key}", source, float)
-    for key in ("steps", "batch", "seed", "warmup", "early_stopping", "eval_every", "save_every"):
-        if key in train and train[key] is not None:
-            kw[key] = _number(train[key], f"train.{key}", source, int)
-    for key in ("cosine",):
-        if key in train:
-            kw[key] = bool(train[key])
+    for section, rules in NUMBERS.items():
+        body = data.get(section) or {}
+        for key, rule in rules.items():
+            if body.get(key) is not None:
+                kw[key] = rule.check(body[key], f"{source}: {section}.{key}")
+    for section, key in (("train", "cosine"), ("data", "random_crops")):
+        if key in (data.get(section) or {}):
+            kw[key] = check_flag(data[section][key], f"{source}: {section}.{key}")
     for key in ("device", "loss"):
-        if key in train:
-            kw[key] = str(train[key])
-    d = data.get("data") or {}
-    if "random_crops" in d:
-        kw["random_crops"] = bool(d["random_crops"])
-    for key in ("crops_per_image", "tile_size", "workers", "batch_size"):
-        if key in d and d[key] is not None:
-            kw[key] = _number(d[key], f"data.{key}", source, int)
+        if key in (data.get("train") or {}):
+            kw[key] = _text(data["train"][key], f"train.{key}", source)
     labels = {}
     raw_labels = data.get("labels") or {}
     for k, v in raw_labels.items():
@@ -160,30 +167,53 @@ def parse_config(data: dict, source: str = "config", overrides: dict | None = No
         v = v or {}
         if not isinstance(v, dict) or set(v) - {"name", "loss"}:
             raise ConfigError(f"{source}: labels.{k} takes 'name' and 'loss' (the class weight)")
-        labels[idx] = (str(v.get("name", idx)), _number(v.get("loss", 1.0), f"labels.{k}.loss", source, float))
-    cfg = TrainConfig(base=str(model.get("base", "unknown")), rev=str(model.get("rev", "v0.0")), arch=arch, clip=clip,
-                      clip_model=model.get("clip_model"), labels=labels, **kw)
+        labels[idx] = (str(v.get("name", idx)), LOSS_WEIGHT.check(v.get("loss", 1.0), f"{source}: labels.{k}.loss"))
+    clip_model = model.get("clip_model")
+    cfg = TrainConfig(base=name_part(model.get("base", "unknown"), "model.base", source),
+                      rev=name_part(model.get("rev", "v0.0"), "model.rev", source), arch=arch, clip=clip,
+                      clip_model=None if clip_model is None else _text(clip_model, "model.clip_model", source),
+                      labels=labels, **kw)
     if overrides:
         cfg = dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
     validate(cfg, source)
     return cfg
 
 
-def _number(value, what: str, source: str, kind):
-    try:
-        n = kind(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{source}: {what} must be a number, not {value!r}") from None
-    if kind is float and not math.isfinite(n):
-        raise ConfigError(f"{source}: {what} must be finite")
-    return n
+def _text(value, what: str, source: str) -> str:
+    if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+        raise ConfigError(f"{source}: {what} must be text, not {value!r}")
+    return str(value)
+
+
+#: what a head's file names are made of (a training run writes {base}-{rev}.safetensors and friends under --out)
+NAME_FORBIDDEN = ("/", "\\", ":", "\0", "..")
+#: the longest {base}-{rev}: its longest file name, {name}.checkpoint.safetensors.tmp, stays under 255 bytes
+NAME_BYTES = 200
+
+
+def name_part(value, what: str, source: str = "config") -> str:
+    """`value` as a part of a file name under --out: no folder separators, no `..`, nothing absolute."""
+    text = _text(value, what, source).strip()
+    if not text or any(c in text for c in NAME_FORBIDDEN) or not text.isprintable() or text.startswith("."):
+        raise ConfigError(f"{source}: {what} {text!r} must be a plain name (letters, digits, '-', '_', '.'; no "
+                          "folders, no '..', not starting with '.'): the head is written as --out/BASE-REV."
+                          "safetensors; choose the folder with --out")
+    if len(text.encode("utf-8")) > NAME_BYTES:
+        raise ConfigError(f"{source}: {what} is too long ({len(text.encode('utf-8'))} bytes); keep model.base "
+                          f"and model.rev under {NAME_BYTES} bytes together")
+    return text
 
 
 def validate(cfg: TrainConfig, source: str = "config") -> None:
-    if cfg.lr <= 0:
-        raise ConfigError(f"{source}: train.lr must be positive")
-    if cfg.steps < 1 or cfg.batch < 1:
-        raise ConfigError(f"{source}: train.steps and train.batch must be at least 1")
+    """The same checks for a TrainConfig made in code as for one read from YAML, and those across keys."""
+    for section, rules in NUMBERS.items():
+        for key, rule in rules.items():
+            if getattr(cfg, key) is not None:
+                rule.check(getattr(cfg, key), f"{source}: {section}.{key}")
+    for key in ("cosine", "random_crops"):
+        check_flag(getattr(cfg, key), f"{source}: {key}")
+    name_part(cfg.base, "model.base", source)
+    name_part(cfg.rev, "model.rev", source)
     if cfg.batch > cfg.steps:
         raise ConfigError(f"{source}: train.batch ({cfg.batch}) is larger than train.steps ({cfg.steps}); "
                           "steps count samples, as in the reference")
@@ -192,5 +222,3 @@ def validate(cfg: TrainConfig, source: str = "config") -> None:
     if cfg.warmup is not None and not 0 <= cfg.warmup < cfg.steps:
         raise ConfigError(f"{source}: train.warmup ({cfg.warmup}) must be below train.steps ({cfg.steps})")
     cfg.kind.check_train_config(cfg, source)
-    if cfg.crops_per_image < 1:
-        raise ConfigError(f"{source}: data.crops_per_image must be at least 1")

@@ -10,19 +10,22 @@ resumed run reproduces an uninterrupted one bit for bit.
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Callable
 
 import torch
 
-from ..errors import ConfigError
+from ..errors import ConfigError, Interrupted
 from ..loading.head_files import save_head
+from ..pause_points import pause_point
 from ..scoring.encoders import pick_device
 from .checkpoints import checkpoint_path, load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .data import Dataset
 from .evaluate import evaluate
+from .interrupt import StopRequests
 from .outputs import OutputFiles, TrainLog, TrainResult, draw_curves, write_metrics
 from .schedule import make_scheduler
 
@@ -64,30 +67,33 @@ class Trainer:
         if resume:
             self._resume(resume)
         train_log = TrainLog(self.files.log, append=bool(resume))
-        try:
-            self._loop(train_log)
-        except KeyboardInterrupt:
-            self._save_checkpoint()
-            self.log(f"interrupted at step {self.state['step']}; resume with --resume (checkpoint {self.checkpoint})")
-            raise
-        finally:
-            train_log.close()
-        return self._finish()
+        with StopRequests() as stop:  # a signal stops the loop between two steps, never inside one
+            try:
+                self._loop(train_log, stop)
+            finally:
+                train_log.close()
+            if stop.requested and self.state["step"] < self.total and not self.stopped_early:
+                self._save_checkpoint()
+                raise Interrupted(f"interrupted at step {self.state['step']} of {self.total}; the checkpoint "
+                                  f"{self.checkpoint} keeps it: run the same command with --resume to continue")
+            return self._finish()
 
     # ------------------------------------------------------------ the loop
 
-    def _loop(self, train_log: TrainLog) -> None:
+    def _loop(self, train_log: TrainLog, stop: StopRequests) -> None:
         cfg, data, state = self.cfg, self.data, self.state
         views, targets = data.train_views.to(self.device), data.train_targets.to(self.device)
         counts = data.train_offsets[1:] - data.train_offsets[:-1]
-        running = [0.0, 0]
-        while state["step"] < self.total:
+        running = state.setdefault("running", [0.0, 0])  # the train loss since the last evaluation (resumed too)
+        while state["step"] < self.total and not stop.requested:
             take = self._next_batch()
             if take is None:
                 continue
             idx = torch.tensor(take)
             view = data.train_offsets[idx] + (torch.rand(len(take), generator=self.gen) * counts[idx]).long()
             loss = self._step(views[view.to(self.device)], targets[idx.to(self.device)])
+            if not math.isfinite(loss):
+                raise self._diverged(f"the training loss is {loss}", state["step"] + 1)
             state["step"] += 1
             running[0] += loss * len(take)
             running[1] += len(take)
@@ -96,7 +102,7 @@ class Trainer:
                 self.progress(step, self.total)
             if step % self.eval_every == 0 or step == self.total:
                 self._evaluate(step, running[0] / max(running[1], 1), train_log)
-                running = [0.0, 0]
+                running[:] = [0.0, 0]
                 if cfg.early_stopping and state["bad_evals"] >= cfg.early_stopping:
                     self.log(f"early stop at step {step}: no better validation loss for {cfg.early_stopping} "
                              f"evaluations (best at step {state['best_step']})")
@@ -123,6 +129,7 @@ class Trainer:
         loss = self.kind.train_loss(self.net, self.net.logits(x), y, self.cfg)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
+        pause_point("step", self.state["step"] + 1)
         self.opt.step()
         self.sched.step()
         return loss.item()
@@ -132,7 +139,9 @@ class Trainer:
 
     def _evaluate(self, step: int, train_loss: float, train_log: TrainLog) -> None:
         state, metric_name = self.state, self.kind.metric_name
+        self._check_weights()
         val_loss, metrics, _ = self._validate()
+        pause_point("eval", step)
         lr = self.sched.get_last_lr()[0]
         metric = metrics.get(metric_name, float("nan"))
         train_log.row(step, step * self.cfg.batch, lr, train_loss, val_loss, metric)
@@ -147,10 +156,21 @@ class Trainer:
             self.on_step(step, self.total, {"train_loss": train_loss, "val_loss": val_loss, metric_name: metric,
                                             "lr": lr})
 
+    def _check_weights(self) -> None:
+        bad = [n for n, p in self.net.named_parameters() if not torch.isfinite(p).all()]
+        if bad:
+            raise self._diverged(f"the weights {', '.join(bad[:3])} hold NaN or infinite values",
+                                 self.state["step"])
+
+    def _diverged(self, what: str, step: int) -> ConfigError:
+        return ConfigError(f"training diverged at step {step}: {what}; no head was written. "
+                           f"Lower train.lr (now {self.cfg.lr:g}) and train again")
+
     # ------------------------------------------------------------ checkpoints and the end
 
     def _save_checkpoint(self) -> None:
-        save_checkpoint(self.checkpoint, self.net, self.opt, self.sched, self.gen, self.state, self.best_weights)
+        save_checkpoint(self.checkpoint, self.net, self.opt, self.sched, self.gen, self.state, self.best_weights,
+                        pause=lambda: pause_point("checkpoint", self.state["step"]))
 
     def _resume(self, resume) -> None:
         path = Path(resume) if str(resume) not in ("", "auto") else self.checkpoint
@@ -163,6 +183,7 @@ class Trainer:
         cfg, files = self.cfg, self.files
         if cfg.early_stopping and self.best_weights is not None:
             self.net.load_state_dict(self.best_weights)  # the best validation loss, not the last
+        self._check_weights()
         self.net.eval()
         save_head(self.net, cfg.head_config(), files.weights, overwrite=True)
         val_loss, metrics, _ = self._validate()

@@ -46,8 +46,9 @@ class OutputFiles:
         return [self.weights, self.config, self.log, self.curves, self.metrics]
 
     def refuse_existing(self) -> None:
-        """Never replace an earlier run's head by accident."""
-        if any(f.exists() for f in self.all()):
+        """Never replace an earlier run's head by accident (a log or curves alone are a run killed before it
+        finished: they are written again)."""
+        if self.weights.exists() or self.config.exists():
             raise ConfigError(f"{self.weights} (or its log/metrics) already exists; choose a new model.rev, another "
                               "--out, or --overwrite")
 

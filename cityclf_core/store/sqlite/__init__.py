@@ -17,6 +17,7 @@ import sqlite3
 from pathlib import Path
 from typing import Iterable
 
+from ..lock import store_writer
 from .files import FilesAndEmbeddings
 from .moves import MoveJournal
 from .schema import SCHEMA_VERSION, Connection
@@ -32,16 +33,21 @@ class EmbeddingStore(Connection, FilesAndEmbeddings, Scores, MoveJournal, WholeS
 def merge_stores(target: str | os.PathLike, sources: Iterable[str | os.PathLike]) -> dict[str, int]:
     """Merge `sources` into `target` all or nothing: every source is checked first, the merge is done on a
     copy (`TARGET.merging`) and renamed over the target only when it finished; a failure leaves the target
-    as it was. (Run no other writer on the target meanwhile.)"""
+    as it was. The target's lock is held throughout (store/lock.py), so no other writer's rows are lost."""
     sources = list(sources)
     for src in sources:  # a missing or foreign part fails here, before anything is written
         EmbeddingStore(src, create=False, readonly=True).close()
     target = Path(target)
+    with store_writer(target):  # made (empty) if missing, so that two merges into a new store wait too
+        return _merge_locked(target, sources)
+
+
+def _merge_locked(target: Path, sources: list) -> dict[str, int]:
     tmp = target.with_name(target.name + ".merging")
     for leftover in (tmp, Path(f"{tmp}-wal"), Path(f"{tmp}-shm")):
         leftover.unlink(missing_ok=True)  # our own temporary file from an interrupted merge
     try:
-        if target.exists():
+        if target.stat().st_size:
             with EmbeddingStore(target, create=False) as current:
                 copy = sqlite3.connect(str(tmp))
                 try:
