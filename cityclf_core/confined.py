@@ -25,6 +25,7 @@ import os
 import re
 import secrets
 import stat
+import threading
 from typing import Iterable, Sequence
 
 from .errors import CityClfError
@@ -216,6 +217,34 @@ class Area:
             if real not in self.roots:
                 self.roots.append(real)
         self.swept: set[tuple[int, int, str]] = set()
+        self._fds: dict[str, int] = {}  # each root opened once, at its first use: a later swap of it changes nothing
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> Area:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        with self._lock:
+            fds, self._fds = list(self._fds.values()), {}
+        for fd in fds:
+            os.close(fd)
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def _root_fd(self, root: str) -> int:
+        """A new descriptor of `root` (opened once per Area, without following a link at its last name)."""
+        with self._lock:
+            fd = self._fds.get(root)
+            if fd is None:
+                fd = self._fds[root] = os.open(root, os.O_RDONLY | DIRECTORY | NOFOLLOW | CLOEXEC)
+            return os.dup(fd)
 
     def root_of(self, real: str) -> str | None:
         """The longest root that `real` (a resolved path) lies under."""
@@ -243,7 +272,13 @@ class Area:
                 os.makedirs(real, exist_ok=True)
             return Folder(None, real)
         parts = [p for p in real[len(root):].split(os.sep) if p]
-        fd = os.open(root, os.O_RDONLY | DIRECTORY | CLOEXEC)
+        try:
+            fd = self._root_fd(root)
+        except OSError as e:
+            if e.errno in SWAPPED:
+                raise Outside(f"{what or path}: the folder {root} is a link now (it changed meanwhile); "
+                              "left untouched") from None
+            raise
         try:
             for part in parts:
                 if create:

@@ -157,7 +157,8 @@ def write_sidecar(image_path: str | os.PathLike, tags: list[str], owned: Callabl
         raise ImageError(f"{image_path}: no such image file; sidecars are written only next to existing images")
     path = sidecar_path(image_path)
     if area is None:
-        area = Area(allowed_roots if allowed_roots is not None else [image_path.parent])
+        with Area(allowed_roots if allowed_roots is not None else [image_path.parent]) as area:
+            return write_sidecar(image_path, tags, owned, area=area)
     folder, name = _target(path, area)
     with folder:
         area.sweep_once(folder, TEMP_SUFFIX)
@@ -191,14 +192,14 @@ def update_sidecars(items: Iterable[tuple[str | os.PathLike, list[str]]], owned:
         if not p.is_file():
             raise ImageError(f"{p}: no such image file; sidecars are written only next to existing images")
     report = SidecarReport()
-    area = Area(allowed_roots if allowed_roots is not None else {p.parent for p, _ in items})
-    for p, tags in items:
-        try:
-            path, changed = write_sidecar(p, tags, owned, area=area)
-        except SidecarError as e:
-            report.skipped.append((sidecar_path(p), str(e)))
-            continue
-        (report.updated if changed else report.unchanged).append(path)
+    with Area(allowed_roots if allowed_roots is not None else {p.parent for p, _ in items}) as area:
+        for p, tags in items:
+            try:
+                path, changed = write_sidecar(p, tags, owned, area=area)
+            except SidecarError as e:
+                report.skipped.append((sidecar_path(p), str(e)))
+                continue
+            (report.updated if changed else report.unchanged).append(path)
     return report
 
 
