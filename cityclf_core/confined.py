@@ -50,6 +50,16 @@ def inside(real: str, root: str) -> bool:
     return real == root or real.startswith(root.rstrip(os.sep) + os.sep)
 
 
+def resolved(path: str | os.PathLike) -> str:
+    """os.path.realpath, where a link that changes while it is being read (an error from readlink) is a
+    refusal (Outside), not a crash."""
+    try:
+        return os.path.realpath(os.fspath(path))
+    except OSError as e:
+        raise Outside(f"{os.fspath(path)} changed while it was being resolved ({e.strerror}); left untouched") \
+            from None
+
+
 def fit_name(name: str, limit: int = NAME_MAX) -> str:
     """`name`, or, when its UTF-8 bytes pass `limit`, its stem cut at a character boundary plus `~` and a hash
     of the whole name, keeping the suffix: the same long name always gives the same short one."""
@@ -213,7 +223,7 @@ class Area:
     def __init__(self, roots: Iterable[str | os.PathLike]):
         self.roots: list[str] = []
         for r in roots:
-            real = os.path.realpath(os.fspath(r))
+            real = resolved(r)
             if real not in self.roots:
                 self.roots.append(real)
         self.swept: set[tuple[int, int, str]] = set()
@@ -256,14 +266,14 @@ class Area:
 
     def allows(self, path: str | os.PathLike) -> bool:
         """Whether `path`, every link resolved, lies under a root (a first check; `folder` is what holds)."""
-        return self.root_of(os.path.realpath(os.fspath(path))) is not None
+        return self.root_of(resolved(path)) is not None
 
     def folder(self, path: str | os.PathLike, create: bool = False, what: str = "") -> Folder:
         """The folder `path` (every link resolved), opened by a walk from its root that follows no link.
 
         `create` makes missing folders on the way (each inside the one before). Raises Outside when the
         folder is not under a root or a component is changed into a link meanwhile."""
-        real = os.path.realpath(os.fspath(path))
+        real = resolved(path)
         root = self.root_of(real)
         if root is None:
             raise Outside(f"{what or path} is outside the allowed folders ({', '.join(self.roots)})")
@@ -303,7 +313,7 @@ class Area:
     def open_file(self, path: str | os.PathLike, what: str = ""):
         """`path` (a link to a file in the area is followed once resolved) opened for reading as a binary
         file object, through a confined walk; Outside when it is not in the area."""
-        real = os.path.realpath(os.fspath(path))
+        real = resolved(path)
         with self.folder(os.path.dirname(real), what=what or os.fspath(path)) as folder:
             fd = folder.open(os.path.basename(real), os.O_RDONLY | NONBLOCK)
         try:

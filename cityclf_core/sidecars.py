@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
-from .confined import NONBLOCK, Area, Folder, Outside, fit_name
+from .confined import NONBLOCK, Area, Folder, Outside, fit_name, resolved
 from .errors import CityClfError, ImageError
 
 BOM = "\ufeff"
@@ -83,23 +83,17 @@ def _target(path: Path, area: Area) -> tuple[Folder, str]:
     points at (if that lies in the area)."""
     try:
         folder = area.folder(path.parent, what=str(path))
+        st = folder.lstat(path.name)
+        if st is None or not stat.S_ISLNK(st.st_mode):
+            return folder, path.name
+        folder.close()
+        target = resolved(path.parent / path.name)
+        if not area.allows(target):
+            raise SidecarError(f"{path} is a link to {target}, outside the allowed folders; left untouched "
+                               "(replace the link by a file, or allow that folder)")
+        return area.folder(os.path.dirname(target), what=str(path)), os.path.basename(target)
     except Outside as e:
         raise SidecarError(f"{path} is outside the allowed folders; left untouched ({e})") from None
-    name = path.name
-    st = folder.lstat(name)
-    if st is None or not stat.S_ISLNK(st.st_mode):
-        return folder, name
-    target = os.path.realpath(folder.join(name))
-    folder.close()
-    if not area.allows(target):
-        raise SidecarError(f"{path} is a link to {target}, outside the allowed folders; left untouched "
-                           "(replace the link by a file, or allow that folder)")
-    try:
-        folder = area.folder(os.path.dirname(target), what=str(path))
-    except Outside as e:
-        raise SidecarError(f"{path} is a link that changed while it was being followed; left untouched ({e})") \
-            from None
-    return folder, os.path.basename(target)
 
 
 def read_sidecar(folder: Folder, name: str) -> tuple[str, int | None]:
