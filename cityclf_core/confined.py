@@ -19,6 +19,7 @@ those two steps is not caught there (RELIABILITY.md says so).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
@@ -26,7 +27,8 @@ import re
 import secrets
 import stat
 import threading
-from typing import Iterable, Sequence
+from pathlib import Path
+from typing import Iterable, Iterator
 
 from .errors import CityClfError
 
@@ -337,5 +339,39 @@ class Area:
         return folder.sweep(suffix)
 
 
-__all__ = ["Area", "Folder", "HAVE_DIR_FD", "NAME_MAX", "Outside", "fit_name", "inside", "temp_name",
-           "temp_pattern", "temp_prefix"]
+@contextlib.contextmanager
+def replacing(path: str | os.PathLike, suffix: str = ".cityclf-tmp") -> Iterator[Path]:
+    """A temporary path beside `path` to write a new version of it to: fsynced and renamed over `path` when the
+    block ends without error, removed otherwise, so `path` is the old file or the whole new one (a full disk
+    leaves the old). The temporaries a killed run left for `path` are removed first."""
+    path = Path(path)
+    with Area([path.parent]) as area, area.folder(path.parent) as folder:
+        folder.sweep(suffix, name=path.name)
+        fd, tmp = folder.temporary(path.name, suffix, default_mode())
+        os.close(fd)
+        try:
+            yield Path(folder.join(tmp))
+            fd = folder.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            folder.rename(tmp, path.name)
+        except BaseException:
+            try:
+                folder.unlink(tmp)
+            except OSError:
+                pass
+            raise
+        folder.sync()
+
+
+def default_mode() -> int:
+    """The mode a new file gets from open(): 0o666 less the umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+__all__ = ["Area", "Folder", "HAVE_DIR_FD", "NAME_MAX", "Outside", "default_mode", "fit_name", "inside", "replacing",
+           "resolved", "temp_name", "temp_pattern", "temp_prefix"]

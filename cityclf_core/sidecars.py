@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
-from .confined import NONBLOCK, Area, Folder, Outside, fit_name, resolved
+from .confined import NONBLOCK, Area, Folder, Outside, default_mode, fit_name, resolved
 from .errors import CityClfError, ImageError
 
 BOM = "\ufeff"
@@ -129,12 +129,6 @@ def read_sidecar(folder: Folder, name: str) -> tuple[str, int | None]:
         raise SidecarError(f"{path} is not UTF-8 text (byte {e.start}); its tags were not updated") from None
 
 
-def _default_mode() -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
 def write_sidecar(image_path: str | os.PathLike, tags: list[str], owned: Callable[[str], bool],
                   allowed_roots: Sequence[str | os.PathLike] | None = None,
                   area: Area | None = None) -> tuple[Path, bool]:
@@ -160,7 +154,7 @@ def write_sidecar(image_path: str | os.PathLike, tags: list[str], owned: Callabl
         new = merge_caption(existing, tags, owned)
         if new == existing:
             return path, False
-        folder.write_atomic(name, new.encode("utf-8"), mode if mode is not None else _default_mode(), TEMP_SUFFIX)
+        folder.write_atomic(name, new.encode("utf-8"), mode if mode is not None else default_mode(), TEMP_SUFFIX)
     return path, True
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from ..progress import ProgressBar
-from .common import Problems, progress_enabled
+from .common import Problems, output_file, progress_enabled
 
 
 def cmd_ingest(args) -> int:
@@ -122,7 +122,7 @@ def register(sub) -> None:
     q.add_argument("dataset", metavar="DATASET_DIR")
     q.add_argument("--metadata-only", action="store_true",
                    help="also ingest sidecars whose image is missing (metadata only: no training on them)")
-    q.add_argument("--report", metavar="FILE", help="write skipped inputs and why, as JSONL")
+    q.add_argument("--report", metavar="FILE", type=output_file, help="write skipped inputs and why, as JSONL")
     q.set_defaults(func=cmd_ingest)
 
     q = sp.add_parser("synth", help="write a synthetic dataset in the document's layout (with a planted relation)")

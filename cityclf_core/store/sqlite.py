@@ -100,8 +100,17 @@ DAMAGE = ("malformed", "not a database", "corrupt", "disk i/o error")
 
 
 def store_error(path: Path, e: sqlite3.Error, doing: str = "") -> StoreError:
-    """A clear StoreError for an SQLite error on the store at `path`."""
+    """A clear StoreError for an SQLite error on the store at `path`. The store is called damaged only when
+    SQLite's integrity_check says so: a full disk or a failed write is not damage."""
     text = str(e)
+    if "full" in text.lower():
+        return StoreError(f"store {path} could not be written{' while ' + doing if doing else ''}: the disk is full "
+                          f"({text}). The unfinished change was rolled back and the store is as it was; free some "
+                          "space (SQLite needs room for a journal beside the store too) and run the command again.")
+    if any(word in text.lower() for word in DAMAGE) and intact(path):
+        return StoreError(f"store {path} could not be used{' while ' + doing if doing else ''} ({text}), but it is "
+                          "not damaged (SQLite's integrity_check is ok): check the disk and the space on it, then "
+                          "run the command again.")
     if any(word in text.lower() for word in DAMAGE):
         return StoreError(
             f"store {path} is damaged ({text}){' while ' + doing if doing else ''}; nothing was changed in it. "
@@ -112,6 +121,20 @@ def store_error(path: Path, e: sqlite3.Error, doing: str = "") -> StoreError:
     if "locked" in text.lower() or "busy" in text.lower():
         return StoreError(f"store {path} is busy: another program holds it ({text}); try again when it is done")
     return StoreError(f"store {path} cannot be used ({text})")
+
+
+def intact(path: Path) -> bool:
+    """Whether SQLite's integrity_check finds the store at `path` sound (False where it cannot even run)."""
+    try:
+        db = sqlite3.connect(f"{Path(path).absolute().as_uri()}?mode=ro", uri=True, timeout=5)
+    except sqlite3.Error:
+        return False
+    try:
+        return db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    except sqlite3.Error:
+        return False
+    finally:
+        db.close()
 
 
 class ReadOnlyStore(StoreError):
@@ -640,8 +663,9 @@ class EmbeddingStore:
         """Write an .npz: paths [N], offsets [N+1], embeddings [total views, D] (float32), and the CLIP."""
         return self.export_sets(out, [(encoder, policy)])[0]
 
-    def export_sets(self, out: str | os.PathLike, sets: list[tuple[EncoderRow, str]]) -> list[int]:
-        """Write an .npz of one or more (CLIP, policy) sets of embeddings; the number of images of each.
+    def export_sets(self, out, sets: list[tuple[EncoderRow, str]]) -> list[int]:
+        """Write an .npz (`out`: a path, to which numpy adds .npz, or an open binary file) of one or more
+        (CLIP, policy) sets of embeddings; the number of images of each.
 
         One set: arrays paths [N], offsets [N+1], embeddings [total views, D] (float32), clip_identity,
         clip_source, policy. Several: `sets` lists their names, and each set's arrays are named
@@ -733,6 +757,8 @@ def merge_stores(target: str | os.PathLike, sources: Iterable[str | os.PathLike]
         with EmbeddingStore(tmp) as merged:
             added = merged.merge_from(sources)
         os.replace(tmp, target)
+    except sqlite3.Error as e:  # on the copy (a full disk, say): the target is as it was
+        raise store_error(target, e, f"merging into a copy of it ({tmp})") from None
     finally:
         tmp.unlink(missing_ok=True)
     return added
