@@ -96,6 +96,18 @@ def temp_pattern(suffix: str) -> re.Pattern:
     return re.compile(r"\..+\.(?:[0-9a-f]{16}|[a-z0-9_]{8})" + re.escape(suffix) + r"\Z", re.S)
 
 
+@contextlib.contextmanager
+def naming(path: str | os.PathLike) -> Iterator[None]:
+    """An OSError raised inside without a file name (a write() on a full disk) gets `path`, so that the
+    user's error names the file."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is None and e.errno is not None:
+            raise OSError(e.errno, e.strerror, os.fspath(path)) from e
+        raise
+
+
 class Folder:
     """An open folder under a root. Names passed to its methods are single components (no separators)."""
 
@@ -186,7 +198,7 @@ class Folder:
         """Replace `name` with `data`: written to a temporary in this folder, fsynced, renamed over it."""
         fd, tmp = self.temporary(name, suffix)
         try:
-            with os.fdopen(fd, "wb") as f:
+            with naming(self.join(name)), os.fdopen(fd, "wb") as f:
                 f.write(data)
                 f.flush()
                 if hasattr(os, "fchmod"):
@@ -350,7 +362,8 @@ def replacing(path: str | os.PathLike, suffix: str = ".cityclf-tmp") -> Iterator
         fd, tmp = folder.temporary(path.name, suffix, default_mode())
         os.close(fd)
         try:
-            yield Path(folder.join(tmp))
+            with naming(path):
+                yield Path(folder.join(tmp))
             fd = folder.open(tmp, os.O_RDONLY)
             try:
                 os.fsync(fd)

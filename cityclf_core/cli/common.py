@@ -222,6 +222,8 @@ def output_file(text: str) -> str:
         probe = os.path.join(folder, temp_name(os.path.basename(path), ".cityclf-tmp"))
         os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         os.unlink(probe)
+    except FileExistsError:  # from makedirs: a file stands where a folder should be
+        raise argparse.ArgumentTypeError(f"{text}: a part of {folder} is a file, not a folder") from None
     except OSError as e:
         why = file_system_error(e)
         raise argparse.ArgumentTypeError(f"{text}: no file can be written there ({why or e.strerror or e})") from None

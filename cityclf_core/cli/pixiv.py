@@ -13,9 +13,18 @@ from .common import Problems, output_file, progress_enabled
 
 
 def cmd_ingest(args) -> int:
-    from ..pixiv.ingest import ingest
+    import sqlite3
 
-    report = ingest(args.dataset, require_images=not args.metadata_only)
+    from ..pixiv.ingest import database_path, ingest
+
+    try:
+        report = ingest(args.dataset, require_images=not args.metadata_only)
+    except sqlite3.Error as e:  # writing the database failed (a full disk, say): what it held is kept
+        full = "full" in str(e).lower()
+        raise ConfigError(f"{database_path(args.dataset)} could not be written ({e}): "
+                          + ("the disk is full: free some space" if full else "check the disk and its free space")
+                          + " and run ingest again; the rows written before are kept, and the rerun adds the rest"
+                          ) from None
     problems = Problems()
     for path, why in report.skipped:
         problems.add(path, why)

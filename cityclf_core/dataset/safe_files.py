@@ -23,7 +23,7 @@ import shutil
 import stat
 from pathlib import Path
 
-from ..confined import Folder
+from ..confined import Folder, naming
 
 TEMP_SUFFIX = ".cityclf-part"
 #: link(2) is not possible here: use a copy (moves) or a rename after checking the name is free (copies)
@@ -62,7 +62,7 @@ def copy_into(source: Path, folder: Folder, name: str) -> None:
     """Copy `source` to `name` in `folder` (which must not exist) so that it is either absent or complete."""
     fd, temp = folder.temporary(name, TEMP_SUFFIX)
     try:
-        with open(source, "rb") as fin, os.fdopen(fd, "wb") as fout:
+        with naming(folder.join(name)), open(source, "rb") as fin, os.fdopen(fd, "wb") as fout:
             shutil.copyfileobj(fin, fout, 1 << 20)
             fout.flush()
             st = os.fstat(fin.fileno())

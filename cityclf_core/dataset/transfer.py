@@ -10,6 +10,7 @@ fsync (safe_files.py); moves given a journal (journal.py) survive a kill.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from dataclasses import dataclass, field
@@ -24,6 +25,8 @@ from .safe_files import TEMP_SUFFIX, copy_into, fsync_folder, move_into, same_fi
 SIDECAR_SUFFIXES = (".txt", ".json", ".caption")
 
 ALREADY_THERE = "already there"
+#: errors of the destination as a whole (a full disk, a read-only file system): the run stops with them
+STOP = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
 PAST = {"copy": "copied", "move": "moved"}
 
 
@@ -204,6 +207,8 @@ def copy_or_move(paths: Sequence[str], roots: Sequence[str], to: str | os.PathLi
                 t.error = f"{e.strerror or e}" if isinstance(e, OSError) else str(e)
                 if move and journal is not None:
                     journal.forget([t.source, *(s for s, _ in t.sidecars)])
+                if isinstance(e, OSError) and e.errno in STOP:
+                    raise  # every later file would fail the same way: the user's error, for the whole run
     return plan
 
 

@@ -240,7 +240,10 @@ def transaction(db: sqlite3.Connection):
     try:
         yield
     except BaseException:
-        db.execute("ROLLBACK")
+        try:
+            db.execute("ROLLBACK")
+        except sqlite3.Error:  # SQLite rolled back itself (a full disk): the first error is the one to tell
+            pass
         raise
     db.execute("COMMIT")
 
