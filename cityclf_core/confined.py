@@ -39,7 +39,8 @@ DIRECTORY = getattr(os, "O_DIRECTORY", 0)
 NONBLOCK = getattr(os, "O_NONBLOCK", 0)
 CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 #: descriptors relative to a folder: Linux, macOS and the BSDs; not Windows
-HAVE_DIR_FD = bool(NOFOLLOW and DIRECTORY) and os.open in os.supports_dir_fd and os.rename in os.supports_dir_fd
+HAVE_DIR_FD = bool(NOFOLLOW and DIRECTORY) and os.name == "posix"  # (by platform: a wrapped os.open is
+# not in os.supports_dir_fd, and would silently switch the confinement off)
 #: a walk component that is not the folder it was checked to be (swapped for a link or a file)
 SWAPPED = {errno.ELOOP, errno.ENOTDIR, errno.EMLINK}
 
@@ -174,7 +175,7 @@ class Folder:
 
     def names(self) -> list[str]:
         """The names in this folder (listed through its descriptor where the system can)."""
-        return os.listdir(self.fd if self.fd is not None and os.listdir in os.supports_fd else self.path)
+        return os.listdir(self.fd if self.fd is not None else self.path)
 
     def sync(self) -> None:
         """Make this folder's new entries durable (a no-op where folders cannot be synced)."""

@@ -179,6 +179,17 @@ def transfer_one(source: Path, target: Path, move: bool, area: Area | None = Non
         (move_into if move else copy_into)(source, folder, target.name)
 
 
+def sweep_folders(area: Area, folders) -> None:
+    """Remove the temporaries a killed run left in the destination folders this run writes to (those beside
+    files already in place too, such as a caption whose image is "already there")."""
+    for folder in sorted(folders):
+        try:
+            with area.folder(folder) as f:
+                area.sweep_once(f, TEMP_SUFFIX)
+        except FileNotFoundError:
+            continue
+
+
 def copy_or_move(paths: Sequence[str], roots: Sequence[str], to: str | os.PathLike, move: bool = False,
                  on_conflict: str = "rename", dry_run: bool = False, journal=None) -> list[Transfer]:
     """Copy (or move) files under `to`, keeping their folders and caption sidecars; never overwrites.
@@ -191,14 +202,12 @@ def copy_or_move(paths: Sequence[str], roots: Sequence[str], to: str | os.PathLi
     if dry_run:
         return plan
     work = [t for t in plan if t.action != "skip" and (t.action != ALREADY_THERE or t.source != t.target)]
-    for t in work:  # a killed run's temporaries, also beside captions it had already put in place
-        for side in sidecars_of(Path(t.source)):
-            sweep_temporaries(sidecar_target(side, Path(t.target)))
     if move and journal is not None:
         journal.record([(t.source, t.target, True) for t in work] +
                        [(s, d, False) for t in work for s, d in t.sidecars])
     os.makedirs(to, exist_ok=True)
     with Area([to]) as area:  # every file is written through folders walked from `to` without following links
+        sweep_folders(area, {Path(t.target).parent for t in work})
         for t in work:
             try:
                 for src, dst, is_image in [(t.source, t.target, True), *((s, d, False) for s, d in t.sidecars)]:
