@@ -186,8 +186,8 @@ def sweep_folders(area: Area, folders) -> None:
         try:
             with area.folder(folder) as f:
                 area.sweep_once(f, TEMP_SUFFIX)
-        except FileNotFoundError:
-            continue
+        except (FileNotFoundError, Outside):  # not made yet, or not a folder of the destination now: the
+            continue  # transfer into it says so
 
 
 def copy_or_move(paths: Sequence[str], roots: Sequence[str], to: str | os.PathLike, move: bool = False,
