@@ -170,8 +170,7 @@ class Folder:
             if not os.path.isabs(source):
                 self._at(source)
                 at["src_dir_fd"] = self.fd
-        os.link(source if at.get("src_dir_fd") is not None or os.path.isabs(source) else self.join(source),
-                self._name(name), **at)
+        os.link(source if self.fd is not None or os.path.isabs(source) else self.join(source), self._name(name), **at)
 
     def names(self) -> list[str]:
         """The names in this folder (listed through its descriptor where the system can)."""

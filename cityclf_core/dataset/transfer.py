@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..confined import Area, Outside, fit_name
+from ..confined import inside as under
 from ..errors import ConfigError
 from .safe_files import TEMP_SUFFIX, copy_into, fsync_folder, move_into, same_file_content
 
@@ -32,8 +33,7 @@ PAST = {"copy": "copied", "move": "moved"}
 
 def inside(path: str | os.PathLike, folder: str | os.PathLike) -> bool:
     """Whether `path` is `folder` or lies under it (by absolute path)."""
-    p, f = os.path.abspath(path), os.path.abspath(folder)
-    return p == f or p.startswith(f.rstrip(os.sep) + os.sep)
+    return under(os.path.abspath(path), os.path.abspath(folder))
 
 
 def destination(path: str, roots: Sequence[str], to: str | os.PathLike) -> Path:
