@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .annotate import fit_text, font
+from .confined import replacing
 from .errors import ImageError
 from .scoring.images import decode_image
 
@@ -15,6 +16,19 @@ BG = (24, 24, 27)
 FG = (235, 235, 235)
 MUTED = (150, 150, 160)
 BAR = (86, 156, 214)
+
+
+def save_picture(img, out: str | os.PathLike) -> Path:
+    """Save `img` as `out` (the format from its extension), made whole beside it first: a full disk leaves
+    the old picture, never half a new one."""
+    from PIL import Image
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fmt = Image.registered_extensions().get(out.suffix.lower())
+    with replacing(out) as tmp:
+        img.save(tmp, format=fmt)
+    return out
 
 
 def contact_sheet(items: Sequence[tuple[str, list[str]]], out: str | os.PathLike, thumb: int = 256,
@@ -51,10 +65,7 @@ def contact_sheet(items: Sequence[tuple[str, list[str]]], out: str | os.PathLike
             draw.text((x, ty), fit_text(draw, line, fnt, thumb), font=fnt, fill=FG)
             ty += size + 4
         draw.text((x, ty), fit_text(draw, os.path.basename(path), small, thumb), font=small, fill=MUTED)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(out)
-    return out
+    return save_picture(sheet, out)
 
 
 def histograms(series: dict[str, Sequence[float]], out: str | os.PathLike, bins: int = 20,
@@ -91,10 +102,7 @@ def histograms(series: dict[str, Sequence[float]], out: str | os.PathLike, bins:
             draw.text((x - 8, base + 6), f"{t / 10:.1f}", font=small, fill=MUTED)
         draw.text((8, y0 + top - 2), str(peak), font=small, fill=MUTED)
         draw.text((8, base - 12), "0", font=small, fill=MUTED)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    img.save(out)
-    return out
+    return save_picture(img, out)
 
 
 def line_chart(top: dict[str, Sequence[tuple[float, float]]], bottom: dict[str, Sequence[tuple[float, float]]],
@@ -138,10 +146,7 @@ def line_chart(top: dict[str, Sequence[tuple[float, float]]], bottom: dict[str, 
                 draw.ellipse([pts[0][0] - 2, pts[0][1] - 2, pts[0][0] + 2, pts[0][1] + 2], fill=colour)
             draw.text((lx, y0 + 8), name, font=small, fill=colour)
             lx += int(draw.textlength(name, font=small)) + 18
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    img.save(out)
-    return out
+    return save_picture(img, out)
 
 
 __all__ = ["contact_sheet", "histograms", "line_chart"]

@@ -16,14 +16,15 @@ from __future__ import annotations
 import errno
 import os
 import stat
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
+from .confined import NONBLOCK, Area, Folder, Outside, default_mode, fit_name, resolved
 from .errors import CityClfError, ImageError
 
 BOM = "\ufeff"
+TEMP_SUFFIX = ".cityclf-tmp"
 _KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
           (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
 
@@ -33,8 +34,10 @@ class SidecarError(CityClfError):
 
 
 def sidecar_path(image_path: str | os.PathLike) -> Path:
-    """`dir/name.png` -> `dir/name.txt`, the caption file the usual trainers read."""
-    return Path(image_path).with_suffix(".txt")
+    """`dir/name.png` -> `dir/name.txt`, the caption file the usual trainers read (a name that would pass
+    NAME_MAX is shortened with a hash, the same way every time)."""
+    image_path = Path(image_path)
+    return image_path.with_name(fit_name(image_path.stem + ".txt"))
 
 
 def newline_of(text: str) -> str:
@@ -68,16 +71,6 @@ def merge_caption(existing: str, tags: list[str], owned: Callable[[str], bool]) 
     return bom + text + (trailing or newline_of(existing))
 
 
-def inside(path: str | os.PathLike, roots: Sequence[str | os.PathLike]) -> bool:
-    """Whether `path`, with every symlink resolved, lies in one of `roots` (also resolved)."""
-    real = os.path.realpath(path)
-    for root in roots:
-        r = os.path.realpath(root)
-        if real == r or real.startswith(r.rstrip(os.sep) + os.sep):
-            return True
-    return False
-
-
 def _kind(mode: int) -> str | None:
     """None for a regular file, else what it is, in words."""
     if stat.S_ISREG(mode):
@@ -85,32 +78,38 @@ def _kind(mode: int) -> str | None:
     return next((what for test, what in _KINDS if test(mode)), "not a regular file")
 
 
-def _target(path: Path, allowed_roots: Sequence[str | os.PathLike] | None) -> Path:
-    """The file to read and replace: `path`, or the file its symlink points at (if allowed)."""
-    if not path.is_symlink():
-        if allowed_roots is not None and not inside(path.parent, allowed_roots):
-            raise SidecarError(f"{path} is outside the allowed folders; left untouched")
-        return path
-    target = Path(os.path.realpath(path))
-    if allowed_roots is not None and not inside(target, allowed_roots):
-        raise SidecarError(f"{path} is a link to {target}, outside the allowed folders; left untouched "
-                           "(replace the link by a file, or allow that folder)")
-    return target
-
-
-def read_sidecar(path: Path) -> tuple[str, int | None]:
-    """(text, mode) of an existing regular UTF-8 file, ("", None) when there is none.
-
-    Never blocks: a FIFO is opened non-blocking and refused by its type.
-    """
-    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0)
+def _target(path: Path, area: Area) -> tuple[Folder, str]:
+    """The folder (open, confined) and name of the file to read and replace: `path`, or the file its symlink
+    points at (if that lies in the area)."""
     try:
-        fd = os.open(path, flags)
+        folder = area.folder(path.parent, what=str(path))
+        st = folder.lstat(path.name)
+        if st is None or not stat.S_ISLNK(st.st_mode):
+            return folder, path.name
+        folder.close()
+        target = resolved(path.parent / path.name)
+        if not area.allows(target):
+            raise SidecarError(f"{path} is a link to {target}, outside the allowed folders; left untouched "
+                               "(replace the link by a file, or allow that folder)")
+        return area.folder(os.path.dirname(target), what=str(path)), os.path.basename(target)
+    except Outside as e:
+        raise SidecarError(f"{path} is outside the allowed folders; left untouched ({e})") from None
+
+
+def read_sidecar(folder: Folder, name: str) -> tuple[str, int | None]:
+    """(text, mode) of an existing regular UTF-8 file `name` in `folder`, ("", None) when there is none.
+
+    Never blocks (a FIFO is opened non-blocking and refused by its type) and never follows a link.
+    """
+    path = folder.join(name)
+    try:
+        fd = folder.open(name, os.O_RDONLY | NONBLOCK)
     except FileNotFoundError:
         return "", None
     except OSError as e:
         if e.errno == errno.ELOOP:
-            raise SidecarError(f"{path} is a symlink loop; left untouched") from None
+            raise SidecarError(f"{path} is a symlink (it changed while it was being read); left untouched") \
+                from None
         if e.errno in (errno.EISDIR, errno.ENXIO):
             raise SidecarError(f"{path} is not a regular file; left untouched") from None
         raise SidecarError(f"{path} cannot be read ({e.strerror}); left untouched") from None
@@ -130,59 +129,32 @@ def read_sidecar(path: Path) -> tuple[str, int | None]:
         raise SidecarError(f"{path} is not UTF-8 text (byte {e.start}); its tags were not updated") from None
 
 
-def atomic_write(path: Path, data: bytes, mode: int | None = None) -> None:
-    """Write `data` to `path` via a temporary file made exclusively (O_EXCL) under a random name
-    in the same folder, fsynced and renamed over `path`."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".cityclf-tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fchmod(f.fileno(), mode if mode is not None else _default_mode())
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    try:
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass
-    finally:
-        os.close(dir_fd)
-
-
-def _default_mode() -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
 def write_sidecar(image_path: str | os.PathLike, tags: list[str], owned: Callable[[str], bool],
-                  allowed_roots: Sequence[str | os.PathLike] | None = None) -> tuple[Path, bool]:
+                  allowed_roots: Sequence[str | os.PathLike] | None = None,
+                  area: Area | None = None) -> tuple[Path, bool]:
     """Update `<image stem>.txt`; returns (path, changed).
 
-    A symlinked sidecar is written through to its target (which must lie in
-    `allowed_roots` when they are given). Raises SidecarError, leaving the file
-    untouched, for sidecars that are not UTF-8 or not regular files.
+    Every file is used through a folder descriptor walked from an allowed root (confined.py): `area`, else
+    `allowed_roots`, else the image's own folder. A symlinked sidecar is written through to its target when
+    that lies in the area. The old temporaries of a killed run in that folder are removed first. Raises
+    SidecarError, leaving the file untouched, for sidecars that are not UTF-8, not regular files, or out of
+    the area.
     """
     image_path = Path(image_path)
     if not image_path.is_file():
         raise ImageError(f"{image_path}: no such image file; sidecars are written only next to existing images")
     path = sidecar_path(image_path)
-    target = _target(path, allowed_roots)
-    existing, mode = read_sidecar(target)
-    new = merge_caption(existing, tags, owned)
-    if new == existing:
-        return path, False
-    atomic_write(target, new.encode("utf-8"), mode)
+    if area is None:
+        with Area(allowed_roots if allowed_roots is not None else [image_path.parent]) as area:
+            return write_sidecar(image_path, tags, owned, area=area)
+    folder, name = _target(path, area)
+    with folder:
+        area.sweep_once(folder, TEMP_SUFFIX)
+        existing, mode = read_sidecar(folder, name)
+        new = merge_caption(existing, tags, owned)
+        if new == existing:
+            return path, False
+        folder.write_atomic(name, new.encode("utf-8"), mode if mode is not None else default_mode(), TEMP_SUFFIX)
     return path, True
 
 
@@ -208,15 +180,16 @@ def update_sidecars(items: Iterable[tuple[str | os.PathLike, list[str]]], owned:
         if not p.is_file():
             raise ImageError(f"{p}: no such image file; sidecars are written only next to existing images")
     report = SidecarReport()
-    for p, tags in items:
-        try:
-            path, changed = write_sidecar(p, tags, owned, allowed_roots)
-        except SidecarError as e:
-            report.skipped.append((sidecar_path(p), str(e)))
-            continue
-        (report.updated if changed else report.unchanged).append(path)
+    with Area(allowed_roots if allowed_roots is not None else {p.parent for p, _ in items}) as area:
+        for p, tags in items:
+            try:
+                path, changed = write_sidecar(p, tags, owned, area=area)
+            except SidecarError as e:
+                report.skipped.append((sidecar_path(p), str(e)))
+                continue
+            (report.updated if changed else report.unchanged).append(path)
     return report
 
 
-__all__ = ["SidecarError", "SidecarReport", "atomic_write", "inside", "merge_caption", "newline_of",
+__all__ = ["SidecarError", "SidecarReport", "TEMP_SUFFIX", "merge_caption", "newline_of",
            "read_sidecar", "sidecar_path", "update_sidecars", "write_sidecar"]

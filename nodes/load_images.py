@@ -14,8 +14,9 @@ from pathlib import Path
 import torch
 
 from ..cityclf_core import ConfigError, find_images
-from ..cityclf_core.scoring.images import IMAGE_EXTENSIONS, iter_decoded
+from ..cityclf_core.confined import Area
 from ..cityclf_core.numbers import COUNT_OR_ZERO
+from ..cityclf_core.scoring.images import IMAGE_EXTENSIONS, iter_decoded
 from . import comfy_bridge as bridge
 from .common import CATEGORY, Output, declare_outputs
 from .paths import allowed_roots, confine, is_allowed
@@ -101,7 +102,8 @@ class CityClfLoadImages:
             files = files[:limit]
         images, paths, problems = [], [], list(outside)
         bar = bridge.progress_bar(len(files))
-        for n, (path, decoded, error) in enumerate(iter_decoded(files, workers=2), start=1):
+        area = Area(allowed_roots())  # each file is read through a walk from its root that follows no link
+        for n, (path, decoded, error) in enumerate(iter_decoded(files, workers=2, opener=area.open_file), start=1):
             bridge.check_interrupt()
             bar.update_absolute(n, len(files))
             if error:

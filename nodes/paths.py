@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 
 from ..cityclf_core import ConfigError
-from ..cityclf_core.sidecars import inside
+from ..cityclf_core.confined import NAME_MAX, Area
 from . import comfy_bridge as bridge
 
 ROOTS_ENV = "CITYCLF_ALLOWED_ROOTS"
@@ -48,17 +48,34 @@ def confine(path: str, what: str, roots: list[str] | None = None) -> str:
     """`path` made absolute (relative ones are in ComfyUI's input folder), refused unless it lies in
     an allowed root once `..` and every symlink are resolved. The path is returned as given, not
     normalised (the system resolves it as the check did), so a sidecar goes beside a linked image,
-    not beside its target; writers check again what they write after resolving it."""
+    not beside its target. This is the early, clear refusal: the files themselves are opened only
+    through confined.Area, walked from a root without following links, so a link swapped in after
+    this check leads nowhere."""
     roots = allowed_roots() if roots is None else roots
     text = os.path.expanduser(str(path).strip())
     full = text if os.path.isabs(text) else os.path.join(bridge.input_dir(), text)
-    if not inside(full, roots):
+    odd = unusable(full)
+    if odd:
+        raise PathRefused(f"{what} {str(path)[:200]!r} {odd}; give the path of a file or folder inside "
+                          "ComfyUI's input or output folder")
+    if not Area(roots).allows(full):
         raise refusal(str(path), what, roots)
     return full
 
 
+def unusable(path: str) -> str | None:
+    """Why `path` can be no file's path (a NUL byte, a name or a path too long), or None."""
+    if "\0" in path:
+        return "contains a NUL byte"
+    if any(len(os.fsencode(part)) > NAME_MAX for part in path.split(os.sep)):
+        return f"has a name longer than {NAME_MAX} bytes"
+    if len(os.fsencode(path)) >= 4096:
+        return "is longer than the 4096 bytes a path may have"
+    return None
+
+
 def is_allowed(path: str | os.PathLike, roots: list[str]) -> bool:
-    return inside(path, roots)
+    return Area(roots).allows(path)
 
 
 __all__ = ["ROOTS_ENV", "PathRefused", "allowed_roots", "confine", "is_allowed"]

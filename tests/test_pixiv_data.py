@@ -208,3 +208,26 @@ def test_cli_ingest_reports_skipped_inputs(tmp_path, capsys):
     assert [Path(x["path"]).name for x in lines] == ["30000002_p0.png.json"]
     assert main(["pixiv", "ingest", str(tmp_path / "nope")]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_the_backup_of_a_wal_database_holds_its_uncheckpointed_commits(tmp_path):
+    db_path = database_path(tmp_path)
+    db_path.parent.mkdir(parents=True)
+    writer = sqlite3.connect(db_path)  # kept open: its commits stay in the write-ahead log, not the main file
+    writer.execute("PRAGMA journal_mode=WAL")
+    writer.execute("PRAGMA wal_autocheckpoint=0")
+    writer.execute(DOCUMENT_SCHEMA)
+    writer.execute("INSERT INTO illusts (filename, total_bookmarks) VALUES ('99999999_p0', 7)")
+    writer.commit()
+    assert db_path.with_name("metadata.sqlite3-wal").stat().st_size > 0
+    try:
+        put(tmp_path, 12345678, views=400, bookmarks=41)
+        ingest(tmp_path)
+    finally:
+        writer.close()
+    backup = sqlite3.connect(db_path.with_name("metadata.sqlite3.before-cityclf"))
+    assert backup.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert backup.execute("SELECT filename, total_bookmarks FROM illusts").fetchall() == [("99999999_p0", 7)]
+    assert "total_view" not in {r[1] for r in backup.execute("PRAGMA table_info(illusts)")}  # the state before
+    backup.close()
+    assert not db_path.with_name("metadata.sqlite3.before-cityclf.tmp").exists()

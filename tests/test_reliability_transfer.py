@@ -15,7 +15,6 @@ trials start the real command in a fresh interpreter to cover the entry point.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random

@@ -173,3 +173,11 @@ def test_load_images_skips_file_links_out_of_the_roots(world, load_images, monke
     outside = os.path.realpath(world["outside"])
     assert not [p for p in opened + touched if isinstance(p, str) and p.startswith(outside)]
     assert json.dumps(out["ui"])  # the report is plain text
+
+
+def test_nul_bytes_and_over_long_paths_are_the_usual_clear_refusal(world, tag, load_images):
+    for bad in ("data\0.png", "x" * 300 + ".png", "/".join(["d"] * 2100) + "/img.png"):
+        with pytest.raises(ConfigError, match="NUL byte|longer than"):
+            tag([bad])
+        with pytest.raises(ConfigError, match="NUL byte|longer than"):
+            load_images.load(folder=bad)

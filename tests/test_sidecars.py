@@ -127,16 +127,16 @@ def test_write_is_atomic_under_a_random_exclusive_name(image, monkeypatch):
     target.write_text("untouched\n")
     os.symlink(target, planted)
     made = []
-    import tempfile
+    from cityclf_core.confined import Folder
 
-    real = tempfile.mkstemp
+    real = Folder.temporary
 
-    def spy(*a, **kw):
-        fd, name = real(*a, **kw)
-        made.append(name)
+    def spy(self, *a, **kw):
+        fd, name = real(self, *a, **kw)
+        made.append(self.join(name))
         return fd, name
 
-    monkeypatch.setattr(tempfile, "mkstemp", spy)
+    monkeypatch.setattr(Folder, "temporary", spy)
     write_sidecar(image, ["aesthetic_70"], owned)
     assert target.read_text() == "untouched\n"
     assert len(made) == 1 and os.path.dirname(made[0]) == str(image.parent) and made[0] != str(planted)

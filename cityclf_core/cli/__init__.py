@@ -27,7 +27,7 @@ import traceback
 from pathlib import Path
 
 from .. import __version__
-from ..errors import CityClfError, Interrupted
+from ..errors import CityClfError, Interrupted, file_system_error
 from . import info, pixiv, scoring, stored, training
 
 #: each group of subcommands registers its own parsers
@@ -117,15 +117,26 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # e.g. `cityclf score ... | head`
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return OK
+    except OSError as e:  # a full disk, a read-only folder, a long name...: the user's to fix, not a bug
+        error = file_system_error(e)
+        if error is None:
+            return internal_error(e, args.debug)
+        print(f"cityclf: error: {error}", file=sys.stderr)
+        return USAGE
     except Exception as e:  # noqa: BLE001  (anything else is a bug of ours: say so, distinctly)
-        if args.debug:
-            traceback.print_exc()
-        print(f"cityclf: internal error: {type(e).__name__}: {e}\n"
-              "cityclf: this is a bug in cityclf, not in your files or options. "
-              + ("Please report it with the traceback above." if args.debug else
-                 "Run the same command with --debug to see the traceback, and please report it."),
-              file=sys.stderr)
-        return INTERNAL
+        return internal_error(e, args.debug)
+
+
+def internal_error(e: BaseException, debug: bool) -> int:
+    """Say that `e` is a bug of ours, distinctly (the traceback only with --debug)."""
+    if debug:
+        traceback.print_exc()
+    print(f"cityclf: internal error: {type(e).__name__}: {e}\n"
+          "cityclf: this is a bug in cityclf, not in your files or options. "
+          + ("Please report it with the traceback above." if debug else
+             "Run the same command with --debug to see the traceback, and please report it."),
+          file=sys.stderr)
+    return INTERNAL
 
 
 if __name__ == "__main__":

@@ -224,10 +224,37 @@ def add_selection_options(p: argparse.ArgumentParser) -> None:
                    help="rename tags: 'CCAnime-Compression:JPEG = jpeg; CityAesthetics = aes'")
 
 
+def output_file(text: str) -> str:
+    """An argparse type for a file a command will write: checked when the options are read, before any work.
+    Its folder is made if missing, and a file must be creatable there; else the option is refused (exit 2)."""
+    from ..confined import NAME_MAX, temp_name
+    from ..errors import file_system_error
+
+    path = os.path.abspath(os.path.expanduser(text))
+    if "\0" in text:
+        raise argparse.ArgumentTypeError(f"{text!r} contains a NUL byte; give a file name")
+    if os.path.isdir(path):
+        raise argparse.ArgumentTypeError(f"{text} is a folder; give a file name in it")
+    if len(os.fsencode(os.path.basename(path))) > NAME_MAX:
+        raise argparse.ArgumentTypeError(f"{text}: the file name is longer than {NAME_MAX} bytes; give a shorter one")
+    folder = os.path.dirname(path)
+    try:
+        os.makedirs(folder, exist_ok=True)
+        probe = os.path.join(folder, temp_name(os.path.basename(path), ".cityclf-tmp"))
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        os.unlink(probe)
+    except FileExistsError:  # from makedirs: a file stands where a folder should be
+        raise argparse.ArgumentTypeError(f"{text}: a part of {folder} is a file, not a folder") from None
+    except OSError as e:
+        why = file_system_error(e)
+        raise argparse.ArgumentTypeError(f"{text}: no file can be written there ({why or e.strerror or e})") from None
+    return text
+
+
 def add_output_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", choices=FORMATS, default="table",
                    help="table (default), jsonl (one object per image and head), or csv (one row per image)")
-    p.add_argument("--report", metavar="FILE", help="write skipped inputs and why, as JSONL")
+    p.add_argument("--report", metavar="FILE", type=output_file, help="write skipped inputs and why, as JSONL")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
 

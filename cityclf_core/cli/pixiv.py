@@ -10,13 +10,22 @@ from pathlib import Path
 from ..errors import ConfigError
 from ..numbers import COUNT, PIXELS
 from ..progress import ProgressBar
-from .common import Problems, progress_enabled
+from .common import Problems, output_file, progress_enabled
 
 
 def cmd_ingest(args) -> int:
-    from ..pixiv.ingest import ingest
+    import sqlite3
 
-    report = ingest(args.dataset, require_images=not args.metadata_only)
+    from ..pixiv.ingest import database_path, ingest
+
+    try:
+        report = ingest(args.dataset, require_images=not args.metadata_only)
+    except sqlite3.Error as e:  # writing the database failed (a full disk, say): what it held is kept
+        full = "full" in str(e).lower()
+        raise ConfigError(f"{database_path(args.dataset)} could not be written ({e}): "
+                          + ("the disk is full: free some space" if full else "check the disk and its free space")
+                          + " and run ingest again; the rows written before are kept, and the rerun adds the rest"
+                          ) from None
     problems = Problems()
     for path, why in report.skipped:
         problems.add(path, why)
@@ -123,7 +132,7 @@ def register(sub) -> None:
     q.add_argument("dataset", metavar="DATASET_DIR")
     q.add_argument("--metadata-only", action="store_true",
                    help="also ingest sidecars whose image is missing (metadata only: no training on them)")
-    q.add_argument("--report", metavar="FILE", help="write skipped inputs and why, as JSONL")
+    q.add_argument("--report", metavar="FILE", type=output_file, help="write skipped inputs and why, as JSONL")
     q.set_defaults(func=cmd_ingest)
 
     q = sp.add_parser("synth", help="write a synthetic dataset in the document's layout (with a planted relation)")

@@ -11,6 +11,7 @@ from ..progress import ProgressBar
 from ..store.lock import store_writer
 from .engine import add_engine_options, run_engine
 from .common import (
+    output_file,
     Problems,
     ResultWriter,
     add_crop_options,
@@ -166,7 +167,7 @@ def register(sub) -> None:
     add_crop_options(p)
     p.add_argument("--shard", metavar="K/N", help="embed only shard K of N (0-based): a stable split by path, for "
                                                   "running one job per machine into separate stores; see merge")
-    p.add_argument("--report", metavar="FILE", help="write skipped files and why, as JSONL")
+    p.add_argument("--report", metavar="FILE", type=output_file, help="write skipped files and why, as JSONL")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     add_engine_options(p)
     p.set_defaults(func=cmd_embed)

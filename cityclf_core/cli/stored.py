@@ -11,6 +11,7 @@ from ..scoring.reduce import COMBINES
 from ..store.lock import store_writer
 from ..numbers import COUNT
 from .common import (
+    output_file,
     TOP_HELP,
     Problems,
     ResultWriter,
@@ -132,6 +133,7 @@ def cmd_grid(args) -> int:
 
 
 def cmd_export(args) -> int:
+    from ..confined import replacing
     from ..loading.clips import clip_identity, source_name
 
     with open_store(args.store, write=False) as store:
@@ -148,7 +150,9 @@ def cmd_export(args) -> int:
                                   f"it has: {', '.join(known)}")
         if not sets:
             raise ConfigError(f"store {args.store} holds no embeddings of that CLIP")
-        counts = store.export_sets(args.out, sets)
+        out = args.out if args.out.endswith(".npz") else args.out + ".npz"  # as numpy names it
+        with replacing(out) as tmp, open(tmp, "wb") as f:  # a full disk leaves the old file, not half a new one
+            counts = store.export_sets(f, sets)
     for (row, policy), n in zip(sets, counts):
         print(f"cityclf: wrote {args.out}: {n} images, CLIP {row.source}, {policy}", file=sys.stderr)
     if len(sets) > 1:
@@ -184,8 +188,8 @@ def register(sub) -> None:
                        description="Draw a contact sheet of stored images with their scores (--out) and/or a "
                                    "histogram of each head's scores (--histogram), from stored scores.")
     p.add_argument("--store", required=True, metavar="DB", help="the store with the scores")
-    p.add_argument("--out", metavar="PNG", help="the contact sheet to write (.png, .jpg or .webp)")
-    p.add_argument("--histogram", metavar="PNG", help="a histogram of each head's scores (.png, .jpg or .webp)")
+    p.add_argument("--out", metavar="PNG", type=output_file, help="the contact sheet to write (.png, .jpg or .webp)")
+    p.add_argument("--histogram", metavar="PNG", type=output_file, help="a histogram of each head's scores (.png, .jpg or .webp)")
     p.add_argument("--head", action="append", metavar="NAME", help="only these heads (default: all)")
     p.add_argument("--combine", choices=COMBINES, default="mean",
                    help="the tile combine the scores were made with (default: mean)")
@@ -206,7 +210,7 @@ def register(sub) -> None:
                                    "offsets, embeddings; several: a 'sets' array of names and NAME.paths, "
                                    "NAME.offsets, NAME.embeddings per set.")
     p.add_argument("--store", required=True, metavar="DB", help="the store to read")
-    p.add_argument("--out", required=True, metavar="NPZ", help="the .npz file to write")
+    p.add_argument("--out", required=True, metavar="NPZ", type=output_file, help="the .npz file to write")
     p.add_argument("--clip", metavar="ID_OR_DIR", help="only this CLIP's embeddings (default: every CLIP's)")
     p.add_argument("--policy", help="only this crop policy's embeddings, e.g. whole or tiles:672:1536:up "
                                     "(default: every policy; store-info lists them)")

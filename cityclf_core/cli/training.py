@@ -13,6 +13,7 @@ from ..scoring.images import find_images
 from ..progress import ProgressBar
 from ..numbers import COUNT
 from .common import (
+    output_file,
     FORMATS,
     Problems,
     add_crop_options,
@@ -191,7 +192,7 @@ def register(sub) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
     p.add_argument("--offline", action="store_true")
-    p.add_argument("--report", metavar="FILE", help="write skipped images and why, as JSONL")
+    p.add_argument("--report", metavar="FILE", type=output_file, help="write skipped images and why, as JSONL")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_train)
 

@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Sequence
 
+from ..confined import Area
 from ..errors import ImageError
 from ..scoring.results import HeadResult
 from ..sidecars import SidecarError, write_sidecar
@@ -66,15 +67,18 @@ def write_tags(rows: Rows, rules: TagRules, dry_run: bool = False) -> TagOutcome
     """
     out = TagOutcome()
     owned = owner(rules, [r for _, r in rows[:1]])
-    for path, result in rows:
-        tags = rules.tags_for(result)
-        out.planned.append((path, tags))
-        if dry_run:
-            continue
-        try:
-            out.changed += write_sidecar(path, tags, owned)[1]
-        except (SidecarError, ImageError) as e:
-            out.skipped.append((path, str(e)))
+    # sidecars are written only under the images' common folder, through folders walked from it without
+    # following links (confined.py)
+    with Area(common_root([p for p, _ in rows])) as area:
+        for path, result in rows:
+            tags = rules.tags_for(result)
+            out.planned.append((path, tags))
+            if dry_run:
+                continue
+            try:
+                out.changed += write_sidecar(path, tags, owned, area=area)[1]
+            except (SidecarError, ImageError) as e:
+                out.skipped.append((path, str(e)))
     return out
 
 

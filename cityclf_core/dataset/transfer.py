@@ -10,25 +10,30 @@ fsync (safe_files.py); moves given a journal (journal.py) survive a kill.
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+from ..confined import Area, Outside, fit_name
+from ..confined import inside as under
 from ..errors import ConfigError
-from .safe_files import copy_file, move_file, same_file_content, sweep_temporaries
+from .safe_files import TEMP_SUFFIX, copy_into, fsync_folder, move_into, same_file_content
 
 #: caption files that travel with their image: `img.txt`, `img.json`, `img.caption` beside `img.png`
 SIDECAR_SUFFIXES = (".txt", ".json", ".caption")
 
 ALREADY_THERE = "already there"
+#: errors of the destination as a whole (a full disk, a read-only file system): the run stops with them
+STOP = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
 PAST = {"copy": "copied", "move": "moved"}
 
 
 def inside(path: str | os.PathLike, folder: str | os.PathLike) -> bool:
     """Whether `path` is `folder` or lies under it (by absolute path)."""
-    p, f = os.path.abspath(path), os.path.abspath(folder)
-    return p == f or p.startswith(f.rstrip(os.sep) + os.sep)
+    return under(os.path.abspath(path), os.path.abspath(folder))
 
 
 def destination(path: str, roots: Sequence[str], to: str | os.PathLike) -> Path:
@@ -53,21 +58,27 @@ def free_name(target: Path, taken: set[Path] = frozenset()) -> Path:
 
 
 def numbered(target: Path, n: int) -> Path:
-    return target if n == 0 else target.with_name(f"{target.stem}-{n}{target.suffix}")
+    """`name.png` (n 0), `name-1.png`, ...; a name that would pass NAME_MAX is shortened with a hash."""
+    return target if n == 0 else target.with_name(fit_name(f"{target.stem}-{n}{target.suffix}"))
 
 
 def sidecars_of(image: Path) -> list[Path]:
-    """The caption files beside `image` that travel with it (regular files only)."""
+    """The caption files beside `image` that travel with it (regular files only; a caption name that no
+    file system could hold, from an image name near NAME_MAX, has no file)."""
     out = []
     for suffix in SIDECAR_SUFFIXES:
         side = image.with_name(image.stem + suffix)
-        if side != image and side.is_file():
-            out.append(side)
+        try:
+            if side != image and side.is_file():
+                out.append(side)
+        except OSError:  # ENAMETOOLONG: there is no such caption
+            continue
     return out
 
 
 def sidecar_target(side: Path, image_target: Path) -> Path:
-    return image_target.with_name(image_target.stem + side.suffix)
+    """Where a caption goes beside its image's target (shortened with a hash when the name would not fit)."""
+    return image_target.with_name(fit_name(image_target.stem + side.suffix))
 
 
 @dataclass
@@ -146,16 +157,37 @@ def plan_transfers(paths: Sequence[str], roots: Sequence[str], to: str | os.Path
     return plan
 
 
-def transfer_one(source: Path, target: Path, move: bool) -> None:
-    """Copy or move one file to a name that is free or already holds the same bytes."""
-    sweep_temporaries(target)
-    if os.path.lexists(target):
-        if os.path.islink(target) or not same_file_content(source, target):
-            raise FileExistsError(f"{target} appeared meanwhile with other content")
-        if move and os.path.lexists(source):
-            os.unlink(source)  # the bytes are at the destination already: the move is complete
-        return
-    (move_file if move else copy_file)(source, target)
+def transfer_one(source: Path, target: Path, move: bool, area: Area | None = None) -> None:
+    """Copy or move one file to a name that is free or already holds the same bytes.
+
+    The target's folder is opened through `area` (default: the target's folder itself as the root), walked
+    without following links, and made where missing; a killed run's temporaries there are swept first."""
+    if area is None:
+        os.makedirs(target.parent, exist_ok=True)
+        with Area([target.parent]) as area:
+            return transfer_one(source, target, move, area)
+    with area.folder(target.parent, create=True) as folder:
+        area.sweep_once(folder, TEMP_SUFFIX)
+        there = folder.lstat(target.name)
+        if there is not None:
+            if stat.S_ISLNK(there.st_mode) or not same_file_content(source, target, folder):
+                raise FileExistsError(f"{target} appeared meanwhile with other content")
+            if move and os.path.lexists(source):
+                os.unlink(source)  # the bytes are at the destination already: the move is complete
+                fsync_folder(source.parent)
+            return
+        (move_into if move else copy_into)(source, folder, target.name)
+
+
+def sweep_folders(area: Area, folders) -> None:
+    """Remove the temporaries a killed run left in the destination folders this run writes to (those beside
+    files already in place too, such as a caption whose image is "already there")."""
+    for folder in sorted(folders):
+        try:
+            with area.folder(folder) as f:
+                area.sweep_once(f, TEMP_SUFFIX)
+        except (FileNotFoundError, Outside):  # not made yet, or not a folder of the destination now: the
+            continue  # transfer into it says so
 
 
 def copy_or_move(paths: Sequence[str], roots: Sequence[str], to: str | os.PathLike, move: bool = False,
@@ -170,23 +202,25 @@ def copy_or_move(paths: Sequence[str], roots: Sequence[str], to: str | os.PathLi
     if dry_run:
         return plan
     work = [t for t in plan if t.action != "skip" and (t.action != ALREADY_THERE or t.source != t.target)]
-    for t in work:  # a killed run's temporaries, also beside captions it had already put in place
-        for side in sidecars_of(Path(t.source)):
-            sweep_temporaries(sidecar_target(side, Path(t.target)))
     if move and journal is not None:
         journal.record([(t.source, t.target, True) for t in work] +
                        [(s, d, False) for t in work for s, d in t.sidecars])
-    for t in work:
-        try:
-            for src, dst, is_image in [(t.source, t.target, True), *((s, d, False) for s, d in t.sidecars)]:
-                transfer_one(Path(src), Path(dst), move)
+    os.makedirs(to, exist_ok=True)
+    with Area([to]) as area:  # every file is written through folders walked from `to` without following links
+        sweep_folders(area, {Path(t.target).parent for t in work})
+        for t in work:
+            try:
+                for src, dst, is_image in [(t.source, t.target, True), *((s, d, False) for s, d in t.sidecars)]:
+                    transfer_one(Path(src), Path(dst), move, area)
+                    if move and journal is not None:
+                        journal.landed(src, dst, is_image)
+                t.done = True
+            except (OSError, Outside) as e:
+                t.error = f"{e.strerror or e}" if isinstance(e, OSError) else str(e)
                 if move and journal is not None:
-                    journal.landed(src, dst, is_image)
-            t.done = True
-        except OSError as e:
-            t.error = f"{e.strerror or e}"
-            if move and journal is not None:
-                journal.forget([t.source, *(s for s, _ in t.sidecars)])
+                    journal.forget([t.source, *(s for s, _ in t.sidecars)])
+                if isinstance(e, OSError) and e.errno in STOP:
+                    raise  # every later file would fail the same way: the user's error, for the whole run
     return plan
 
 

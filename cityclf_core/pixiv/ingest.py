@@ -27,7 +27,6 @@ changed sidecar updates its row. Bad input is reported and skipped, never fatal.
 from __future__ import annotations
 
 import os
-import shutil
 import sqlite3
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -87,9 +86,7 @@ def open_database(path: Path, report: IngestReport | None = None) -> sqlite3.Con
     if missing:
         backup = path.with_name(path.name + ".before-cityclf")
         if not backup.exists():
-            tmp = backup.with_name(backup.name + ".tmp")
-            shutil.copy2(path, tmp)
-            os.replace(tmp, backup)
+            backup_database(db, backup)
         if "total_view" in missing and "total_view" in str(have.get("total_bookmarks", "")).lower() \
                 and report is not None:
             report.notes.append((str(path), "table illusts has no total_view column: the document's schema misses "
@@ -102,6 +99,23 @@ def open_database(path: Path, report: IngestReport | None = None) -> sqlite3.Con
         if report is not None:
             report.notes.append((str(path), f"added column(s) {', '.join(missing)}; the original is kept as {backup}"))
     return db
+
+
+def backup_database(db: sqlite3.Connection, backup: Path) -> None:
+    """A whole copy of the open database at `backup`, through SQLite's backup API: commits still in a
+    write-ahead log are in it too (a copy of the main file alone would miss them). Written to
+    `backup.tmp` (a killed run's leftover is replaced) and renamed, so `backup` is whole or absent."""
+    tmp = backup.with_name(backup.name + ".tmp")
+    if tmp.exists():
+        tmp.unlink()
+    out = sqlite3.connect(str(tmp))
+    try:
+        db.backup(out)
+    finally:
+        out.close()
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, backup)
 
 
 def _sidecar_stem(name: str) -> str:
@@ -226,7 +240,10 @@ def transaction(db: sqlite3.Connection):
     try:
         yield
     except BaseException:
-        db.execute("ROLLBACK")
+        try:
+            db.execute("ROLLBACK")
+        except sqlite3.Error:  # SQLite rolled back itself (a full disk): the first error is the one to tell
+            pass
         raise
     db.execute("COMMIT")
 

@@ -23,12 +23,12 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import BinaryIO, Callable, Iterable, Iterator
 
 import numpy as np
 import torch
 
-from ..errors import ImageError
+from ..errors import CityClfError, ImageError
 from .crops import MAX_SIDE
 
 IMAGE_EXTENSIONS = frozenset(
@@ -117,17 +117,32 @@ def decode_image(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     reduce_above: int = REDUCE_ABOVE_PIXELS,
     data: bytes | None = None,
+    opener: Callable[[Path], BinaryIO] | None = None,
 ) -> DecodedImage:
-    """Decode one image file (or its bytes, already read, as `data`); raise ImageError if it cannot be scored."""
+    """Decode one image file (or its bytes, already read, as `data`; or the file `opener(path)` gives, such as
+    a confined open); raise ImageError if it cannot be scored."""
+    path = Path(path)
+    if opener is None or data is not None:
+        return _decode(path, io.BytesIO(data) if data is not None else path, max_pixels, reduce_above)
+    try:
+        source = opener(path)
+    except CityClfError as e:
+        raise ImageError(f"{path}: {e}") from None
+    except OSError as e:
+        raise ImageError(f"{path}: cannot read it ({e.strerror or e})") from None
+    with source:
+        return _decode(path, source, max_pixels, reduce_above)
+
+
+def _decode(path: Path, source, max_pixels: int, reduce_above: int) -> DecodedImage:
     from PIL import Image, ImageOps, UnidentifiedImageError
 
-    path = Path(path)
     notes: list[str] = []
     _allow_pixels(max_pixels)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data) if data is not None else path)
+            img = Image.open(source)
     except FileNotFoundError:
         raise ImageError(f"{path}: file not found") from None
     except IsADirectoryError:

@@ -57,6 +57,8 @@ def _merge_locked(target: Path, sources: list) -> dict[str, int]:
         with EmbeddingStore(tmp) as merged:
             added = merged.merge_from(sources)
         os.replace(tmp, target)
+    except sqlite3.Error as e:  # on the copy (a full disk, say): the target is as it was
+        raise store_error(target, e, f"merging into a copy of it ({tmp})") from None
     finally:
         tmp.unlink(missing_ok=True)
     return added

@@ -19,18 +19,61 @@ from ...pathtext import safe_text
 DAMAGE = ("malformed", "not a database", "corrupt", "disk i/o error")
 
 def store_error(path: Path, e: sqlite3.Error, doing: str = "") -> StoreError:
-    """A clear StoreError for an SQLite error on the store at `path`."""
+    """A clear StoreError for an SQLite error on the store at `path`. The store is called damaged only when
+    SQLite's integrity_check says so: a full disk or a failed write is not damage."""
     text = str(e)
-    if any(word in text.lower() for word in DAMAGE):
+    while_ = f" while {doing}" if doing else ""
+    damage = any(word in text.lower() for word in DAMAGE)
+    if "full" in text.lower() or (damage and disk_full(path)):
+        return StoreError(f"store {path} could not be written{while_}: the disk is full ({text}). The unfinished "
+                          "change was rolled back and the store is as it was; free some space (SQLite needs room "
+                          "beside the store for its journal too) and run the command again.")
+    verdict = intact(path) if damage else None
+    if damage and verdict is not False:
+        checked = ("it is not damaged (SQLite's integrity_check is ok)" if verdict else
+                   "SQLite could not check it either, so it may well be sound")
+        return StoreError(f"store {path} could not be used{while_} ({text}), but {checked}: check the disk and "
+                          "the space on it, then run the command again.")
+    if damage:
         return StoreError(
-            f"store {path} is damaged ({text}){' while ' + doing if doing else ''}; nothing was changed in it. "
-            f"Restore it from a backup, or save what can be read with `sqlite3 {path} .recover | sqlite3 NEW.db` "
-            "and use NEW.db")
+            f"store {path} is damaged ({text}){while_}; SQLite's integrity_check fails and nothing was changed "
+            f"in it. Restore it from a backup, or save what can be read with `sqlite3 {path} .recover | sqlite3 "
+            "NEW.db` and use NEW.db")
     if "readonly" in text.replace(" ", "").lower():
         return read_only_error(path, text)
     if "locked" in text.lower() or "busy" in text.lower():
         return StoreError(f"store {path} is busy: another program holds it ({text}); try again when it is done")
     return StoreError(f"store {path} cannot be used ({text})")
+
+
+def intact(path: Path) -> bool | None:
+    """Whether SQLite's integrity_check finds the store at `path` sound; None where the check cannot run.
+
+    Read-only; where even that cannot open it (a write-ahead-log store on a full disk cannot make its shared
+    memory file), the main file alone is checked as immutable."""
+    uri = Path(path).absolute().as_uri()
+    for query in ("?mode=ro", "?immutable=1"):
+        try:
+            db = sqlite3.connect(uri + query, uri=True, timeout=5)
+        except sqlite3.Error:
+            continue
+        try:
+            return db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        except sqlite3.DatabaseError as e:
+            if any(word in str(e).lower() for word in ("malformed", "not a database", "corrupt")):
+                return False
+        finally:
+            db.close()
+    return None
+
+
+def disk_full(path: Path) -> bool:
+    """Whether the file system holding `path` has no space left for us."""
+    try:
+        st = os.statvfs(Path(path).absolute().parent)
+    except (OSError, AttributeError):  # no statvfs on Windows
+        return False
+    return st.f_bavail == 0
 
 
 class ReadOnlyStore(StoreError):

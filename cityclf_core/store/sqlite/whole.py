@@ -30,8 +30,9 @@ class WholeStore:
 
 
     @guarded
-    def export_sets(self, out: str | os.PathLike, sets: list[tuple[EncoderRow, str]]) -> list[int]:
-        """Write an .npz of one or more (CLIP, policy) sets of embeddings; the number of images of each.
+    def export_sets(self, out, sets: list[tuple[EncoderRow, str]]) -> list[int]:
+        """Write an .npz (`out`: a path, to which numpy adds .npz, or an open binary file) of one or more
+        (CLIP, policy) sets of embeddings; the number of images of each.
 
         One set: arrays paths [N], offsets [N+1], embeddings [total views, D] (float32), clip_identity,
         clip_source, policy. Several: `sets` lists their names, and each set's arrays are named
