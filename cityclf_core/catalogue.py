@@ -121,6 +121,48 @@ RELEASES: tuple[Release, ...] = (
 _BY_SHA = {r.sha256: r for r in RELEASES}
 
 
+@dataclass(frozen=True)
+class OtherHead:
+    """A head from another project that loads here (by its layout); downloaded by hand from `url`."""
+
+    name: str
+    filename: str
+    url: str
+    arch: str
+    measures: str
+    md5: str | None = None  # published checksum of the file, where one is known
+
+    @property
+    def clip(self) -> str:
+        from .kinds import get_kind
+
+        return get_kind(self.arch).clip
+
+
+OTHER_HEADS: tuple[OtherHead, ...] = (
+    OtherHead(
+        name="LAION-Aesthetic-v2",
+        filename="sac+logos+ava1-l14-linearMSE.pth",
+        url="https://github.com/christophschuhmann/improved-aesthetic-predictor/raw/main/"
+            "sac+logos+ava1-l14-linearMSE.pth",
+        arch="laion-aesthetic",
+        measures="photos and art (trained on SAC, LAION-Logos and AVA ratings)",
+        md5="b1047fd767a00134b8fd6529bf19521a",
+    ),
+    OtherHead(
+        name="waifu-scorer-v3",
+        filename="model.pth",
+        url="https://huggingface.co/Eugeoter/waifu-scorer-v3/resolve/main/model.pth",
+        arch="waifu-scorer",
+        measures="anime illustrations",
+    ),
+)
+
+
+def other_head_by_md5(md5: str | None) -> OtherHead | None:
+    return next((o for o in OTHER_HEADS if o.md5 and o.md5 == md5), None)
+
+
 def find_release(name: str) -> Release | None:
     """A release by name, file name or stem, case-insensitively ('CCAnime-Compression' finds v1.5)."""
     key = name.strip().lower()
@@ -177,11 +219,21 @@ def load_head(
     """Load a head file, recognising catalogue releases by checksum.
 
     A recognised release without a sidecar gets the catalogue's labels and name.
+    A PyTorch file (.pth ...) is read through its safetensors copy (torch_heads.py);
+    one whose published checksum the catalogue knows gets that head's name.
     """
+    from .torch_heads import conversion_record, is_torch_file, safetensors_copy
+
+    if is_torch_file(path):
+        path = safetensors_copy(path)
     release = identify(path)
     head = load_head_file(path, config=config, fallback_config=release.config if release else None)
     head.release = release
     head.sha256 = release.sha256 if release else None
+    if release is None and config is None and not config_path_for(path).exists():
+        other = other_head_by_md5((conversion_record(path) or {}).get("source_md5"))
+        if other is not None and other.arch == head.arch:
+            head.display = other.name
     return head.to(device)
 
 
@@ -296,10 +348,12 @@ def default_models_dir() -> Path:
 
 __all__ = [
     "KNOWN_CLIPS",
+    "OTHER_HEADS",
     "RELEASES",
     "VIT_L14",
     "VIT_L14_336",
     "ClipModel",
+    "OtherHead",
     "Pairing",
     "Release",
     "default_models_dir",

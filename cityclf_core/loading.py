@@ -31,7 +31,7 @@ MAX_CACHED_ENCODERS = 2
 
 def clip_source_for(head: Head, clip: str | None, pairing: str = "best") -> str:
     """The CLIP a head runs on: the user's choice, else the one it records (trained with), else its
-    catalogue pairing, else ViT-L/14-336."""
+    catalogue pairing, else its kind's (ViT-L/14 for LAION and waifu-scorer heads), else ViT-L/14-336."""
     if clip:
         return str(clip)
     rec = recorded_clip(head)
@@ -41,7 +41,7 @@ def clip_source_for(head: Head, clip: str | None, pairing: str = "best") -> str:
                                "any more; give the CLIP it was trained with (--clip, or the loader's clip)")
         return rec.source
     paired = paired_clip(head, pairing)
-    return (paired or VIT_L14_336).repo_id
+    return paired.repo_id if paired else head.kind.clip or VIT_L14_336.repo_id
 
 
 def load_encoder(
@@ -179,7 +179,8 @@ def load_stored_model(
 
 def stored_clip_for(head: Head, store, clip: str | os.PathLike | None = None, pairing: str = "best"):
     """The store's CLIP (its row) that `head` runs on: `clip` if given, else the CLIP the head records, else
-    its catalogue pairing, else -- for a head that names no CLIP -- the store's only CLIP of the head's size."""
+    its catalogue pairing or its kind's, else -- for a head that names no CLIP -- the store's only CLIP of the
+    head's size."""
     from .notices import note
 
     if clip:
@@ -187,7 +188,7 @@ def stored_clip_for(head: Head, store, clip: str | os.PathLike | None = None, pa
     rec = recorded_clip(head)
     if rec is not None:
         return store.find_encoder(rec.identity or clip_identity(rec.source), source_name(rec.source))
-    if head.release is not None:
+    if head.release is not None or head.kind.clip:
         source = clip_source_for(head, None, pairing)
         return store.find_encoder(clip_identity(source), source_name(source))
     fits = [e for e in store.encoders() if e.embed_dim == head.features]

@@ -45,7 +45,7 @@ class HeadResult:
     @classmethod
     def from_dict(cls, head: str, d: dict) -> "HeadResult":
         """The inverse of to_dict (e.g. a node reading Predict's JSON output), as the head's kind rebuilds it."""
-        result = get_kind(d["arch"]).from_stored(head, d["score"], d["label"], d.get("probs"))
+        result = get_kind(d["arch"]).from_dict(head, d)
         result.views = d.get("views", 0)
         return result
 

@@ -109,7 +109,8 @@ def run(argv, capsys):
 
 def test_builtin_kinds_are_registered_and_unknown_ones_named():
     assert kind_names()[:2] == ["score", "class"]
-    with pytest.raises(WeightsError, match="unknown head kind .*'regression'.*'score' or 'class'"):
+    with pytest.raises(WeightsError, match="unknown head kind .*'regression'.*'score', 'class', "
+                                           "'laion-aesthetic' or 'waifu-scorer'"):
         get_kind("regression")
 
 

@@ -52,19 +52,34 @@ def kind_choices() -> str:
     return text + (f" (other kinds: {', '.join(others)})" if others else "")
 
 
+def kind_for_layout(state_dict: dict) -> HeadKind | None:
+    """The kind whose own layout a config-less file has (None: the released layout, or none known)."""
+    return next((k for k in _KINDS.values() if k.recognises(state_dict)), None)
+
+
+def layout_hints() -> list[str]:
+    """What each known layout looks like, for the message about a file of none of them."""
+    return [k.layout_hint for k in _KINDS.values() if k.layout_hint]
+
+
 def kind_for_outputs(outputs: int) -> HeadKind:
     """The kind of a released-layout head known only by its weights: 1 output a score, more a classifier."""
     return get_kind("score" if outputs == 1 else "class")
 
 
 from .classes import ClassKind  # noqa: E402  (the built-in kinds)
+from .laion_aesthetic import LaionAestheticKind  # noqa: E402
 from .popularity import PopularityAttentionKind, PopularityKind, PopularityMultiKind  # noqa: E402
 from .score import ScoreKind  # noqa: E402
+from .waifu_scorer import WaifuScorerKind  # noqa: E402
 
 register_kind(ScoreKind())
 register_kind(ClassKind())
 for _kind in (PopularityKind(), PopularityMultiKind(), PopularityAttentionKind()):
     register_kind(_kind)
+register_kind(LaionAestheticKind())
+register_kind(WaifuScorerKind())
 
-__all__ = ["ClassKind", "HeadKind", "ScoreKind", "TrainingTargets", "get_kind", "kind_choices",
-           "kind_for_outputs", "kind_names", "register_kind", "unregister_kind"]
+__all__ = ["ClassKind", "HeadKind", "LaionAestheticKind", "ScoreKind", "TrainingTargets", "WaifuScorerKind",
+           "get_kind", "kind_choices", "kind_for_layout", "kind_for_outputs", "kind_names", "layout_hints",
+           "register_kind", "unregister_kind"]
