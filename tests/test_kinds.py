@@ -181,6 +181,8 @@ def test_toy_kind_trains_from_its_own_folder_layout(pair_kind, tiny_clip_dir, tm
     HeadResult("Pop", "popularity-multitask",
                ["popularity", "sanity:general", "sanity:sensitive", "sanity:explicit", "ai:human", "ai:ai"],
                [0.66, 0.7, 0.2, 0.1, 0.9, 0.1], 0.66, 1),
+    HeadResult("Laion", "laion-aesthetic", ["rating"], [6.34], 0.634, 1),
+    HeadResult("Waifu", "waifu-scorer", ["rating"], [7.5], 0.75, 1),
 ])
 def test_a_result_read_back_from_its_json_says_the_same(result):
     """Show reads Predict's JSON: every kind's result survives the trip (its label and its summary line)."""
