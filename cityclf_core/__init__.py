@@ -17,6 +17,7 @@ Typical use::
 
 from .catalogue import (
     KNOWN_CLIPS,
+    OTHER_HEADS,
     RELEASES,
     VIT_L14,
     VIT_L14_336,
@@ -73,6 +74,7 @@ __all__ = [
     "FIVE_CROP_NO_UPSCALE",
     "KNOWN_CLIPS",
     "MAX_SIDE",
+    "OTHER_HEADS",
     "RELEASES",
     "TILING_MODES",
     "VIT_L14",

@@ -126,7 +126,7 @@ class OtherHead:
     """A head from another project that loads here (by its layout); downloaded by hand from `url`."""
 
     name: str
-    filename: str
+    filename: str  # the name to save it under (the head's name in results is the file's stem)
     url: str
     arch: str
     measures: str
@@ -151,7 +151,7 @@ OTHER_HEADS: tuple[OtherHead, ...] = (
     ),
     OtherHead(
         name="waifu-scorer-v3",
-        filename="model.pth",
+        filename="waifu-scorer-v3.pth",  # model.pth in its repository: saved under a name that says what it is
         url="https://huggingface.co/Eugeoter/waifu-scorer-v3/resolve/main/model.pth",
         arch="waifu-scorer",
         measures="anime illustrations",

@@ -357,7 +357,10 @@ def test_models_lists_them_with_urls_and_downloads_nothing(tmp_path, capsys, mon
     assert "LAION-Aesthetic-v2 (sac+logos+ava1-l14-linearMSE.pth)\n  laion-aesthetic: LAION aesthetic rating" in out
     assert ("download by hand: https://github.com/christophschuhmann/improved-aesthetic-predictor/raw/main/"
             "sac+logos+ava1-l14-linearMSE.pth") in out
-    assert "download by hand: https://huggingface.co/Eugeoter/waifu-scorer-v3/resolve/main/model.pth" in out
+    assert ("waifu-scorer-v3 (waifu-scorer-v3.pth)\n  waifu-scorer: waifu-scorer anime rating 0..10 (score = "
+            "rating / 10), for anime illustrations\n  CLIP: openai/clip-vit-large-patch14, whole image\n"
+            "  download by hand: https://huggingface.co/Eugeoter/waifu-scorer-v3/resolve/main/model.pth "
+            "(save it as waifu-scorer-v3.pth)\n") in out
     assert "md5 b1047fd767a00134b8fd6529bf19521a" in out
     assert list(tmp_path.iterdir()) == []
 

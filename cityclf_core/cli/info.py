@@ -31,7 +31,8 @@ def cmd_models(args) -> int:
         print(f"  {_local_state(local, r)}\n  sha256 {r.sha256}")
     for o in OTHER_HEADS:
         local = models_dir / o.filename
-        where = f"on disk: {local}" if local.is_file() else f"download by hand: {o.url}"
+        saved_as = "" if o.url.endswith("/" + o.filename) else f" (save it as {o.filename})"
+        where = f"on disk: {local}" if local.is_file() else f"download by hand: {o.url}{saved_as}"
         print(f"{o.name} ({o.filename})\n  {o.arch}: {get_kind(o.arch).description}, for {o.measures}\n"
               f"  CLIP: {o.clip}, whole image\n  {where}" + (f"\n  md5 {o.md5}" if o.md5 else ""))
     return 0
