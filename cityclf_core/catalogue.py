@@ -301,7 +301,7 @@ def resolve_head(
     if candidate.exists():
         return load_head(candidate, device=device)  # a folder gets its clear error there
     for d in search_dirs:
-        for fname in (text, text + ".safetensors"):
+        for fname in (text, text + ".safetensors", text + ".pth"):
             p = Path(d) / fname
             if p.is_file():
                 return _load_named_file(p, device)

@@ -95,6 +95,8 @@ def safetensors_copy(path: str | os.PathLike) -> Path:
         try:
             _write(target, tensors, meta, replace=ours)
         except OSError as e:
+            if (conversion_record(target) or {}).get("source_sha256") == sha:
+                return target  # another process converted the same file meanwhile
             problems.append(f"{target}: {e.strerror or e}")
             continue
         note(f"converted {path} (PyTorch weights) to {target}; later loads read the safetensors copy")

@@ -93,7 +93,7 @@ def simulate_run(page, lines: dict[str, int] = RESULT_LINES) -> int:
         const chain = (node) => {
             const heads = [];
             for (let up = node; up; up = up.getInputNode(up.findInputSlot("add_to")))
-                heads.unshift(up.widgets.find(w => w.name === "head").value.replace(/\.[^.]+$/, ""));
+                heads.unshift(up.widgets.find(w => w.name === "head").value.replace(/\\.[^.]+$/, ""));
             return heads;
         };
         // a result as its head's kind writes it: LAION and waifu-scorer .pth heads rate 0..10
