@@ -182,6 +182,14 @@ def test_a_name_taken_beside_the_file_sends_the_copy_to_the_cache(tmp_path, refe
     assert load_head(path).path == head.path  # found again by the original's checksum
 
 
+def test_a_pth_head_is_found_by_name_in_the_models_folder(tmp_path, references):
+    from cityclf_core import resolve_head
+
+    torch.save(references["waifu-scorer"].state_dict(), tmp_path / "waifu-scorer-v3.pth")
+    head = resolve_head("waifu-scorer-v3", search_dirs=[tmp_path], allow_download=False)
+    assert head.kind.name == "waifu-scorer" and head.name == "waifu-scorer-v3"
+
+
 def test_lightning_checkpoints_and_wrapped_keys_load(tmp_path, references):
     sd = references["waifu-scorer"].state_dict()
     path = tmp_path / "epoch=3.ckpt"
