@@ -20,6 +20,7 @@ from pathlib import Path
 from .crops import CropPolicy
 from .errors import DownloadError, WeightsError
 from .heads import Head, HeadConfig, config_path_for, load_head_file
+from .kinds import get_kind
 from .weights import file_sha256
 
 
@@ -134,8 +135,6 @@ class OtherHead:
 
     @property
     def clip(self) -> str:
-        from .kinds import get_kind
-
         return get_kind(self.arch).clip
 
 

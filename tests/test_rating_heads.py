@@ -320,6 +320,10 @@ def test_score_store_rescore_and_query_from_the_command(tmp_path, pth_files, sco
     assert main(["query", "--store", str(db), "--min", f"sac={cut}", "--format", "jsonl"]) == 0
     kept = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert {r["path"] for r in kept} == {r["path"] for r in laion if r["score"] >= cut}
+    rating = sorted(r["rating"] for r in laion)[3]  # a band on the rating itself
+    assert main(["query", "--store", str(db), "--min", f"sac:rating={rating}", "--format", "jsonl"]) == 0
+    kept = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert {r["path"] for r in kept} == {r["path"] for r in laion if r["rating"] >= rating}
 
 
 def test_loader_predict_and_show_nodes_take_them(pack, tmp_path, pth_files, score_head_path, tiny_clip_dir,
