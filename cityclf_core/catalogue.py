@@ -8,6 +8,10 @@ labels and its CLIP pairing. The history (see the project docs):
   per its model card; the public demo runs it with ViT-L/14-336 and 672 px tiles,
   available here as its alternative pairing.
 * CCAnime-Compression-v1.5 (2023-12-14): ViT-L/14-336 with 672 px tiles.
+
+`OTHER_HEADS` are other projects' heads that load here by their layout (LAION's
+aesthetic predictor, waifu-scorer): listed with where to get them, never
+downloaded; a file matching a published checksum gets the head's name.
 """
 
 from __future__ import annotations

@@ -1,7 +1,9 @@
 """Head kinds: what a head's outputs mean, in one place per kind.
 
 A head file says its kind in its config sidecar (`"arch": "score"` or
-`"class"`, the released files' key). Everything that depends on it -- the
+`"class"`, the released files' key); a file without one is known by its
+layout (`kind_for_layout`: LAION's aesthetic predictor, waifu-scorer; else the
+released layout, a score head with 1 output and a classifier with more). Everything that depends on it -- the
 activation, what the head's score is, its label, how results are written,
 stored and tagged, its training loss and metrics, the checks on its file --
 is asked of the kind, never decided by a branch elsewhere::
