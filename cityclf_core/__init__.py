@@ -27,6 +27,7 @@ from .kinds import HeadKind, get_kind, kind_names, register_kind, unregister_kin
 from .kinds.released import HeadNet
 from .loading.catalogue import (
     KNOWN_CLIPS,
+    OTHER_HEADS,
     RELEASES,
     VIT_L14,
     VIT_L14_336,
@@ -68,6 +69,7 @@ __all__ = [
     "FIVE_CROP_NO_UPSCALE",
     "KNOWN_CLIPS",
     "MAX_SIDE",
+    "OTHER_HEADS",
     "RELEASES",
     "TILING_MODES",
     "VIT_L14",

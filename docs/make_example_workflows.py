@@ -154,8 +154,12 @@ def release(name: str):
     return CORE_LIB.find_release(name)
 
 
+def other_head(name: str):
+    return next(o for o in CORE_LIB.OTHER_HEADS if o.name == name)
+
+
 def head_model(name: str) -> list[dict]:
-    r = release(name)
+    r = release(name) or other_head(name)
     return [{"name": r.filename, "url": r.url, "directory": "cityclassifiers"}]
 
 
@@ -192,7 +196,8 @@ def clip_vision(w: Workflow, clip_size: int, pos):
 def loader(w: Workflow, head: str, clip, pos, add_to=None):
     """A head loader fed by `clip` (a CLIPVisionLoader node, shared by heads on the same CLIP), or None: the
     loader fetches the head's paired CLIP itself."""
-    ld = w.add("CityClfLoader", pos, {"head": release(head).filename}, (320, 180), models=head_model(head))
+    filename = head_model(head)[0]["name"]
+    ld = w.add("CityClfLoader", pos, {"head": filename}, (320, 180), models=head_model(head))
     if clip is not None:
         w.link(clip, "CLIP_VISION", ld, "clip_vision")
     if add_to is not None:
@@ -271,10 +276,37 @@ def best_of_n_workflow() -> dict:
     return w.to_json()
 
 
+def compare_workflow() -> dict:
+    w = Workflow()
+    w.add("Note", (0, -260), {"text": (
+        "Compare three aesthetic scorers on the same images: CityAesthetics (score 0..1), LAION's aesthetic "
+        "predictor and waifu-scorer v3 (ratings 0..10, shown as 6.3/10; their score for Gate and Sort is "
+        "rating / 10). All three run on ViT-L/14, so the images go through CLIP once.\n"
+        "Put the images in ComfyUI/input/compare. LAION's file downloads from GitHub and waifu-scorer's is "
+        "model.pth on Hugging Face: save them in models/cityclassifiers under the names the loaders show. "
+        "The .pth files are read weights-only and converted once to .safetensors beside them.\n"
+        "The JSON preview lists every head's score, label and rating per image.")}, (760, 180))
+    folder = w.add("CityClfLoadImages", (0, 0), {"folder": "compare", "recursive": False}, (320, 160))
+    vit_l = clip_vision(w, 224, (0, 520))
+    city = loader(w, "CityAesthetics-Anime-v1.8", vit_l, (0, 620))
+    laion = loader(w, "LAION-Aesthetic-v2", vit_l, (360, 620), add_to=city)
+    waifu = loader(w, "waifu-scorer-v3", vit_l, (720, 620), add_to=laion)
+    predict = w.add("CityClfPredict", (1100, 0), {}, (360, 300))
+    show = w.add("CityClfShow", (1500, 0), {}, (420, 460))
+    scores = w.add("PreviewAny", (1500, 520), {}, (420, 300), title="Scores (JSON)")
+    w.link(waifu, "model", predict, "model")
+    w.link(folder, "images", predict, "images")
+    w.link(folder, "images", show, "images")
+    w.link(predict, "json", show, "json")
+    w.link(predict, "json", scores, "source")
+    return w.to_json()
+
+
 WORKFLOWS = {
     "score_gate_save": gate_workflow,
     "tag_folder": tag_workflow,
     "best_of_n": best_of_n_workflow,
+    "compare_aesthetic_scorers": compare_workflow,
 }
 
 

@@ -89,21 +89,30 @@ def simulate_run(page, lines: dict[str, int] = RESULT_LINES) -> int:
     """Deliver results to our nodes through the frontend's own `executed` handler, as after a run;
     returns how many nodes got results."""
     count = page.evaluate("""(lines) => {
+        // the heads of a loader's chain (add_to), first loaded first, by their file's stem
+        const chain = (node) => {
+            const heads = [];
+            for (let up = node; up; up = up.getInputNode(up.findInputSlot("add_to")))
+                heads.unshift(up.widgets.find(w => w.name === "head").value.replace(/\\.[^.]+$/, ""));
+            return heads;
+        };
+        // a result as its head's kind writes it: LAION and waifu-scorer .pth heads rate 0..10
+        const result = (head, i) => head.startsWith("CityAesthetics") ? `0.${710 + 7 * i} (${71 + i}%)` :
+            `${(5.8 + 0.1 * i + head.length % 7 / 10).toFixed(1)}/10 (score ` +
+            `${(0.58 + 0.01 * i + head.length % 7 / 100).toFixed(2)})`;
         let n = 0;
         for (const node of window.app.graph._nodes) {
             let k = lines[node.type];
             if (!k) continue;
-            if (node.type === "CityClfLoader") {  // one line per head of its chain (add_to)
-                k = 1;
-                for (let up = node; (up = up.getInputNode(up.findInputSlot("add_to"))); ) k += 1;
-            }
+            const model = node.type === "CityClfPredict" ? node.getInputNode(node.findInputSlot("model")) : null;
+            const heads = node.type === "CityClfLoader" ? chain(node) : model ? chain(model) : [];
+            if (node.type === "CityClfLoader") k = heads.length;  // one line per head of its chain
             const line = {
-                CityClfPredict: (i) => `#${i}: CityAesthetics-Anime-v1.8: 0.${710 + 7 * i} (${71 + i}%)`,
+                CityClfPredict: (i) => `#${i}: ` + heads.map(h => `${h}: ${result(h, i)}`).join("; "),
                 CityClfTag: (i) => `#${i}: aesthetic_70, ` + (i % 3 ? "jpeg_artifacts" : "chromatic_aberration"),
                 CityClfLoadImages: (i) => i ? `skipped dataset/img_${i}.png: truncated or corrupt` :
                                               "loaded 48 image(s)",
-                CityClfLoader: (i) => ["CityAesthetics-Anime-v1.8", "CCAnime-ChromaticAberration-v1.16",
-                                       "CCAnime-Compression-v1.5"][i % 3] + " on CLIP_VISION",
+                CityClfLoader: (i) => heads[i] + " on CLIP_VISION",
                 CityClfGate: () => "3 of 4 passed (at least 0.6): [0, 1, 3]",
                 CityClfSort: () => "order [5, 2]; scores 0.812, 0.774",
             }[node.type];

@@ -17,6 +17,7 @@ import torch
 from ..cityclf_core.loading.catalogue import default_models_dir
 
 MODEL_FOLDER = "cityclassifiers"  # models/cityclassifiers: heads, and clip/ for transformers CLIPs
+HEAD_SUFFIXES = (".safetensors", ".pth")  # .pth: LAION's and waifu-scorer's heads, read weights-only
 CLIP_SUBFOLDER = "clip"
 
 
@@ -42,7 +43,7 @@ def register_model_folder() -> None:
     default = os.path.join(folder_paths.models_dir, MODEL_FOLDER)
     paths, _ = folder_paths.folder_names_and_paths.get(MODEL_FOLDER, ([], set()))
     paths = [default, *[p for p in paths if p != default]]
-    folder_paths.folder_names_and_paths[MODEL_FOLDER] = (paths, {".safetensors"})
+    folder_paths.folder_names_and_paths[MODEL_FOLDER] = (paths, set(HEAD_SUFFIXES))
 
 
 def model_paths() -> list[str]:
@@ -75,7 +76,7 @@ def head_files() -> list[str]:
     found = []
     for root in model_paths():
         if os.path.isdir(root):
-            found += [f for f in os.listdir(root) if f.endswith(".safetensors")]
+            found += [f for f in os.listdir(root) if f.endswith(HEAD_SUFFIXES)]
     return sorted(set(found))
 
 

@@ -55,11 +55,14 @@ class CityClfLoader:
                 "head": (head_choices(), {
                     "tooltip": "The head: a .safetensors file in models/cityclassifiers, or a released model "
                                "(CityAesthetics, CCAnime-*) which is downloaded there on first use. Released "
-                               "files are recognised by checksum, even renamed, for their labels and CLIP."}),
+                               "files are recognised by checksum, even renamed, for their labels and CLIP. "
+                               "LAION's aesthetic predictor and waifu-scorer load from their .pth files (read "
+                               "weights-only, converted once to .safetensors beside them)."}),
                 "clip": (clip_choices(), {
                     "default": AUTO_CLIP,
                     "tooltip": "The CLIP to run the head on, when no CLIP_VISION is connected. 'auto' uses the "
-                               "CLIP the head was made with (from the catalogue; ViT-L/14-336 for unknown heads). "
+                               "CLIP the head was made with (from the catalogue or its kind: ViT-L/14 for LAION and "
+                               "waifu-scorer heads; ViT-L/14-336 for unknown heads). "
                                "Folders are transformers CLIPs in models/cityclassifiers/clip or models/clip_vision, named relative "
                                "to the models folder so workflows work on other machines."}),
                 "pairing": (["best", "alternative"], {

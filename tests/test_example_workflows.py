@@ -9,7 +9,7 @@ from importlib import import_module
 import pytest
 from conftest import ROOT
 
-from cityclf_core import RELEASES
+from cityclf_core import OTHER_HEADS, RELEASES
 
 WORKFLOWS = sorted((ROOT / "example_workflows").glob("*.json"))
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN"}
@@ -31,8 +31,8 @@ def widget_specs(cls):
     return out
 
 
-def test_there_are_three_use_cases_each_with_a_thumbnail():
-    assert {w.stem for w in WORKFLOWS} == {"score_gate_save", "tag_folder", "best_of_n"}
+def test_there_are_four_use_cases_each_with_a_thumbnail():
+    assert {w.stem for w in WORKFLOWS} == {"score_gate_save", "tag_folder", "best_of_n", "compare_aesthetic_scorers"}
     for w in WORKFLOWS:
         thumb = w.with_suffix(".jpg")
         assert thumb.is_file() and thumb.stat().st_size > 5000, f"{thumb.name} missing"
@@ -60,7 +60,7 @@ def test_our_nodes_widgets_match_the_code(path, mappings):
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
 def test_models_are_listed_with_urls_and_folders(path):
     wf = json.loads(path.read_text())
-    urls = {r.filename: r.url for r in RELEASES}
+    urls = {r.filename: r.url for r in (*RELEASES, *OTHER_HEADS)}
     for node in wf["nodes"]:
         if node["type"] not in ("CityClfLoader", "CLIPVisionLoader"):
             continue
@@ -68,7 +68,7 @@ def test_models_are_listed_with_urls_and_folders(path):
         assert models and len(models) == 1, f"{path.name}: {node['type']} {node['id']} lists no model"
         m = models[0]
         assert m["name"] == node["widgets_values"][0]
-        assert m["url"].startswith("https://huggingface.co/")
+        assert m["url"].startswith(("https://huggingface.co/", "https://github.com/christophschuhmann/"))
         if node["type"] == "CityClfLoader":
             assert m["directory"] == "cityclassifiers" and m["url"] == urls[m["name"]]
         else:

@@ -263,11 +263,18 @@ def test_files_that_are_not_safetensors(tmp_path, data, message):
     assert str(path) in str(e.value)
 
 
-def test_torch_save_file_is_refused_without_unpickling(tmp_path):
+def test_torch_save_file_loads_through_its_safetensors_copy(tmp_path):
+    """A .pt is read by the weights-only loader and converted once; a .pt named .safetensors is still refused."""
     path = tmp_path / "head.pt"
-    torch.save(HeadNet(8, 16, 1).state_dict(), path)
+    net = HeadNet(8, 16, 1)
+    torch.save(net.state_dict(), path)
+    head = load_head(path)
+    assert head.path == tmp_path / "head.safetensors" and head.kind.name == "score"
+    assert torch.equal(head.net.up[0].weight, net.up[0].weight)
+    disguised = tmp_path / "disguised.safetensors"
+    disguised.write_bytes(path.read_bytes())
     with pytest.raises(WeightsError, match="zip archive.*pickled weights can run code"):
-        load_head(path)
+        load_head(disguised)
 
 
 def test_wrong_shapes_and_missing_keys(tmp_path):
@@ -283,7 +290,7 @@ def test_wrong_shapes_and_missing_keys(tmp_path):
         load_head(tmp_path / "missing.safetensors")
     other = {"model.layer.weight": torch.zeros(3, 3)}
     save_file(other, str(tmp_path / "other.safetensors"))
-    with pytest.raises(WeightsError, match="not a CityClassifiers head"):
+    with pytest.raises(WeightsError, match="other.safetensors is not a known head layout: keys model.layer.weight"):
         load_head(tmp_path / "other.safetensors")
 
 
@@ -312,5 +319,5 @@ def test_broken_sidecar_is_named(tmp_path):
     with pytest.raises(WeightsError, match=r"h.config.json is not valid JSON"):
         load_head(path)
     (tmp_path / "h.config.json").write_text(json.dumps({"arch": "regression", "model_params": {"outputs": 2}}))
-    with pytest.raises(WeightsError, match="arch must be 'score' or 'class'"):
+    with pytest.raises(WeightsError, match="arch must be 'score', 'class', 'laion-aesthetic' or 'waifu-scorer'"):
         load_head(path)

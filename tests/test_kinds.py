@@ -109,7 +109,8 @@ def run(argv, capsys):
 
 def test_builtin_kinds_are_registered_and_unknown_ones_named():
     assert kind_names()[:2] == ["score", "class"]
-    with pytest.raises(WeightsError, match="unknown head kind .*'regression'.*'score' or 'class'"):
+    with pytest.raises(WeightsError, match="unknown head kind .*'regression'.*'score', 'class', "
+                                           "'laion-aesthetic' or 'waifu-scorer'"):
         get_kind("regression")
 
 
@@ -180,6 +181,8 @@ def test_toy_kind_trains_from_its_own_folder_layout(pair_kind, tiny_clip_dir, tm
     HeadResult("Pop", get_kind("popularity-multitask"),
                ["popularity", "sanity:general", "sanity:sensitive", "sanity:explicit", "ai:human", "ai:ai"],
                [0.66, 0.7, 0.2, 0.1, 0.9, 0.1], 0.66, 1),
+    HeadResult("Laion", get_kind("laion-aesthetic"), ["rating"], [6.34], 0.634, 1),
+    HeadResult("Waifu", get_kind("waifu-scorer"), ["rating"], [7.5], 0.75, 1),
 ])
 def test_a_result_read_back_from_its_json_says_the_same(result):
     """Show reads Predict's JSON: every kind's result survives the trip (its label and its summary line)."""

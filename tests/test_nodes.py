@@ -222,4 +222,4 @@ def test_package_inside_a_comfyui_like_host_registers_nodes_and_keeps_yaml_paths
     assert "CityClfLoader" in lines[0] and "./web" in lines[0]
     assert str(tmp_path / "models" / "cityclassifiers") in lines[1]
     assert str(tmp_path / "from_yaml") in lines[1]
-    assert "{'.safetensors'}" in lines[1]
+    assert lines[1].endswith(("{'.safetensors', '.pth'})", "{'.pth', '.safetensors'})"))  # .pth: LAION, waifu

@@ -108,7 +108,8 @@ def test_reference_configs_load_unchanged(tmp_path, name):
 @pytest.mark.parametrize("extra, message", [
     ({"train": {"lr": 1e-5, "momentum": 0.9}}, "unknown key.*train.momentum"),
     ({"optimizer": {}}, "unknown section"),
-    ({"model": {"base": "x", "arch": "regression"}}, "arch must be 'score' or 'class'"),
+    ({"model": {"base": "x", "arch": "regression"}},
+     "arch must be 'score', 'class', 'laion-aesthetic' or 'waifu-scorer'"),
     ({"model": {"base": "x", "arch": "score"}, "labels": {0: {"name": "a"}, 1: {"name": "b"}}}, "score model has no labels"),
     ({"model": {"base": "x", "arch": "class"}, "labels": {0: {"name": "a"}, 2: {"name": "c"}}}, "without gaps"),
     ({"model": {"base": "x", "arch": "class"}, "train": {"steps": 10, "batch": 32}}, "larger than train.steps"),

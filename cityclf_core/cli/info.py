@@ -16,7 +16,8 @@ def cmd_store_info(args) -> int:
 
 
 def cmd_models(args) -> int:
-    from ..loading.catalogue import RELEASES, default_models_dir
+    from ..kinds import get_kind
+    from ..loading.catalogue import OTHER_HEADS, RELEASES, default_models_dir
 
     models_dir = Path(args.models_dir) if args.models_dir else default_models_dir()
     for r in RELEASES:
@@ -27,6 +28,12 @@ def cmd_models(args) -> int:
         if r.alternative:
             print(f"  alternative: {r.alternative.clip.repo_id}, {r.alternative.policy.describe()} ({r.alternative.why})")
         print(f"  {_local_state(local, r)}\n  sha256 {r.sha256}")
+    for o in OTHER_HEADS:
+        local = models_dir / o.filename
+        saved_as = "" if o.url.endswith("/" + o.filename) else f" (save it as {o.filename})"
+        where = f"on disk: {local}" if local.is_file() else f"download by hand: {o.url}{saved_as}"
+        print(f"{o.name} ({o.filename})\n  {o.arch}: {get_kind(o.arch).description}, for {o.measures}\n"
+              f"  CLIP: {o.clip}, whole image\n  {where}" + (f"\n  md5 {o.md5}" if o.md5 else ""))
     return 0
 
 
@@ -49,7 +56,8 @@ def register(sub) -> None:
     p.add_argument("--store", required=True, metavar="DB", help="the store to describe")
     p.set_defaults(func=cmd_store_info)
 
-    p = sub.add_parser("models", help="list the known releases, their CLIP pairings and local copies")
+    p = sub.add_parser("models", help="list the known releases and other heads that load, their CLIPs and "
+                                      "where to get them")
     p.add_argument("--models-dir", metavar="DIR")
     p.set_defaults(func=cmd_models)
 

@@ -49,13 +49,14 @@ def load_stored_model(
 
 def stored_clip_for(head: Head, store, clip: str | os.PathLike | None = None, pairing: str = "best"):
     """The store's CLIP (its row) that `head` runs on: `clip` if given, else the CLIP the head records, else
-    its catalogue pairing, else -- for a head that names no CLIP -- the store's only CLIP of the head's size."""
+    its catalogue pairing or its kind's, else -- for a head that names no CLIP -- the store's only CLIP of the
+    head's size."""
     if clip:
         return store.find_encoder(clip_identity(str(clip)), source_name(clip))
     rec = recorded_clip(head)
     if rec is not None:
         return store.find_encoder(rec.identity or clip_identity(rec.source), source_name(rec.source))
-    if head.release is not None:
+    if head.release is not None or head.kind.clip:
         source = clip_source_for(head, None, pairing)
         return store.find_encoder(clip_identity(source), source_name(source))
     fits = [e for e in store.encoders() if e.embed_dim == head.features]

@@ -58,6 +58,10 @@ class HeadKind:
     trains_from_folders: bool = True
     #: the validation metric training reports beside the loss, and whether larger is better
     metric_name: str = "loss"
+    #: the CLIP (hub id) heads of this kind are made for, when neither the file nor the catalogue names one
+    clip: str | None = None
+    #: how the kind's state-dict layout looks, for the message about a file of no known layout
+    layout_hint: str = ""
 
     def __reduce__(self):
         """Pickled by name (results sent between processes): unpickles to the registered kind."""
@@ -80,6 +84,12 @@ class HeadKind:
     def read_layout(self, state_dict: dict, source: str) -> tuple[int, int, int]:
         """Check a state dict's layout; (features, hidden, outputs) read from its shapes."""
         return validate_state_dict(state_dict, source)
+
+    def recognises(self, state_dict: dict) -> bool:
+        """Whether a file with no config is a head of this kind, by its keys alone (read_layout checks the rest).
+
+        The released layout is no kind's own (score and class heads share it): False."""
+        return False
 
     # ------------------------------------------------------------ inference
 
@@ -150,6 +160,10 @@ class HeadKind:
         labels = list(extra) if extra else ["score"]
         return HeadResult(head, self, labels, values, score, 0)
 
+    def from_dict(self, head: str, d: dict):
+        """The result `to_dict` wrote (a node reading Predict's JSON), views aside."""
+        return self.from_stored(head, d["score"], d["label"], d.get("probs"))
+
     # ------------------------------------------------------------ tags
 
     def tags(self, head: str, result, rules) -> list[str]:
@@ -188,6 +202,10 @@ class HeadKind:
 
     def train_outputs(self, cfg) -> int:
         return len(cfg.labels) if cfg.labels else 1
+
+    def train_hidden(self, cfg) -> int:
+        """The hidden width of the network training builds (the released layout's: from model.clip)."""
+        return cfg.hidden
 
     def train_labels(self, cfg) -> dict[str, str] | None:
         return {str(k): name for k, (name, _) in sorted(cfg.labels.items())} if cfg.labels else None

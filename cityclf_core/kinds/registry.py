@@ -38,6 +38,16 @@ def kind_choices() -> str:
     return text + (f" (other kinds: {', '.join(others)})" if others else "")
 
 
+def kind_for_layout(state_dict: dict) -> HeadKind | None:
+    """The kind whose own layout a config-less file has (None: the released layout, or none known)."""
+    return next((k for k in _KINDS.values() if k.recognises(state_dict)), None)
+
+
+def layout_hints() -> list[str]:
+    """What each known layout looks like, for the message about a file of none of them."""
+    return [k.layout_hint for k in _KINDS.values() if k.layout_hint]
+
+
 def kind_for_outputs(outputs: int) -> HeadKind:
     """The kind of a released-layout head known only by its weights: 1 output a score, more a classifier."""
     return get_kind("score" if outputs == 1 else "class")
@@ -45,10 +55,10 @@ def kind_for_outputs(outputs: int) -> HeadKind:
 
 def result_from_dict(head: str, d: dict):
     """A HeadResult from its `to_dict` form (e.g. a node reading Predict's JSON output), as its kind rebuilds it."""
-    result = get_kind(d["arch"]).from_stored(head, d["score"], d["label"], d.get("probs"))
+    result = get_kind(d["arch"]).from_dict(head, d)
     result.views = d.get("views", 0)
     return result
 
 
-__all__ = ["get_kind", "kind_choices", "kind_for_outputs", "kind_names", "register_kind", "result_from_dict",
-           "unregister_kind"]
+__all__ = ["get_kind", "kind_choices", "kind_for_layout", "kind_for_outputs", "kind_names", "layout_hints",
+           "register_kind", "result_from_dict", "unregister_kind"]

@@ -8,6 +8,10 @@ labels and its CLIP pairing. The history (see the project docs):
   per its model card; the public demo runs it with ViT-L/14-336 and 672 px tiles,
   available here as its alternative pairing.
 * CCAnime-Compression-v1.5 (2023-12-14): ViT-L/14-336 with 672 px tiles.
+
+`OTHER_HEADS` are other projects' heads that load here by their layout (LAION's
+aesthetic predictor, waifu-scorer): listed with where to get them, never
+downloaded; a file matching a published checksum gets the head's name.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import DownloadError, WeightsError
+from ..kinds import get_kind
 from ..notices import warn
 from ..scoring.crops import CropPolicy
 from ..scoring.heads import Head
@@ -123,6 +128,46 @@ RELEASES: tuple[Release, ...] = (
 _BY_SHA = {r.sha256: r for r in RELEASES}
 
 
+@dataclass(frozen=True)
+class OtherHead:
+    """A head from another project that loads here (by its layout); downloaded by hand from `url`."""
+
+    name: str
+    filename: str  # the name to save it under (the head's name in results is the file's stem)
+    url: str
+    arch: str
+    measures: str
+    md5: str | None = None  # published checksum of the file, where one is known
+
+    @property
+    def clip(self) -> str:
+        return get_kind(self.arch).clip
+
+
+OTHER_HEADS: tuple[OtherHead, ...] = (
+    OtherHead(
+        name="LAION-Aesthetic-v2",
+        filename="sac+logos+ava1-l14-linearMSE.pth",
+        url="https://github.com/christophschuhmann/improved-aesthetic-predictor/raw/main/"
+            "sac+logos+ava1-l14-linearMSE.pth",
+        arch="laion-aesthetic",
+        measures="photos and art (trained on SAC, LAION-Logos and AVA ratings)",
+        md5="b1047fd767a00134b8fd6529bf19521a",
+    ),
+    OtherHead(
+        name="waifu-scorer-v3",
+        filename="waifu-scorer-v3.pth",  # model.pth in its repository: saved under a name that says what it is
+        url="https://huggingface.co/Eugeoter/waifu-scorer-v3/resolve/main/model.pth",
+        arch="waifu-scorer",
+        measures="anime illustrations",
+    ),
+)
+
+
+def other_head_by_md5(md5: str | None) -> OtherHead | None:
+    return next((o for o in OTHER_HEADS if o.md5 and o.md5 == md5), None)
+
+
 def find_release(name: str) -> Release | None:
     """A release by name, file name or stem, case-insensitively ('CCAnime-Compression' finds v1.5)."""
     key = name.strip().lower()
@@ -158,11 +203,21 @@ def load_head(
     """Load a head file, recognising catalogue releases by checksum.
 
     A recognised release without a sidecar gets the catalogue's labels and name.
+    A PyTorch file (.pth ...) is read through its safetensors copy (torch_heads.py);
+    one whose published checksum the catalogue knows gets that head's name.
     """
+    from .torch_heads import conversion_record, is_torch_file, safetensors_copy
+
+    if is_torch_file(path):
+        path = safetensors_copy(path)
     release = identify(path)
     head = load_head_file(path, config=config, fallback_config=release.config if release else None)
     head.release = release
     head.sha256 = release.sha256 if release else None
+    if release is None and config is None and not config_path_for(path).exists():
+        other = other_head_by_md5((conversion_record(path) or {}).get("source_md5"))
+        if other is not None and other.arch == head.arch:
+            head.display = other.name
     return head.to(device)
 
 
@@ -233,7 +288,7 @@ def resolve_head(
     if candidate.exists():
         return load_head(candidate, device=device)  # a folder gets its clear error there
     for d in search_dirs:
-        for fname in (text, text + ".safetensors"):
+        for fname in (text, text + ".safetensors", text + ".pth"):
             p = Path(d) / fname
             if p.is_file():
                 return _load_named_file(p, device)
@@ -278,10 +333,12 @@ def default_models_dir() -> Path:
 
 __all__ = [
     "KNOWN_CLIPS",
+    "OTHER_HEADS",
     "RELEASES",
     "VIT_L14",
     "VIT_L14_336",
     "ClipModel",
+    "OtherHead",
     "Pairing",
     "Release",
     "default_models_dir",

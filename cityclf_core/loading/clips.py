@@ -213,14 +213,15 @@ def clip_identity(source: str) -> str | None:
 def clip_source_for(head, clip: str | os.PathLike | None = None, pairing: str = "best",
                     search_dirs=None) -> str:
     """The CLIP a head runs on: the user's choice, else the one it records (trained with, see
-    `find_recorded_clip`), else its catalogue pairing, else ViT-L/14-336."""
+    `find_recorded_clip`), else its catalogue pairing, else its kind's (ViT-L/14 for LAION and waifu-scorer
+    heads), else ViT-L/14-336."""
     if clip:
         return str(clip)
     rec = recorded_clip(head)
     if rec is not None:
         return find_recorded_clip(head, rec, clip_search_dirs(head) if search_dirs is None else search_dirs)
     paired = paired_clip(head, pairing)
-    return (paired or VIT_L14_336).repo_id
+    return paired.repo_id if paired else head.kind.clip or VIT_L14_336.repo_id
 
 
 def find_recorded_clip(head, rec: ClipRecord, search_dirs: list[Path]) -> str:

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ..errors import WeightsError
-from ..kinds import HeadKind, get_kind, kind_choices, kind_for_outputs, kind_names
+from ..kinds import HeadKind, get_kind, kind_choices, kind_for_layout, kind_for_outputs, kind_names, layout_hints
 from ..kinds.released import validate_state_dict
 from ..scoring.heads import Head
 from .clip_records import recorded_clip
@@ -107,14 +107,43 @@ def config_path_for(weights_path: str | os.PathLike) -> Path:
     return p.with_name(p.stem + ".config.json")
 
 
+#: what wrappers put before a network's keys: torch.compile, DataParallel/DDP, a Lightning module's attribute
+WRAPPER_PREFIXES = ("_orig_mod.", "module.", "model.")
+
+
+def strip_wrapper_prefixes(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`sd` without the prefixes every key of it shares (`_orig_mod.layers.0.weight` -> `layers.0.weight`)."""
+    while sd:
+        prefix = next((p for p in WRAPPER_PREFIXES if all(k.startswith(p) for k in sd)), None)
+        if prefix is None:
+            return sd
+        sd = {k[len(prefix):]: v for k, v in sd.items()}
+    return sd
+
+
+def layout_of(sd: dict[str, torch.Tensor], source: str, file_keys=None) -> tuple[HeadKind, int, int, int]:
+    """The kind of a config-less head file from its layout, and its (features, hidden, outputs)."""
+    kind = kind_for_layout(sd)
+    if kind is not None:
+        return (kind, *kind.read_layout(sd, source))
+    if not any(k.startswith(("up.", "down.")) for k in sd):
+        keys = sorted(file_keys or sd)
+        more = f" (+{len(keys) - 8} more)" if len(keys) > 8 else ""
+        raise WeightsError(
+            f"{source} is not a known head layout: keys {', '.join(keys[:8])}{more}. Known layouts: "
+            f"CityClassifiers: up.0, up.1.long.{{0,2,4}}, down.{{0,1,4,5}}; {'; '.join(layout_hints())}.")
+    features, hidden, outputs = validate_state_dict(sd, source)
+    return kind_for_outputs(outputs), features, hidden, outputs
+
+
 def head_from_state_dict(
     sd: dict[str, torch.Tensor], source: str, config: HeadConfig | None, default_name: str
 ) -> tuple[nn.Module, HeadConfig]:
-    """The network of `sd`, checked against its config's kind (none: a released-layout head, kind by outputs)."""
+    """The network of `sd`, checked against its config's kind (none: the kind its layout says)."""
+    file_keys, sd = list(sd), strip_wrapper_prefixes(sd)
     if config is None:
-        features, hidden, outputs = validate_state_dict(sd, source)
-        config = HeadConfig(name=default_name, arch=kind_for_outputs(outputs).name, features=features,
-                            hidden=hidden, outputs=outputs)
+        kind, features, hidden, outputs = layout_of(sd, source, file_keys)
+        config = HeadConfig(name=default_name, arch=kind.name, features=features, hidden=hidden, outputs=outputs)
     else:
         features, hidden, outputs = config.kind.read_layout(sd, source)
         if (config.features, config.hidden, config.outputs) != (features, hidden, outputs):
@@ -124,7 +153,7 @@ def head_from_state_dict(
                 f"outputs={outputs}. The config sidecar belongs to another model; fix or remove it."
             )
     net = config.kind.build_net(config)
-    net.load_state_dict({k: v.to(torch.float32) for k, v in sd.items()})
+    net.load_state_dict({k: v.to(torch.float32) if v.is_floating_point() else v for k, v in sd.items()})
     net.eval()
     return net, config
 
@@ -143,7 +172,8 @@ def load_head_file(
 
     The config is, in order: `config` if given (a HeadConfig or a JSON path), the
     `<stem>.config.json` sidecar if present, `fallback_config` (the catalogue's,
-    for a recognised release), else inferred from the shapes (outputs from
+    for a recognised release), else inferred from the layout: a kind's own
+    (LAION aesthetic, waifu-scorer), or the released one (outputs from
     `down.5.bias`, arch score when 1 output).
     """
     path = Path(path)
@@ -170,7 +200,8 @@ def save_head(net: nn.Module, config: HeadConfig, path: str | os.PathLike, overw
         for p in (path, sidecar):
             if p.exists():
                 raise WeightsError(f"{p} already exists; choose another name or allow overwriting")
-    tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in net.state_dict().items()}
+    tensors = {k: v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype).contiguous()
+               for k, v in net.state_dict().items()}  # BatchNorm's step counter stays an integer
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     save_file(tensors, str(tmp))
@@ -181,4 +212,4 @@ def save_head(net: nn.Module, config: HeadConfig, path: str | os.PathLike, overw
 
 
 __all__ = ["RELEASED_KEYS", "HeadConfig", "config_path_for", "head_from_state_dict", "load_head_file",
-           "read_config_sidecar", "save_head"]
+           "read_config_sidecar", "save_head", "strip_wrapper_prefixes"]

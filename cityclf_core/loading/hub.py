@@ -107,7 +107,9 @@ def snapshot(repo_id: str, allow_download: bool = False, download_dir: str | os.
 
 
 def read_bin(path: Path, what: str) -> dict:
-    """The tensors of a PyTorch pickle, through the weights-only loader: never runs code it holds."""
+    """The tensors of a PyTorch pickle, through the weights-only loader: never runs code it holds.
+
+    A Lightning checkpoint's weights are its `state_dict` entry."""
     import torch
 
     try:
@@ -115,9 +117,12 @@ def read_bin(path: Path, what: str) -> dict:
     except pickle.UnpicklingError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise WeightsError(f"{what} holds more than tensors (pickled code or objects), so it is not loaded: "
-                           f"{first}. Use a repository or folder with safetensors weights.") from None
+                           f"{first}. Use a copy with safetensors weights, or the original file.") from None
     except Exception as e:  # noqa: BLE001  (truncated, not a pickle at all)
-        raise WeightsError(f"{what} could not be read as PyTorch weights ({type(e).__name__}: {e})") from None
+        raise WeightsError(f"{what} could not be read as PyTorch weights ({type(e).__name__}: {e}); it may be "
+                           "truncated: download it again") from None
+    if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
+        sd = sd["state_dict"]
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise WeightsError(f"{what} is not a state dict of tensors")
     return sd

@@ -91,7 +91,8 @@ class TrainConfig:
     def head_config(self) -> HeadConfig:
         extra = {"clip": dict(self.clip_record)} if self.clip_record else {}
         return HeadConfig(name=self.base, rev=self.rev, arch=self.arch, labels=self.kind.train_labels(self),
-                          features=self.features, hidden=self.hidden, outputs=self.outputs, extra=extra)
+                          features=self.features, hidden=self.kind.train_hidden(self), outputs=self.outputs,
+                          extra=extra)
 
 
 def read_yaml(path: Path):
