@@ -195,6 +195,13 @@ def test_streamed_and_in_memory_training_give_the_same_head(small_store):
     ({"train": {"batch": 1}}, "batch must be at least 2"),
     ({"train": {"momentum": 0.9}}, "unknown key.*train.momentum"),
     ({"eval": {"models": ["popularity", "nope"]}}, "eval.models takes some of"),
+    ({"target": {"name": "weighted_log_ratio", "alpha": 0.5, "beta": 0.3, "gamma": 0.3}}, "must sum to 1"),
+    ({"target": {"alpha": -0.2}}, "target.alpha must be between 0 and 1"),
+    ({"target": {"name": "weighted_log", "gamma": 0.3}}, "target.beta and target.gamma belong to"),
+    ({"target": {"per_artist": "sometimes"}}, "target.per_artist must be yes or no"),
+    ({"train": {"loss": "hinge"}}, "train.loss must be one of mse, pairwise"),
+    ({"train": {"uncertainty_lr": 0}}, "train.uncertainty_lr must be positive"),
+    ({"eval": {"losses": ["mse", "l1"]}}, "eval.losses takes some of"),
 ])
 def test_config_errors_are_clear(tmp_path, change, message):
     data = {"data": {"dataset": "d", "store": "s.db", "clip": "c"}}
@@ -211,3 +218,22 @@ def test_config_paths_are_taken_from_the_config_folder(tmp_path):
     s = parse_settings({"data": {"dataset": "d", "store": "s.db", "clip": "openai/clip-vit-large-patch14-336"}},
                        "x.yaml", tmp_path)
     assert s.clip == "openai/clip-vit-large-patch14-336" and s.epochs == 40.0
+
+
+def test_pairwise_training_and_what_a_trained_head_records(small_store):
+    from cityclf_core.pixiv.config import PixivSettings
+    from cityclf_core.pixiv.splits import make_split
+    from cityclf_core.pixiv.training import fit_and_train, ids_digest, load_data
+
+    tmp, rec = small_store
+    settings = PixivSettings(source="test", dataset=tmp, store=tmp / "e.db", clip="tiny-clip", width=8, epochs=3,
+                             batch=16, loss="pairwise", target="weighted_log_ratio", alpha=0.5, beta=0.2, gamma=0.3)
+    data = load_data(settings, records=rec)
+    split = make_split("artist", data.records, seed=0)
+    result, target = fit_and_train(settings, data, split, "popularity-multitask", tmp / "pw", log=lambda m: None)
+    sidecar = json.loads(result.config.read_text(encoding="utf-8"))
+    assert sidecar["loss"] == "pairwise" and sidecar["target"]["name"] == "weighted_log_ratio"
+    assert sidecar["split"]["test_ids_sha256"] == ids_digest(data.records.illust_id[split.test])
+    assert len(sidecar["quantiles"]) == 101
+    u = json.loads(result.metrics_path.read_text(encoding="utf-8"))["uncertainty"]
+    assert u["tasks"] == ["popularity", "sanity", "ai"] and len(u["log_vars"]) == len(u["balance"]) == 3

@@ -149,7 +149,7 @@ def run_ablation(settings: PixivSettings, out: str | os.PathLike, overwrite: boo
             if key in SHOWN and len(ms) > 1:
                 table[f"{split_name}.{model}.{key}.std"] = float(finite.std()) if len(finite) else float("nan")
     for split_name, seeds in tests.items():
-        table.update(_intervals(split_name, seeds, settings.bootstrap))
+        table.update(_intervals(split_name, seeds, settings.bootstrap, [*models, PROBE, BASELINE]))
     for (split_name, model), parts in calib.items():
         both = np.concatenate(parts)
         table[f"{split_name}.{model}.reliability"] = reliability(both[:, 0], both[:, 1])
@@ -161,13 +161,13 @@ def run_ablation(settings: PixivSettings, out: str | os.PathLike, overwrite: boo
     return table
 
 
-def _intervals(split_name: str, seeds: list[dict], draws: int) -> dict:
-    """By-artist bootstrap of the seed-mean Spearman of each model, and of each pair's paired difference."""
+def _intervals(split_name: str, seeds: list[dict], draws: int, models: list[str]) -> dict:
+    """By-artist bootstrap of the seed-mean Spearman of each model, and of each pair's paired difference
+    (`<split>.diff.<a>.vs.<b>` = Spearman of a - Spearman of b, a before b in `models`)."""
     if draws <= 0:
         return {}
     rng = np.random.default_rng(0)
     resamples = [bootstrap_draws(s["artists"], draws, rng) for s in seeds]
-    models = list(seeds[0]["pred"])
     boot = {}
     for model in models:
         per_seed = [[spearman(s["pred"][model][idx], s["y"][idx]) for idx in draws_] for s, draws_ in

@@ -96,11 +96,13 @@ class Target:
     # ------------------------------------------------------------ fitting
 
     @classmethod
-    def fit(cls, name: str, train: Records, alpha: float = 0.7, k: float = 100.0, beta: float | None = None,
+    def fit(cls, name: str, train: Records, alpha: float | None = None, k: float = 100.0, beta: float | None = None,
             gamma: float | None = None, per_artist: bool = False) -> "Target":
         """Fit on the TRAINING records only."""
         if name not in TARGETS:
             raise ConfigError(f"target must be one of {', '.join(TARGETS)}, not {name!r}")
+        if alpha is None:
+            alpha = 0.5 if name == "weighted_log_ratio" else 0.7
         if name == "weighted_log_ratio":
             beta, gamma = (0.2 if beta is None else beta), (0.3 if gamma is None else gamma)
         check_weights(name, alpha, beta, gamma)
