@@ -237,3 +237,13 @@ def test_pairwise_training_and_what_a_trained_head_records(small_store):
     assert len(sidecar["quantiles"]) == 101
     u = json.loads(result.metrics_path.read_text(encoding="utf-8"))["uncertainty"]
     assert u["tasks"] == ["popularity", "sanity", "ai"] and len(u["log_vars"]) == len(u["balance"]) == 3
+
+
+def test_the_docs_table_is_generated_from_its_ablation_json():
+    from pathlib import Path
+
+    from cityclf_core.pixiv.ablation import format_table
+
+    docs = Path(__file__).resolve().parents[1] / "docs"
+    table = format_table(json.loads((docs / "popularity" / "ablation.json").read_text(encoding="utf-8")))
+    assert table in (docs / "popularity.md").read_text(encoding="utf-8")

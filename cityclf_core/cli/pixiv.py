@@ -84,7 +84,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from ..pixiv.ablation import evaluate_head, format_table, run_ablation
+    from ..pixiv.ablation import evaluate_head, format_table, run_ablation, write_json
     from ..pixiv.config import load_settings
     from ..pixiv.training import load_data
 
@@ -101,9 +101,7 @@ def cmd_eval(args) -> int:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         path = out / f"{Path(args.head).stem}.eval.json"
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(m, indent=2, default=float) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
+        write_json(path, m)
         print(f"cityclf: wrote {path}", file=sys.stderr)
         return 0
     table = run_ablation(settings, args.out, overwrite=args.overwrite, data=data,

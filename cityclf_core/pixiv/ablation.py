@@ -155,7 +155,7 @@ def run_ablation(settings: PixivSettings, out: str | os.PathLike, overwrite: boo
         table[f"{split_name}.{model}.reliability"] = reliability(both[:, 0], both[:, 1])
     table["models"] = [*models, PROBE, BASELINE]
     out.mkdir(parents=True, exist_ok=True)
-    _write_json(out / "ablation.json", table)
+    write_json(out / "ablation.json", table)
     scatter_panels(points, out / "ablation.png")
     reliability_panels(table, settings.eval_splits, models, out / "reliability.png")
     return table
@@ -231,7 +231,8 @@ def check_not_trained_on(recorded: dict, rec, split: Split, source: str) -> None
             f"{recorded.get('test_fraction')}, val_fraction: {recorded.get('val_fraction')}, on the same works")
 
 
-def _write_json(path: Path, data: dict) -> None:
+def write_json(path: Path, data: dict) -> None:
+    """JSON with NaN written as null, atomically."""
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps({k: (None if isinstance(v, float) and not math.isfinite(v) else v)
                                for k, v in data.items()}, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
@@ -380,4 +381,4 @@ def _rho(pred, true) -> float:
 
 
 __all__ = ["BASELINE", "PROBE", "check_not_trained_on", "evaluate_head", "format_table", "model_name",
-           "reliability_panels", "run_ablation", "scatter_panels"]
+           "reliability_panels", "run_ablation", "scatter_panels", "write_json"]
