@@ -286,4 +286,5 @@ def balance_points(task_losses) -> list[float]:
     return [math.log(pop), math.log(2 * sanity), math.log(2 * ai)]
 
 
-__all__ = ["LOSSES", "PERCENTILE", "balance_points", "pairwise_loss", "PopularityAttentionKind", "PopularityKind", "PopularityMultiKind", "popularity_value"]
+__all__ = ["LOSSES", "PERCENTILE", "PopularityAttentionKind", "PopularityKind", "PopularityMultiKind", "balance_points",
+           "pairwise_loss", "popularity_loss", "popularity_value"]

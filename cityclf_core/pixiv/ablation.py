@@ -233,10 +233,10 @@ def check_not_trained_on(recorded: dict, rec, split: Split, source: str) -> None
 
 def write_json(path: Path, data: dict) -> None:
     """JSON with NaN written as null, atomically."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps({k: (None if isinstance(v, float) and not math.isfinite(v) else v)
-                               for k, v in data.items()}, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    from ..sidecars import atomic_write
+
+    atomic_write(path, (json.dumps({k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+                                    for k, v in data.items()}, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
 
 
 def _cell(table: dict, key: str, ci: bool = False) -> str:

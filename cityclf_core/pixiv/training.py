@@ -221,11 +221,11 @@ def fit_and_train(settings: PixivSettings, data: PixivData, split: Split, arch: 
 
 def _add_to_sidecar(path: Path, extra: dict) -> None:
     """Add keys to a head's config sidecar (atomically: the old file or the new one)."""
+    from ..sidecars import atomic_write
+
     data = json.loads(path.read_text(encoding="utf-8"))
     data.update(extra)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write(path, (json.dumps(data, indent=2) + "\n").encode("utf-8"))
 
 
 def predict(head, data: PixivData, idx: np.ndarray, chunk: int = 4096) -> np.ndarray:
