@@ -379,6 +379,12 @@ def replacing(path: str | os.PathLike, suffix: str = ".cityclf-tmp") -> Iterator
         folder.sync()
 
 
+def atomic_write(path: str | os.PathLike, data: bytes) -> None:
+    """Write `data` as the new content of `path` (see `replacing`: the old file or the whole new one)."""
+    with replacing(path) as tmp:
+        tmp.write_bytes(data)
+
+
 def default_mode() -> int:
     """The mode a new file gets from open(): 0o666 less the umask."""
     umask = os.umask(0)
@@ -386,5 +392,5 @@ def default_mode() -> int:
     return 0o666 & ~umask
 
 
-__all__ = ["Area", "Folder", "HAVE_DIR_FD", "NAME_MAX", "Outside", "default_mode", "fit_name", "inside", "replacing",
+__all__ = ["Area", "Folder", "HAVE_DIR_FD", "atomic_write", "NAME_MAX", "Outside", "default_mode", "fit_name", "inside", "replacing",
            "resolved", "temp_name", "temp_pattern", "temp_prefix"]

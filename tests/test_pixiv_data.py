@@ -231,3 +231,140 @@ def test_the_backup_of_a_wal_database_holds_its_uncheckpointed_commits(tmp_path)
     assert "total_view" not in {r[1] for r in backup.execute("PRAGMA table_info(illusts)")}  # the state before
     backup.close()
     assert not db_path.with_name("metadata.sqlite3.before-cityclf.tmp").exists()
+
+
+# ---------------------------------------------------------------- real gallery-dl settings, old schemas
+
+
+FIRST_SCHEMA = """CREATE TABLE illusts (id INTEGER PRIMARY KEY, title TEXT, type TEXT, restrict INTEGER,
+    user_name TEXT, user_account TEXT, tags TEXT, create_date TIMESTAMP, page_count INTEGER, width INTEGER,
+    height INTEGER, sanity_level INTEGER, x_restrict INTEGER, total_view INTEGER, total_bookmarks INTEGER,
+    is_bookmarked BOOLEAN, visible BOOLEAN, is_muted BOOLEAN, illust_ai_type INTEGER, illust_book_style INTEGER,
+    num INTEGER, date TIMESTAMP, rating TEXT, suffix TEXT, category TEXT, subcategory TEXT, url TEXT,
+    date_url TEXT, filename TEXT, extension TEXT)"""  # the original project's first CreateMetadataSqlite.py
+
+
+def test_first_schema_of_the_original_is_migrated_on_a_copy(tmp_path):
+    db_path = database_path(tmp_path)
+    db_path.parent.mkdir(parents=True)
+    db = sqlite3.connect(db_path)
+    db.execute(FIRST_SCHEMA)
+    db.execute("INSERT INTO illusts (id, title, tags, total_view, total_bookmarks, num, date, filename) VALUES "
+               "(12345678, 'old', 'x,y', 300, 30, 0, '2020-01-01 00:00:00', '12345678_p0.jpg')")
+    db.execute("INSERT INTO illusts (id, title, total_view, total_bookmarks, num) VALUES (87654321, 'no file', "
+               "50, 5, 0)")
+    db.commit()
+    db.close()
+    dump = lambda p: list(sqlite3.connect(p).iterdump())  # noqa: E731
+    original = dump(db_path)
+    put(tmp_path, 12345678, views=400, bookmarks=41)
+    report = ingest(tmp_path)
+    assert report.updated == 1 and not report.skipped
+    assert any("first schema" in n for _, n in report.notes)
+    assert dump(db_path.with_name("metadata.sqlite3.before-cityclf")) == original  # the backup
+    assert not db_path.with_name("metadata.sqlite3.migrating").exists()
+    table = rows(tmp_path)
+    assert set(table) == {"12345678_p0", "87654321_p0"}  # filename is the key now; no row lost
+    assert table["12345678_p0"]["total_view"] == 400 and table["12345678_p0"]["title"] == "old"  # old columns kept
+    assert table["87654321_p0"]["illust_id"] == 87654321 and table["87654321_p0"]["total_view"] == 50
+    assert ingest(tmp_path).unchanged == 1  # and it is the current schema from now on
+
+
+def test_an_empty_folder_is_an_error_and_creates_nothing(tmp_path, capsys):
+    from cityclf_core.cli import main
+
+    (tmp_path / "12").mkdir()
+    assert main(["pixiv", "ingest", str(tmp_path)]) == 2
+    assert "no sidecars found" in capsys.readouterr().err
+    assert not (tmp_path / ".database").exists()
+
+
+def test_debug_works_on_every_subcommand(tmp_path, capsys):
+    from cityclf_core.cli import main
+
+    for argv in (["pixiv", "ingest", str(tmp_path), "--debug"], ["pixiv", "synth", str(tmp_path / "s"), "--works",
+                                                                  "0", "--debug"]):
+        try:
+            code = main(argv)
+        except SystemExit as e:  # refused while parsing (--works 0), still not as an unknown option
+            code = e.code
+        assert code == 2  # the clear error of the command itself
+        assert "unknown option" not in capsys.readouterr().err
+
+
+def test_translated_and_dict_tags_feed_the_ai_rule(tmp_path):
+    put(tmp_path, 40000001, tags=["AI-generated", "original", "girl"], illust_ai_type=0)  # tags: translated
+    put(tmp_path, 40000002, tags=["AI illustration", "landscape"], illust_ai_type=1)
+    put(tmp_path, 40000003, tags=["girl", "original"], illust_ai_type=1)
+    put(tmp_path, 40000004, tags=[{"name": "AIイラスト", "translated_name": "AI illustration"},  # tags: original
+                                  {"name": "オリジナル", "translated_name": "original"}], illust_ai_type=0)
+    report = ingest(tmp_path)
+    assert len(report.warnings) == 1 and "look translated" in report.warnings[0]
+    assert rows(tmp_path)["40000004_p0"]["tags"] == "AIイラスト,オリジナル"
+    rec, _ = load_records(tmp_path)
+    assert dict(zip(rec.filename, rec.ai.tolist())) == {"40000001_p0": True, "40000002_p0": True,
+                                                        "40000003_p0": False, "40000004_p0": True}
+    assert is_ai(0, "AI生成") and is_ai(0, "ai-generated")
+
+
+def test_sidecar_mtime_equal_to_upload_time_is_not_a_crawl_time(tmp_path):
+    upload = 1_682_910_000.0  # 2023-05-01 03:00:00 UTC, the sidecar's date
+    for i in range(3):
+        put(tmp_path, 50000001 + i, mtime=upload, views=1000 + 700 * i, bookmarks=50 + 90 * i * i)
+    report = ingest(tmp_path)
+    assert len(report.warnings) == 1 and "--crawled" in report.warnings[0]
+    assert {r["crawled"] for r in rows(tmp_path).values()} == {None}
+    rec, _ = load_records(tmp_path)
+    with pytest.raises(ConfigError, match="--crawled"):
+        Target.fit("age_aware", rec)
+    again = ingest(tmp_path, crawled="2025-01-15")
+    assert again.updated == 3 and not again.warnings
+    assert {r["crawled"] for r in rows(tmp_path).values()} == {"2025-01-15 00:00:00"}
+    rec, _ = load_records(tmp_path)
+    assert np.isfinite(Target.fit("age_aware", rec).score(rec)).all()
+    with pytest.raises(ConfigError, match="--crawled"):
+        ingest(tmp_path, crawled="last tuesday")
+
+
+def test_ugoira_zip_is_skipped_with_its_reason(tmp_path):
+    side = put(tmp_path, 60000001, image=False)
+    side.rename(side.with_name("60000001_p0.zip.json"))
+    (side.parent / "60000001_p0.zip").write_bytes(b"PK\x03\x04")
+    put(tmp_path, 60000002)
+    report = ingest(tmp_path)
+    assert [(Path(p).name, why.split(" (")[0]) for p, why in report.skipped] == [
+        ("60000001_p0.zip.json", "ugoira: no still image")]
+    assert set(rows(tmp_path)) == {"60000002_p0"}
+    assert ingest(tmp_path, require_images=False).added == 1  # --metadata-only: its metadata alone
+
+
+def test_weighted_log_ratio_and_per_artist_targets(synth_records):
+    rec = synth_records
+    split = make_split("artist", rec, seed=1)
+    train, test = rec.subset(split.train), rec.subset(split.test)
+    t = Target.fit("weighted_log_ratio", train)
+    assert (t.params["alpha"], t.params["beta"], t.params["gamma"]) == (0.5, 0.2, 0.3)
+    mm = lambda x, ref: (x - ref.min()) / np.ptp(ref)  # noqa: E731
+    p = train.bookmarks.sum() / train.views.sum()
+    rate = lambda r: np.log((r.bookmarks + 100 * p) / (r.views + 100))  # noqa: E731
+    w = lambda r: (0.5 * mm(np.log1p(r.bookmarks), np.log1p(train.bookmarks))  # noqa: E731
+                   + 0.2 * mm(np.log1p(r.views), np.log1p(train.views)) + 0.3 * mm(rate(r), rate(train)))
+    np.testing.assert_allclose(t.score(test), mm(w(test), w(train)), atol=1e-12)  # scalers from train only
+    restored = Target.from_dict(json.loads(json.dumps(t.to_dict())))
+    np.testing.assert_allclose(restored.score(test), t.score(test))
+    per = Target.fit("weighted_log", train, per_artist=True)
+    base = Target.fit("weighted_log", train).score(train)
+    s = per.score(train)
+    assert s.min() == pytest.approx(0.0) and s.max() == pytest.approx(1.0)
+    for u in np.unique(train.user_id)[:3]:  # within an artist: the same order, the artist's mean removed
+        mine = train.user_id == u
+        np.testing.assert_allclose(np.argsort(s[mine]), np.argsort(base[mine]))
+    np.testing.assert_allclose(Target.from_dict(json.loads(json.dumps(per.to_dict()))).score(test), per.score(test))
+    nobody = train.subset(np.arange(len(train)))
+    nobody.user_id = np.full(len(train), -1)
+    with pytest.raises(ConfigError, match="target.per_artist needs the artists' user ids"):
+        Target.fit("weighted_log", nobody, per_artist=True)
+    with pytest.raises(ConfigError, match="must sum to 1"):
+        Target.fit("weighted_log_ratio", train, alpha=0.5, beta=0.5, gamma=0.5)
+    with pytest.raises(ConfigError, match="target.alpha must be between 0 and 1"):
+        Target.fit("weighted_log", train, alpha=-0.1)

@@ -45,7 +45,7 @@ def pipeline(tmp_path_factory, one_thread):
         "target": {"name": "weighted_log", "alpha": 0.7},
         "model": {"base": "PixivPop", "rev": "v1", "arch": "popularity-multitask", "width": 64},
         "train": {"lr": 0.002, "epochs": 60, "batch": 32, "seed": 0},
-        "eval": {"splits": ["artist", "time", "random"], "seeds": [0, 1], "models": MODELS},
+        "eval": {"splits": ["artist", "time", "random"], "seeds": [0, 1], "models": MODELS, "bootstrap": 200},
     }), encoding="utf-8")
     out = root / "eval"
     assert main(["pixiv", "eval", "--config", str(config), "--out", str(out)]) == 0
@@ -77,17 +77,80 @@ def test_ablation_files(pipeline):
     from PIL import Image
 
     out = pipeline["out"]
-    with Image.open(out / "ablation.png") as im:
-        assert im.width > 400 and im.height > 400
-    assert all("." in k for k in pipeline["table"] if k not in ("works", "target", "seeds"))
+    for name in ("ablation.png", "reliability.png"):
+        with Image.open(out / name) as im:
+            assert im.width > 400 and im.height > 400
+    assert all("." in k for k in pipeline["table"]
+               if k not in ("works", "target", "seeds", "losses", "bootstrap", "per_artist", "models"))
     assert main(["pixiv", "eval", "--config", str(pipeline["config"]), "--out", str(out)]) == 2  # never overwrites
 
 
-def test_train_saves_a_head_that_scores_like_any_other(pipeline, capsys):
+def test_uncertainty_weights_reach_their_balance_points(pipeline):
+    t = pipeline["table"]
+    for split in ("artist", "time", "random"):
+        for model in ("popularity-multitask", "popularity-attention"):
+            for task in ("popularity", "sanity"):
+                z, balance = t[f"{split}.{model}.log_var.{task}"], t[f"{split}.{model}.balance.{task}"]
+                assert abs(z - balance) < 0.5, (split, model, task, z, balance)
+            assert t[f"{split}.{model}.log_var.popularity"] < -2  # the MSE is small: far from the start at 0
+            # the synthetic AI flag becomes almost perfectly predicted (CE -> 1e-5): its balance point runs off
+            # towards -inf, and z follows at the pace its learning rate allows
+            assert t[f"{split}.{model}.log_var.ai"] < -3
+
+
+def test_eval_has_baselines_intervals_and_says_what_is_noise(pipeline):
+    from cityclf_core.pixiv.ablation import format_table
+
+    t = pipeline["table"]
+    assert t["models"] == [*MODELS, "ridge-probe", "metadata-baseline"]
+    assert t["artist.ridge-probe.spearman"] > 0.25  # the planted relation is linear enough for a probe
+    for model in t["models"]:
+        lo, hi = t[f"artist.{model}.spearman.ci"]
+        assert lo < t[f"artist.{model}.spearman"] < hi and hi - lo > 0.02
+        for key in ("spearman_within_artist", "spearman_between_artist", "top10_precision_general"):
+            assert f"artist.{model}.{key}" in t
+    key = "artist.diff.popularity.vs.metadata-baseline"
+    assert t[key] > 0 and t[key + ".ci"][0] > 0 and t[key + ".within_noise"] is False  # the image adds, clearly
+    assert isinstance(t["artist.diff.popularity.vs.popularity-multitask.within_noise"], bool)
+    rows = t["artist.popularity.reliability"]
+    assert 3 <= len(rows) <= 10 and all(0 <= p <= 100 and 0 <= a <= 100 for p, a, _ in rows)
+    text = format_table(t)
+    assert "| artist | ridge-probe |" in text and "Paired differences" in text
+    assert text == format_table(json.loads(json.dumps(t)))  # from ablation.json alone
+
+
+@pytest.fixture(scope="module")
+def trained(pipeline):
+    out = pipeline["root"] / "models"
+    assert main(["pixiv", "train", "--config", str(pipeline["config"]), "--out", str(out), "--no-progress"]) == 0
+    return out / "PixivPop-v1.safetensors"
+
+
+def test_eval_of_a_head_refuses_works_it_trained_on(pipeline, trained, capsys, tmp_path):
+    sidecar = json.loads(trained.with_name("PixivPop-v1.config.json").read_text(encoding="utf-8"))
+    split = sidecar["split"]
+    settings = load_settings(pipeline["config"])
+    rec, _ = load_records(settings.dataset)
+    test = make_split("artist", rec, settings.test_fraction, settings.val_fraction, seed=0).test
+    assert split["test_ids"] == sorted(rec.illust_id[test].tolist()) and len(split["test_ids_sha256"]) == 64
+    assert (split["name"], split["seed"], split["test_fraction"]) == ("artist", 0, 0.3)
+    capsys.readouterr()
+    assert main(["pixiv", "eval", "--config", str(pipeline["config"]), "--head", str(trained), "--out",
+                 str(tmp_path)]) == 0
+    assert "Spearman" in capsys.readouterr().out and (tmp_path / "PixivPop-v1.eval.json").is_file()
+    data = yaml.safe_load(pipeline["config"].read_text(encoding="utf-8"))
+    data["data"]["split"] = "random"  # another split: its test works include the head's training works
+    other = pipeline["root"] / "other.yaml"
+    other.write_text(yaml.safe_dump(data), encoding="utf-8")
+    assert main(["pixiv", "eval", "--config", str(other), "--head", str(trained), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "it may have trained on them" in err and "data.split: artist" in err
+
+
+def test_train_saves_a_head_that_scores_like_any_other(pipeline, trained, capsys):
     root = pipeline["root"]
     out = root / "models"
-    assert main(["pixiv", "train", "--config", str(pipeline["config"]), "--out", str(out), "--no-progress"]) == 0
-    weights = out / "PixivPop-v1.safetensors"
+    weights = trained
     sidecar = json.loads((out / "PixivPop-v1.config.json").read_text(encoding="utf-8"))
     assert sidecar["arch"] == "popularity-multitask"
     assert sidecar["output_names"] == ["popularity", "sanity:general", "sanity:sensitive", "sanity:explicit",
@@ -101,6 +164,8 @@ def test_train_saves_a_head_that_scores_like_any_other(pipeline, capsys):
     assert sidecar["target"]["scalers"] == train_fit["scalers"]
     assert sidecar["target"]["n_fit"] == len(split.train) == sidecar["split"]["train"]
     assert sidecar["target"]["scalers"] != Target.fit("weighted_log", rec.subset(split.test)).to_dict()["scalers"]
+    q = sidecar["quantiles"]  # the training works' scores at each percentile: what the label shows
+    assert len(q) == 101 and q == sorted(q) and q[0] < q[-1]
 
     head = cityclf_core.load_head(weights)
     assert head.kind.name == "popularity-multitask" and head.labels[0] == "popularity"
@@ -111,8 +176,8 @@ def test_train_saves_a_head_that_scores_like_any_other(pipeline, capsys):
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert len(rows) == 5
     for row in rows:
-        assert 0.0 <= row["score"] <= 1.0
-        assert row["label"] == f"{int(round(1 + 99 * row['score']))}/100"
+        assert 0.0 <= row["score"] <= 1.0 and 0.0 <= row["percentile"] <= 100.0
+        assert row["label"] == f"{int(round(row['percentile']))}/100"  # above that share of the training works
         probs = row["probs"]
         assert set(probs) == {"sanity:general", "sanity:sensitive", "sanity:explicit", "ai:human", "ai:ai"}
         assert sum(probs[k] for k in probs if k.startswith("sanity:")) == pytest.approx(1.0, abs=1e-5)
@@ -125,9 +190,9 @@ def test_score_then_query_from_the_store(pipeline, capsys):
     assert main(["score", "--store", str(store), "--model", str(weights), "--clip", str(pipeline["clip"]),
                  "--format", "csv", "--no-progress", "--top", "3"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0] == "path,popularity-v1:label,popularity-v1:score"
+    assert lines[0] == "path,popularity-v1:label,popularity-v1:score,popularity-v1:percentile"
     assert len(lines) == 4
-    scores = [float(line.split(",")[-1]) for line in lines[1:]]
+    scores = [float(line.split(",")[2]) for line in lines[1:]]
     assert scores == sorted(scores, reverse=True)
     db = sqlite3.connect(store)
     kinds = {r[0] for r in db.execute("SELECT kind FROM scores")}

@@ -51,9 +51,16 @@ def build_parser() -> argparse.ArgumentParser:
     for group in GROUPS:
         group.register(sub)
     sub.choices["demo"].set_defaults(func=cmd_demo)
-    for command in sub.choices.values():  # `cityclf score ... --debug` works too
-        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
+    _add_debug(sub)  # `cityclf score ... --debug` and `cityclf pixiv ingest ... --debug` work too
     return parser
+
+
+def _add_debug(sub) -> None:
+    for command in sub.choices.values():
+        nested = next((a for a in command._actions if isinstance(a, argparse._SubParsersAction)), None)
+        if nested is not None:
+            _add_debug(nested)
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
 
 
 def check_option_names(parser: argparse.ArgumentParser, argv: list[str]) -> None:

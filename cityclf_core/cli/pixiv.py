@@ -19,7 +19,7 @@ def cmd_ingest(args) -> int:
     from ..pixiv.ingest import database_path, ingest
 
     try:
-        report = ingest(args.dataset, require_images=not args.metadata_only)
+        report = ingest(args.dataset, require_images=not args.metadata_only, crawled=args.crawled)
     except sqlite3.Error as e:  # writing the database failed (a full disk, say): what it held is kept
         full = "full" in str(e).lower()
         raise ConfigError(f"{database_path(args.dataset)} could not be written ({e}): "
@@ -31,6 +31,8 @@ def cmd_ingest(args) -> int:
         problems.add(path, why)
     for path, note in report.notes:
         print(f"cityclf: note: {path}: {note}", file=sys.stderr)
+    for warning in report.warnings:
+        print(f"cityclf: warning: {warning}", file=sys.stderr)
     problems.write_report(args.report)
     print(f"cityclf: {report.summary()}", file=sys.stderr)
     return 1 if len(problems) else 0
@@ -92,17 +94,30 @@ def cmd_train(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from ..pixiv.ablation import format_table, run_ablation
+    from ..pixiv.ablation import evaluate_head, format_table, run_ablation, write_json
     from ..pixiv.config import load_settings
     from ..pixiv.training import load_data
 
     settings = load_settings(args.config)
     data = load_data(settings)
     _left_out(data.left_out, args.verbose)
+    if args.head:
+        m = evaluate_head(settings, args.head, data)
+        ci = m.get("spearman.ci")
+        print(f"test ({settings.split} split, {m['n']} works): Spearman {m['spearman']:.3f}"
+              + (f" [95% CI {ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+              + f", within artists {m['spearman_within_artist']:.3f}, between artists "
+              f"{m['spearman_between_artist']:.3f}, top-10% precision {m['top10_precision']:.2f}")
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        path = out / f"{Path(args.head).stem}.eval.json"
+        write_json(path, m)
+        print(f"cityclf: wrote {path}", file=sys.stderr)
+        return 0
     table = run_ablation(settings, args.out, overwrite=args.overwrite, data=data,
                          log=lambda m: print(f"cityclf: {m}", file=sys.stderr))
-    print(format_table(table, settings.eval_splits, settings.eval_models))
-    print(f"cityclf: wrote {Path(args.out) / 'ablation.json'} and {Path(args.out) / 'ablation.png'}", file=sys.stderr)
+    print(format_table(table))
+    print(f"cityclf: wrote {Path(args.out) / 'ablation.json'}, ablation.png and reliability.png", file=sys.stderr)
     return 0
 
 
@@ -133,6 +148,8 @@ def register(sub) -> None:
     q.add_argument("--metadata-only", action="store_true",
                    help="also ingest sidecars whose image is missing (metadata only: no training on them)")
     q.add_argument("--report", metavar="FILE", type=output_file, help="write skipped inputs and why, as JSONL")
+    q.add_argument("--crawled", metavar="DATE", help="when the works were crawled (YYYY-MM-DD or an ISO time), for "
+                   "sidecars whose mtime is the upload time (gallery-dl's mtime option)")
     q.set_defaults(func=cmd_ingest)
 
     q = sp.add_parser("synth", help="write a synthetic dataset in the document's layout (with a planted relation)")
@@ -152,4 +169,7 @@ def register(sub) -> None:
         q.add_argument("--overwrite", action="store_true", help="replace earlier results of the same name")
         q.add_argument("--verbose", action="store_true", help="list every work left out and why")
         q.add_argument("--no-progress", action="store_true")
+        if name == "eval":
+            q.add_argument("--head", metavar="FILE", help="evaluate this saved head on the config's split instead "
+                           "of running the ablation (refused when that split tests works the head trained on)")
         q.set_defaults(func=func)

@@ -214,6 +214,10 @@ class HeadKind:
         """The config with what the data fills in (e.g. class labels); never changes `cfg` itself."""
         return cfg
 
+    def param_groups(self, net: nn.Module, cfg) -> list[dict]:
+        """The optimizer's parameter groups (a kind may give some parameters their own rate or decay)."""
+        return [{"params": list(net.parameters())}]
+
     def train_loss(self, net: nn.Module, logits: torch.Tensor, targets: torch.Tensor, cfg) -> torch.Tensor:
         raise NotImplementedError
 

@@ -1,25 +1,39 @@
-r"""Popularity heads (Pixiv): a popularity score in [0, 1], its 1..100 value as the label; metadata as probabilities.
+r"""Popularity heads (Pixiv): a popularity score in [0, 1], its percentile as the label; metadata as probabilities.
 
     popularity               (a) one output: sigmoid -> popularity score s
     popularity-multitask     (b) six outputs: s, then softmax over sanity (general, sensitive, explicit) and
                                  over AI (human, AI); trained with learned uncertainty weights
     popularity-attention     (c) (b) with the predicted metadata fed back through self-attention
 
-The score (what gates, sorting and `--min` use) is s, the head's estimate of
-the training target (see pixiv/targets.py); the label is 1 + 99 s rounded,
-the document's 1..100 scale ("73/100"). The config sidecar carries the target
-with its training-split scalers, the output names, the split and the CLIP.
+The score (what gates, sorting and `--min` use) is s, the head's raw estimate
+of the training target (see pixiv/targets.py). The label is the PERCENTILE of
+s among the training works' scores ("73/100": above 73% of the training
+works), from the quantiles saved in the config sidecar; every head also has a
+`percentile` value. A head saved without quantiles shows 1 + 99 s rounded, as
+before. The config sidecar carries the target with its training-split
+scalers, the quantiles, the output names, the split (with the test works'
+ids) and the CLIP.
 
 Training (only through `cityclf pixiv train`): targets are [n, 3] rows
-(s, sanity class 0..2, AI 0/1). The multi-task loss, with one learned
-log-variance z_t per task (Kendall, Gal & Cipolla 2018):
+(s, sanity class 0..2, AI 0/1). The popularity loss L_pop is the MSE of
+sigmoid(logit) against s (`train.loss: mse`) or, with `train.loss: pairwise`,
+the pairwise logistic loss over every pair of the batch with different s:
+mean log(1 + exp(-(l_i - l_j))) over pairs where s_i > s_j (a ranking loss).
+The multi-task loss, with one learned log-variance z_t per task (Kendall, Gal
+& Cipolla 2018):
 
-    L = 1/2 exp(-z_pop) MSE(s_hat, s) + 1/2 z_pop
+    L = 1/2 exp(-z_pop) L_pop + 1/2 z_pop
       + exp(-z_sanity) CE_sanity + 1/2 z_sanity
       + exp(-z_ai) CE_ai + 1/2 z_ai
 
-The single-task loss is the MSE alone. Validation loss (early stopping, the
-same for all three) is the popularity MSE.
+Each z_t minimises its term at z_pop = log L_pop and z_t = log(2 CE_t) for the
+two classification tasks: the z_t are set to those values from the first
+batch's losses, and they are trained with their own learning rate
+(`train.uncertainty_lr`) and no weight decay, so they follow the task losses
+as they fall. Since the task losses fall well below 1, the z_t become negative
+and so does the total loss: that is expected, not a bug. The single-task loss
+is L_pop alone. Validation loss (early stopping, the same for all three) is
+the popularity MSE, or 1 - Spearman for the pairwise loss.
 """
 
 from __future__ import annotations
@@ -31,20 +45,39 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, WeightsError
-from ..metrics import score_metrics
+from ..metrics import score_metrics, spearman
 from ..scoring.results import HeadResult
 from .base import HeadKind
 from .popularity_nets import AI, NETS, OUTPUT_NAMES, SANITY
 from .score import ScoreKind
 
+PERCENTILE = "percentile"
+LOSSES = ("mse", "pairwise")
+RUNNING = 0.95  # the running mean of the task losses: weight of the past
+
 
 def popularity_value(score: float) -> int:
-    """The 1..100 value of a score s."""
+    """The 1..100 value of a score s (heads saved without training quantiles)."""
     return int(round(1 + 99 * min(max(score, 0.0), 1.0)))
 
 
 def _popularity_targets(targets: torch.Tensor) -> torch.Tensor:
     return targets[:, 0] if targets.ndim == 2 else targets
+
+
+def pairwise_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean log(1 + exp(-(l_i - l_j))) over the pairs of the batch with s_i > s_j (0 when all s are equal)."""
+    diff = logits[:, None] - logits[None, :]
+    better = targets[:, None] > targets[None, :]
+    if not bool(better.any()):
+        return logits.sum() * 0.0
+    return nn.functional.softplus(-diff[better]).mean()
+
+
+def popularity_loss(logit: torch.Tensor, target: torch.Tensor, cfg) -> torch.Tensor:
+    if getattr(cfg, "loss", None) == "pairwise":
+        return pairwise_loss(logit, target)
+    return nn.functional.mse_loss(torch.sigmoid(logit), target)
 
 
 class PopularityKind(HeadKind):
@@ -63,10 +96,12 @@ class PopularityKind(HeadKind):
                                f"this one has {config.outputs}")
 
     def label_names(self, config) -> list[str]:
-        return list(OUTPUT_NAMES[: self.outputs])
+        return [*OUTPUT_NAMES[: self.outputs], PERCENTILE]
 
     def build_net(self, config) -> nn.Module:
-        return NETS[self.name](config.features, config.hidden)
+        net = NETS[self.name](config.features, config.hidden)
+        net.set_quantiles((config.extra or {}).get("quantiles"))
+        return net
 
     def read_layout(self, state_dict: dict, source: str) -> tuple[int, int, int]:
         try:
@@ -90,10 +125,17 @@ class PopularityKind(HeadKind):
     # ------------------------------------------------------------ inference
 
     def activate(self, logits: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(logits)
+        return torch.cat([torch.sigmoid(logits[:, :1]), logits[:, -1:]], dim=1)
+
+    def percentile(self, result) -> float | None:
+        if PERCENTILE not in result.labels:
+            return None
+        p = result.values[result.labels.index(PERCENTILE)]
+        return p if math.isfinite(p) else None
 
     def label(self, result) -> str:
-        return f"{popularity_value(result.positive)}/100"
+        p = self.percentile(result)
+        return f"{popularity_value(result.positive)}/100" if p is None else f"{int(round(p))}/100"
 
     def value_of(self, result, label):
         if label in (None, "popularity", "score"):
@@ -102,6 +144,8 @@ class PopularityKind(HeadKind):
 
     def jsonl_fields(self, result) -> dict:
         d = {"score": result.positive, "label": result.label}
+        if self.percentile(result) is not None:
+            d[PERCENTILE] = self.percentile(result)
         probs = self.probs(result)
         if probs is not None:
             d["probs"] = probs
@@ -119,9 +163,15 @@ class PopularityKind(HeadKind):
     def summary(self, result) -> str:
         return f"popularity {result.label} (score {result.positive:.2f})"
 
+    def to_stored(self, result):
+        return result.positive, result.label, {**(self.probs(result) or {}),
+                                               PERCENTILE: result.values[result.labels.index(PERCENTILE)]}
+
     def from_stored(self, head, score, label, extra):
-        extra = extra or {}
-        return HeadResult(head, self, ["popularity", *extra], [score, *extra.values()], score, 0)
+        extra = dict(extra or {})
+        pct = extra.pop(PERCENTILE, None)
+        pct = float("nan") if pct is None else float(pct)
+        return HeadResult(head, self, ["popularity", *extra, PERCENTILE], [score, *extra.values(), pct], score, 0)
 
     def tags(self, head, result, rules):
         return ScoreKind.tags(self, head, result, rules)
@@ -147,11 +197,23 @@ class PopularityKind(HeadKind):
     def train_labels(self, cfg):
         return None
 
+    def param_groups(self, net, cfg) -> list[dict]:
+        """The log-variances (if any) learn with their own rate and no weight decay."""
+        special = [p for n, p in net.named_parameters() if n == "log_vars"]
+        rest = [p for n, p in net.named_parameters() if n != "log_vars"]
+        if not special:
+            return [{"params": rest}]
+        return [{"params": rest}, {"params": special, "lr": getattr(cfg, "uncertainty_lr", None) or cfg.lr,
+                                   "weight_decay": 0.0}]
+
     def train_loss(self, net, logits, targets, cfg):
-        return nn.functional.mse_loss(torch.sigmoid(logits[:, 0]), _popularity_targets(targets))
+        return popularity_loss(logits[:, 0], _popularity_targets(targets), cfg)
 
     def eval_loss(self, values, targets, cfg):
-        return float(nn.functional.mse_loss(values[:, 0], _popularity_targets(targets)))
+        y = _popularity_targets(targets)
+        if getattr(cfg, "loss", None) == "pairwise":
+            return 1.0 - spearman(values[:, 0].numpy(), y.numpy()) if len(y) > 1 else float("nan")
+        return float(nn.functional.mse_loss(values[:, 0], y))
 
     def metrics(self, values, targets, cfg):
         return score_metrics(values[:, 0].numpy(), _popularity_targets(targets).numpy())
@@ -173,11 +235,11 @@ class PopularityMultiKind(PopularityKind):
     outputs = len(OUTPUT_NAMES)
 
     def activate(self, logits):
-        return torch.cat([torch.sigmoid(logits[:, :1]), logits[:, SANITY].softmax(-1), logits[:, AI].softmax(-1)],
-                         dim=1)
+        return torch.cat([torch.sigmoid(logits[:, :1]), logits[:, SANITY].softmax(-1), logits[:, AI].softmax(-1),
+                          logits[:, -1:]], dim=1)
 
     def probs(self, result):
-        return dict(zip(result.labels[1:], result.values[1:]))
+        return {k: v for k, v in zip(result.labels[1:], result.values[1:]) if k != PERCENTILE}
 
     def summary(self, result):
         v = dict(zip(result.labels, result.values))
@@ -187,10 +249,18 @@ class PopularityMultiKind(PopularityKind):
 
     def train_loss(self, net, logits, targets, cfg):
         z = net.log_vars
-        mse = nn.functional.mse_loss(torch.sigmoid(logits[:, 0]), targets[:, 0])
+        pop = popularity_loss(logits[:, 0], targets[:, 0], cfg)
         ce_sanity = nn.functional.cross_entropy(logits[:, SANITY], targets[:, 1].long())
         ce_ai = nn.functional.cross_entropy(logits[:, AI], targets[:, 2].long())
-        return (0.5 * torch.exp(-z[0]) * mse + 0.5 * z[0] + torch.exp(-z[1]) * ce_sanity + 0.5 * z[1]
+        losses = [float(pop.detach()), float(ce_sanity.detach()), float(ce_ai.detach())]
+        if net.training:
+            if not net.log_vars_ready:  # start at each term's minimum for the first batch's losses
+                with torch.no_grad():
+                    z.copy_(torch.tensor(balance_points(losses), dtype=z.dtype, device=z.device))
+                net.log_vars_ready = True
+            net.task_losses = losses if net.task_losses is None else [
+                RUNNING * old + (1 - RUNNING) * new for old, new in zip(net.task_losses, losses)]
+        return (0.5 * torch.exp(-z[0]) * pop + 0.5 * z[0] + torch.exp(-z[1]) * ce_sanity + 0.5 * z[1]
                 + torch.exp(-z[2]) * ce_ai + 0.5 * z[2])
 
     def metrics(self, values, targets, cfg):
@@ -206,4 +276,11 @@ class PopularityAttentionKind(PopularityMultiKind):
     description = "Pixiv popularity 0..1 (1..100) + metadata, metadata fed back through self-attention"
 
 
-__all__ = ["PopularityAttentionKind", "PopularityKind", "PopularityMultiKind", "popularity_value"]
+def balance_points(task_losses) -> list[float]:
+    """Where each uncertainty term is smallest: log L_pop, log(2 CE_sanity), log(2 CE_ai)."""
+    pop, sanity, ai = (max(float(v), 1e-8) for v in task_losses)
+    return [math.log(pop), math.log(2 * sanity), math.log(2 * ai)]
+
+
+__all__ = ["LOSSES", "PERCENTILE", "PopularityAttentionKind", "PopularityKind", "PopularityMultiKind", "balance_points",
+           "pairwise_loss", "popularity_loss", "popularity_value"]

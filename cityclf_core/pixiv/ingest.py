@@ -11,13 +11,22 @@ artist `user_id`, `x_restrict`, `crawled` (the sidecar's mtime), `width`,
 `height`, and where the row came from (`image`, `sidecar` relative to the
 dataset, the sidecar's mtime and size).
 
-An existing `metadata.sqlite3` as the document defines it is read and kept:
-its rows stay (those without a sidecar too), missing columns are added (after
-a one-time copy `metadata.sqlite3.before-cityclf`). The document's schema
+An existing `metadata.sqlite3` is read and kept: its rows stay (those without
+a sidecar too). Two schemas of the original project are known: the current
+one (`filename TEXT PRIMARY KEY`, the document's) and its first one (`id
+INTEGER PRIMARY KEY` = the artwork id, `filename` not unique, one row per work,
+`num` the page). Either is migrated on a copy (`metadata.sqlite3.migrating`)
+that then replaces the file in one rename, so a kill leaves the old database
+or the new one; before that, a one-time backup `metadata.sqlite3.before-cityclf`
+is made with SQLite's backup API. The first schema's table is rebuilt with
+`filename` (image name without extension) as its key, `illust_id` from `id`
+and `page` from `num`; every other old column is kept. The document's schema
 misses a comma after `total_bookmarks INTEGER`, so SQLite made `total_view
 INTEGER` part of that column's type and the table has no `total_view` column;
 it is added and filled from the sidecars, and the rows it cannot fill are
 reported.
+
+A folder with no sidecars at all is an error (no database is created).
 
 Idempotent: a sidecar whose mtime and size are unchanged is not read again, a
 row is written only when a value changed, so a rerun changes nothing and a
@@ -35,10 +44,12 @@ from typing import Callable
 
 from ..errors import ConfigError
 from ..scoring.images import IMAGE_EXTENSIONS
-from .sidecar import COLUMN_TYPES, COLUMNS, SidecarError, parse_sidecar
+from .sidecar import COLUMN_TYPES, COLUMNS, SidecarError, format_time, parse_sidecar, parse_time
 
 DATABASE = Path(".database") / "metadata.sqlite3"
 WRITE_ROWS = 5000  # rows per transaction
+ANIMATION_EXTENSIONS = (".zip", ".webm", ".mp4", ".mkv")  # gallery-dl's ugoira: frames in a zip, or converted
+MOSTLY = 0.5  # share of the read sidecars above which a setting is warned about
 
 
 @dataclass
@@ -49,6 +60,8 @@ class IngestReport:
     unchanged: int = 0
     skipped: list = field(default_factory=list)  # (path, why): not ingested
     notes: list = field(default_factory=list)  # (path, what): ingested, but worth saying
+    warnings: list = field(default_factory=list)  # about the whole dataset, each said once
+    sidecars: int = 0  # sidecar files found
 
     @property
     def rows(self) -> int:
@@ -64,65 +77,141 @@ def database_path(dataset: str | os.PathLike) -> Path:
 
 
 def open_database(path: Path, report: IngestReport | None = None) -> sqlite3.Connection:
-    """The metadata database with every column of COLUMNS (an existing one is migrated, after a backup copy)."""
+    """The metadata database with every column of COLUMNS (an existing one is migrated; see the module docstring)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    if path.exists():
-        with open(path, "rb") as f:
-            magic = f.read(16)
-        if magic and magic != b"SQLite format 3\x00":
-            raise ConfigError(f"{path} is not an SQLite file; move it away and rerun ingest")
-    try:
-        db = sqlite3.connect(str(path), isolation_level=None, timeout=60)
-        have = {r[1]: r[2] for r in db.execute("PRAGMA table_info(illusts)")}
-    except sqlite3.DatabaseError as e:
-        raise ConfigError(f"{path} cannot be read as SQLite ({e}); move it away and rerun ingest") from None
+    have = table_columns(path) if path.exists() else {}
+    if have:
+        migrate(path, have, report)
+    db = sqlite3.connect(str(path), isolation_level=None, timeout=60)
     if not have:
         cols = ", ".join(f"{c} {COLUMN_TYPES.get(c, 'INTEGER')}" for c in COLUMNS)
-        db.execute(f"CREATE TABLE illusts ({cols})")
-        return db
-    if "filename" not in have:
-        raise ConfigError(f"{path}: table illusts has no 'filename' column; it is not the document's table")
-    missing = [c for c in COLUMNS if c not in have]
-    if missing:
-        backup = path.with_name(path.name + ".before-cityclf")
-        if not backup.exists():
-            backup_database(db, backup)
-        if "total_view" in missing and "total_view" in str(have.get("total_bookmarks", "")).lower() \
-                and report is not None:
-            report.notes.append((str(path), "table illusts has no total_view column: the document's schema misses "
-                                 "a comma after 'total_bookmarks INTEGER', so SQLite read 'total_view INTEGER' as "
-                                 "part of its type. Added the column; views come from the sidecars, and rows "
-                                 "without a sidecar have none (reported below)"))
-        with transaction(db):
-            for c in missing:
-                db.execute(f"ALTER TABLE illusts ADD COLUMN {c} {COLUMN_TYPES.get(c, 'INTEGER').split()[0]}")
-        if report is not None:
-            report.notes.append((str(path), f"added column(s) {', '.join(missing)}; the original is kept as {backup}"))
+        db.execute(f"CREATE TABLE IF NOT EXISTS illusts ({cols})")
     return db
 
 
-def backup_database(db: sqlite3.Connection, backup: Path) -> None:
-    """A whole copy of the open database at `backup`, through SQLite's backup API: commits still in a
-    write-ahead log are in it too (a copy of the main file alone would miss them). Written to
-    `backup.tmp` (a killed run's leftover is replaced) and renamed, so `backup` is whole or absent."""
-    tmp = backup.with_name(backup.name + ".tmp")
-    if tmp.exists():
-        tmp.unlink()
-    out = sqlite3.connect(str(tmp))
+def table_columns(path: Path) -> dict[str, tuple[str, int]]:
+    """{column: (declared type, primary-key position)} of table illusts ({} when there is none)."""
+    with open(path, "rb") as f:
+        magic = f.read(16)
+    if magic and magic != b"SQLite format 3\x00":
+        raise ConfigError(f"{path} is not an SQLite file; move it away and rerun ingest")
     try:
-        db.backup(out)
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            return {r[1]: (str(r[2] or ""), int(r[5])) for r in db.execute("PRAGMA table_info(illusts)")}
+        finally:
+            db.close()
+    except sqlite3.DatabaseError as e:
+        raise ConfigError(f"{path} cannot be read as SQLite ({e}); move it away and rerun ingest") from None
+
+
+def backup_database(path: Path) -> Path:
+    """A one-time copy `<name>.before-cityclf`, made with SQLite's backup API (consistent, atomic)."""
+    backup = path.with_name(path.name + ".before-cityclf")
+    if not backup.exists():
+        copy_database(path, backup)
+    return backup
+
+
+def copy_database(src: Path, dest: Path) -> None:
+    """`src` copied to `dest` with SQLite's backup API, through a temporary file renamed into place."""
+    tmp = dest.with_name(dest.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    source = sqlite3.connect(f"file:{src}?mode=ro", uri=True)
+    target = sqlite3.connect(str(tmp))
+    try:
+        source.backup(target)  # commits still in a write-ahead log are copied too
     finally:
-        out.close()
+        target.close()
+        source.close()
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
-    os.replace(tmp, backup)
+    os.replace(tmp, dest)
+
+
+def migrate(path: Path, have: dict[str, tuple[str, int]], report: IngestReport | None) -> None:
+    """Bring an existing table to COLUMNS with `filename` as its key: migrated on a copy, then the copy written
+    back over the database in one SQLite transaction (the backup API, through SQLite's locks, so another
+    connection that has the database open in WAL mode sees the old database or the new one)."""
+    if "filename" not in have:
+        raise ConfigError(f"{path}: table illusts has no 'filename' column; it is not the document's table")
+    keyed = have["filename"][1] == 1 and sum(pk > 0 for _, pk in have.values()) == 1
+    missing = [c for c in COLUMNS if c not in have]
+    if keyed and not missing:
+        return
+    backup = backup_database(path)
+    work = path.with_name(path.name + ".migrating")
+    copy_database(path, work)
+    db = sqlite3.connect(str(work), isolation_level=None)
+    try:
+        with transaction(db):
+            if keyed:
+                for c in missing:
+                    db.execute(f"ALTER TABLE illusts ADD COLUMN {c} {COLUMN_TYPES.get(c, 'INTEGER').split()[0]}")
+                merged = 0
+            else:
+                merged = _rebuild(db, have)
+        target = sqlite3.connect(str(path), timeout=60)
+        try:
+            db.backup(target)  # one write transaction on the database: a kill leaves the old or the new
+        finally:
+            target.close()
+    finally:
+        db.close()
+        work.unlink(missing_ok=True)
+    if report is None:
+        return
+    if "total_view" in missing and "total_view" in have.get("total_bookmarks", ("", 0))[0].lower():
+        report.notes.append((str(path), "table illusts has no total_view column: the document's schema misses "
+                             "a comma after 'total_bookmarks INTEGER', so SQLite read 'total_view INTEGER' as "
+                             "part of its type. Added the column; views come from the sidecars, and rows "
+                             "without a sidecar have none (reported below)"))
+    if not keyed:
+        report.notes.append((str(path), "table illusts had the original project's first schema (id INTEGER "
+                             "PRIMARY KEY, filename not unique): rebuilt with filename as its key, illust_id from "
+                             "id, page from num" + (f"; {merged} row(s) with a file name seen before were merged "
+                                                    "into the later one" if merged else "")))
+    if missing:
+        report.notes.append((str(path), f"added column(s) {', '.join(missing)}"))
+    report.notes.append((str(path), f"the original database is kept as {backup}"))
+
+
+def _rebuild(db: sqlite3.Connection, have: dict[str, tuple[str, int]]) -> int:
+    """The first schema's table -> COLUMNS (filename the key) + every other old column; returns rows merged."""
+    old_cols = list(have)
+    kept = [c for c in old_cols if c not in COLUMNS]
+    types = {c: have[c][0].upper().replace("PRIMARY KEY", "").strip() for c in kept}
+    cols = [f"{c} {COLUMN_TYPES.get(c, 'INTEGER')}" for c in COLUMNS] + [f'"{c}" {types[c]}' for c in kept]
+    db.execute(f"CREATE TABLE illusts_migrated ({', '.join(cols)})")
+    quoted = ", ".join(f'"{c}"' for c in old_cols)
+    rows = db.execute(f"SELECT {quoted} FROM illusts ORDER BY rowid").fetchall()
+    out: dict[str, tuple] = {}
+    for r in rows:
+        d = dict(zip(old_cols, r))
+        illust_id = d.get("illust_id", d.get("id"))
+        page = d.get("page", d.get("num"))
+        name = str(d.get("filename") or "")
+        stem, ext = os.path.splitext(name)
+        name = stem if ext.lower() in IMAGE_EXTENSIONS or ext.lower() in ANIMATION_EXTENSIONS else name
+        if not name and illust_id is not None:
+            name = f"{illust_id}_p{page or 0}"
+        if not name:
+            continue
+        d.update(filename=name, illust_id=illust_id, page=page)
+        out[name] = tuple(d.get(c) for c in COLUMNS) + tuple(d[c] for c in kept)
+    names = [*COLUMNS, *(f'"{c}"' for c in kept)]
+    db.executemany(f"INSERT INTO illusts_migrated ({', '.join(names)}) VALUES ({','.join('?' * len(names))})",
+                   list(out.values()))
+    db.execute("DROP TABLE illusts")
+    db.execute("ALTER TABLE illusts_migrated RENAME TO illusts")
+    return len(rows) - len(out)
 
 
 def _sidecar_stem(name: str) -> str:
     """'123_p0.png.json' -> '123_p0'; '123_p0.json' -> '123_p0'."""
     base = name[: -len(".json")]
-    suffix = os.path.splitext(base)[1]
-    return base[: -len(suffix)] if suffix.lower() in IMAGE_EXTENSIONS else base
+    suffix = os.path.splitext(base)[1].lower()
+    return base[: -len(suffix)] if suffix in IMAGE_EXTENSIONS or suffix in ANIMATION_EXTENSIONS else base
 
 
 def scan(dataset: Path, report: IngestReport, require_images: bool):
@@ -130,12 +219,16 @@ def scan(dataset: Path, report: IngestReport, require_images: bool):
     seen: dict[str, Path] = {}
     for folder in sorted(p for p in dataset.iterdir() if p.is_dir() and not p.name.startswith(".")):
         images: dict[str, str] = {}
+        animations: dict[str, str] = {}
         sidecars: dict[str, list[str]] = {}
         with os.scandir(folder) as it:
             for entry in it:
                 name = entry.name
                 if name.lower().endswith(".json"):
                     sidecars.setdefault(_sidecar_stem(name), []).append(name)
+                    report.sidecars += 1
+                elif os.path.splitext(name)[1].lower() in ANIMATION_EXTENSIONS:
+                    animations[os.path.splitext(name)[0]] = name
                 elif os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
                     if os.path.splitext(name)[0] in images:
                         report.skipped.append((str(folder / name), f"a second image named "
@@ -152,7 +245,12 @@ def scan(dataset: Path, report: IngestReport, require_images: bool):
             sidecar = folder / names[0]
             image = folder / images[stem] if stem in images else None
             if image is None and require_images:
-                report.skipped.append((str(sidecar), f"no image {stem}.* next to this sidecar"))
+                if stem in animations:
+                    report.skipped.append((str(sidecar), f"ugoira: no still image ({animations[stem]} holds the "
+                                           f"animation); save its first frame as {stem}.png next to it to use it, "
+                                           "or ingest its metadata alone with --metadata-only"))
+                else:
+                    report.skipped.append((str(sidecar), f"no image {stem}.* next to this sidecar"))
                 continue
             if stem in seen:
                 report.skipped.append((str(sidecar), f"duplicate file name {stem}: already read from {seen[stem]}"))
@@ -163,20 +261,40 @@ def scan(dataset: Path, report: IngestReport, require_images: bool):
             yield stem, sidecar, image
 
 
+def _crawl_time(text: str | None):
+    if text is None:
+        return None
+    try:
+        t = parse_time(text, "--crawled")
+    except SidecarError as e:
+        raise ConfigError(f"{e}") from None
+    if t is None:
+        raise ConfigError("--crawled needs a date such as 2025-01-15")
+    return t
+
+
 def ingest(dataset: str | os.PathLike, require_images: bool = True,
-           on_progress: Callable[[int], None] | None = None) -> IngestReport:
-    """Read the sidecars under `dataset` into its metadata database; see the module docstring."""
+           on_progress: Callable[[int], None] | None = None, crawled: str | None = None) -> IngestReport:
+    """Read the sidecars under `dataset` into its metadata database; see the module docstring.
+    `crawled`: when the works were crawled, for sidecars whose mtime is their upload time."""
     dataset = Path(dataset)
     if not dataset.is_dir():
         raise ConfigError(f"dataset folder {dataset} not found")
+    crawl_time = _crawl_time(crawled)
     path = database_path(dataset)
     report = IngestReport(path)
+    pairs = list(scan(dataset, report, require_images))
+    if not report.sidecars:
+        raise ConfigError(f"no sidecars found in {dataset}: expected gallery-dl --write-metadata files such as "
+                          f"{dataset}/12/12345678_p0.png.json next to their images, in folders named by the first "
+                          "two characters of the artwork id")
     db = open_database(path, report)
+    read = mtime_upload = ascii_tags = 0
     try:
         old = {r[0]: dict(zip(COLUMNS, r)) for r in db.execute(f"SELECT {', '.join(COLUMNS)} FROM illusts")}
         pending: list[tuple] = []
         done = 0
-        for filename, sidecar, image in scan(dataset, report, require_images):
+        for filename, sidecar, image in pairs:
             done += 1
             if on_progress and done % 1000 == 0:
                 on_progress(done)
@@ -189,11 +307,12 @@ def ingest(dataset: str | os.PathLike, require_images: bool = True,
             rel_image = image.relative_to(dataset).as_posix() if image else None
             before = old.get(filename)
             if (before and before["sidecar"] == rel_sidecar and before["sidecar_mtime_ns"] == st.st_mtime_ns
-                    and before["sidecar_size"] == st.st_size and before["image"] == rel_image):
+                    and before["sidecar_size"] == st.st_size and before["image"] == rel_image
+                    and (crawl_time is None or before["crawled"] == format_time(crawl_time))):
                 report.unchanged += 1
                 continue
             try:
-                row = parse_sidecar(sidecar.read_text(encoding="utf-8"), filename, st.st_mtime)
+                row = parse_sidecar(sidecar.read_text(encoding="utf-8"), filename, st.st_mtime, crawl_time)
             except (SidecarError, UnicodeDecodeError) as e:
                 report.skipped.append((str(sidecar), str(e)))
                 continue
@@ -205,6 +324,11 @@ def ingest(dataset: str | os.PathLike, require_images: bool = True,
             values = dict(row.values, image=rel_image, sidecar=rel_sidecar, sidecar_mtime_ns=st.st_mtime_ns,
                           sidecar_size=st.st_size)
             values["tag_character"] = before.get("tag_character") if before else None  # not in sidecars: kept
+            read += 1
+            mtime_upload += row.mtime_is_upload
+            ascii_tags += row.ascii_tags
+            if row.mtime_is_upload and crawl_time is None and before and before.get("crawled"):
+                values["crawled"] = before["crawled"]  # a crawl time the table already had
             if before is None:
                 report.added += 1
             elif any(before.get(c) != values.get(c) for c in COLUMNS):
@@ -219,6 +343,16 @@ def ingest(dataset: str | os.PathLike, require_images: bool = True,
         _check_rows(db, report, path)
     finally:
         db.close()
+    if read and ascii_tags > MOSTLY * read:
+        report.warnings.append(f"the tags of {ascii_tags} of {read} sidecars are all plain ASCII: they look "
+                               "translated (gallery-dl's pixiv `tags: translated`). The AI rule also knows Pixiv's "
+                               "English names (AI-generated, AI illustration), but other Japanese tags are lost; "
+                               "`tags: japanese` (the default) or `original` keep them")
+    if read and mtime_upload > MOSTLY * read and crawl_time is None:
+        report.warnings.append(f"{mtime_upload} of {read} sidecars have an mtime equal to their work's upload time "
+                               "(gallery-dl's metadata `mtime: true`), so their crawl time is unknown and upload "
+                               "age cannot be measured: the age_aware target refuses them. Rerun with --crawled "
+                               "YYYY-MM-DD (when you crawled them)")
     return report
 
 
@@ -266,4 +400,5 @@ def _check_rows(db: sqlite3.Connection, report: IngestReport, path: Path) -> Non
                                  "first page's are used"))
 
 
-__all__ = ["DATABASE", "IngestReport", "database_path", "ingest", "open_database"]
+__all__ = ["DATABASE", "IngestReport", "backup_database", "copy_database", "database_path", "ingest", "migrate",
+           "open_database"]

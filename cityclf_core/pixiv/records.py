@@ -2,7 +2,10 @@
 
 The AI rule is the document's: AI when `illust_ai_type = 2` or the tags contain
 `AIイラスト`, `Diffusion`, `Novel` or `midjourney` (its SQL uses LIKE, which
-SQLite compares case-insensitively for ASCII, and so does this).
+SQLite compares case-insensitively for ASCII, and so does this) -- plus
+`AI生成` and the English names Pixiv gives those tags, which is what
+gallery-dl's `tags: translated` writes: "AI-generated", "AI generated",
+"AI illustration".
 `illust_ai_type` means 0 unset (before Pixiv added the flag), 1 declared not
 AI, 2 declared AI (the document's table of meanings is wrong; its rule is not).
 """
@@ -21,7 +24,8 @@ from ..errors import ConfigError
 from .ingest import database_path
 from .sidecar import SidecarError, parse_time
 
-AI_TAGS = ("AIイラスト", "Diffusion", "Novel", "midjourney")
+AI_TAGS = ("AIイラスト", "Diffusion", "Novel", "midjourney",  # the document's
+           "AI生成", "AI-generated", "AI generated", "AI illustration")  # Pixiv's other and English names
 SANITY_LEVELS = (2, 4, 6)  # general, sensitive, explicit: class 0, 1, 2 of the sanity output
 PAGE_NAME = re.compile(r"^(\d+)_p(\d+)$")
 

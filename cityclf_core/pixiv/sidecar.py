@@ -5,7 +5,14 @@ gallery-dl's fields used (see the document and spec/popularity.md): `id`,
 crawl time), `sanity_level` 2/4/6, `x_restrict`, `illust_ai_type` (0 unset,
 1 declared not AI, 2 declared AI), `create_date` (ISO with +09:00), `date`
 (naive UTC), `page_count`, `width`, `height`, `user.id`. Crawl time is the
-sidecar file's mtime (gallery-dl writes it when it downloads).
+sidecar file's mtime (gallery-dl writes it when it downloads) -- unless that
+mtime IS the upload time (the metadata post-processor's `mtime: true`), then
+the crawl time is unknown (or the one given with `--crawled`).
+
+Tags come as gallery-dl's `tags` option makes them: Japanese names (the
+default), dicts {"name", "translated_name"} (`original`; the Japanese name is
+kept), or translated strings (`translated`: the English name where Pixiv has
+one, e.g. "AI-generated" for AI生成). The AI rule (records.py) knows both.
 """
 
 from __future__ import annotations
@@ -37,6 +44,12 @@ class SidecarError(ValueError):
 class Row:
     values: dict  # column -> value
     notes: list  # things read but worth saying (dates disagreeing, a page name without _pN ...)
+    mtime_is_upload: bool = False  # the sidecar's mtime is the upload time, not the crawl time
+    ascii_tags: bool = False  # every tag is plain ASCII: probably gallery-dl's `tags: translated`
+
+
+def looks_translated(tags: list[str]) -> bool:
+    return bool(tags) and all(t.isascii() for t in tags)
 
 
 def parse_time(text, where: str) -> datetime | None:
@@ -68,8 +81,9 @@ def _count(meta: dict, key: str, required: bool = True) -> int | None:
     return int(v)
 
 
-def parse_sidecar(text: str, filename: str, mtime: float) -> Row:
-    """A row from a sidecar's text; `filename` is the image file name without extension ('12345678_p0')."""
+def parse_sidecar(text: str, filename: str, mtime: float, crawled: datetime | None = None) -> Row:
+    """A row from a sidecar's text; `filename` is the image file name without extension ('12345678_p0').
+    `crawled`: the crawl time to record instead of the sidecar's mtime (`--crawled`)."""
     try:
         meta = json.loads(text)
     except json.JSONDecodeError as e:
@@ -111,6 +125,9 @@ def parse_sidecar(text: str, filename: str, mtime: float) -> Row:
     uploaded = created or naive
     if uploaded is None:
         notes.append("no upload date ('create_date' or 'date'): left out of time splits and age targets")
+    mtime_is_upload = uploaded is not None and abs(mtime - uploaded.timestamp()) <= 1.0
+    if crawled is None and not mtime_is_upload:
+        crawled = datetime.fromtimestamp(mtime, timezone.utc)
     user = meta.get("user") if isinstance(meta.get("user"), dict) else {}
     user_id = user.get("id")
     if user_id is None:
@@ -135,8 +152,8 @@ def parse_sidecar(text: str, filename: str, mtime: float) -> Row:
         "page": page,
         "user_id": None if user_id is None else int(user_id),
         "x_restrict": meta.get("x_restrict"),
-        "crawled": format_time(datetime.fromtimestamp(mtime, timezone.utc)),
+        "crawled": format_time(crawled),
         "width": meta.get("width"),
         "height": meta.get("height"),
     }
-    return Row(values, notes)
+    return Row(values, notes, mtime_is_upload, looks_translated(tags))

@@ -24,6 +24,19 @@ age_aware (the weighted log score with the upload age's share removed):
     w = alpha * minmax_S(e_b) + (1 - alpha) * minmax_S(e_v)
     s = minmax_S(w)
 Works with no upload or crawl time have no age_aware target (nan) and are left out.
+
+weighted_log_ratio (the document's planned weighted average that includes the
+bookmarks-per-view ratio; alpha 0.5, beta 0.2, gamma 0.3, summing to 1):
+    r = (b + k * p) / (v + k)                  (the smoothed bookmark rate above)
+    w = alpha * minmax_S(log(1 + b)) + beta * minmax_S(log(1 + v)) + gamma * minmax_S(log r)
+    s = minmax_S(w)
+
+per_artist (any target, `target.per_artist: yes`): "better than this artist's usual".
+    m_A = mean of s over artist A's training works
+    s' = minmax_S(s - m_A)
+For an artist without training works (every test artist of an artist split),
+m_A is the mean of s over the works being scored: their ranking within the
+artist is what is left. Works without a known artist have no such target (nan).
 """
 
 from __future__ import annotations
@@ -35,7 +48,19 @@ import numpy as np
 from ..errors import ConfigError
 from .records import Records
 
-TARGETS = ("weighted_log", "bookmark_rate", "age_aware")
+TARGETS = ("weighted_log", "bookmark_rate", "age_aware", "weighted_log_ratio")
+
+
+def check_weights(name: str, alpha: float, beta: float | None = None, gamma: float | None = None) -> None:
+    """Clear errors for weights a target cannot use (naming the config key)."""
+    for key, w in (("alpha", alpha), ("beta", beta), ("gamma", gamma)):
+        if w is not None and not 0.0 <= w <= 1.0:
+            raise ConfigError(f"target.{key} must be between 0 and 1, not {w}")
+    if name == "weighted_log_ratio":
+        total = alpha + (beta or 0.0) + (gamma or 0.0)
+        if abs(total - 1.0) > 1e-6:
+            raise ConfigError(f"target.alpha + target.beta + target.gamma must sum to 1 (a weighted average), not "
+                              f"{alpha} + {beta} + {gamma} = {total:.6g}")
 
 
 class MinMax:
@@ -71,16 +96,46 @@ class Target:
     # ------------------------------------------------------------ fitting
 
     @classmethod
-    def fit(cls, name: str, train: Records, alpha: float = 0.7, k: float = 100.0) -> "Target":
+    def fit(cls, name: str, train: Records, alpha: float | None = None, k: float = 100.0, beta: float | None = None,
+            gamma: float | None = None, per_artist: bool = False) -> "Target":
         """Fit on the TRAINING records only."""
         if name not in TARGETS:
             raise ConfigError(f"target must be one of {', '.join(TARGETS)}, not {name!r}")
-        if not 0.0 <= alpha <= 1.0:
-            raise ConfigError(f"target alpha must be in [0, 1], not {alpha}")
+        if alpha is None:
+            alpha = 0.5 if name == "weighted_log_ratio" else 0.7
+        if name == "weighted_log_ratio":
+            beta, gamma = (0.2 if beta is None else beta), (0.3 if gamma is None else gamma)
+        check_weights(name, alpha, beta, gamma)
         if k < 0:
-            raise ConfigError(f"target k must not be negative, not {k}")
+            raise ConfigError(f"target.k must not be negative, not {k}")
+        target = cls._fit(name, train, alpha, k, beta, gamma)
+        if per_artist:
+            target._fit_per_artist(train)
+        return target
+
+    def _fit_per_artist(self, train: Records) -> None:
+        known = train.user_id >= 0
+        if not known.any():
+            raise ConfigError("target.per_artist needs the artists' user ids (user.id in the sidecars); none of "
+                              f"the {len(train)} training works has one. Set target.per_artist: no")
+        s = self._base_score(train)
+        ok = known & np.isfinite(s)
+        users, inv = np.unique(train.user_id[ok], return_inverse=True)
+        means = np.bincount(inv, weights=s[ok]) / np.bincount(inv)
+        self.params["per_artist"] = True
+        self.params["artist_means"] = {str(int(u)): float(m) for u, m in zip(users, means)}
+        self.scalers["per_artist"] = MinMax.fit(s[ok] - means[inv], "score minus the artist's mean")
+
+    @classmethod
+    def _fit(cls, name: str, train: Records, alpha: float, k: float, beta, gamma) -> "Target":
         b, v = train.bookmarks, train.views
-        if name == "weighted_log":
+        if name == "weighted_log_ratio":
+            params = {"alpha": alpha, "beta": beta, "gamma": gamma, "k": k, "prior": float(b.sum() / v.sum())}
+            sc = {"log_bookmarks": MinMax.fit(np.log1p(b), "log(1 + bookmarks)"),
+                  "log_views": MinMax.fit(np.log1p(v), "log(1 + views)")}
+            target = cls(name, params, sc, len(train))
+            sc["log_rate"] = MinMax.fit(np.log(target._rate(train)), "log bookmark rate")
+        elif name == "weighted_log":
             params = {"alpha": alpha}
             sc = {"log_bookmarks": MinMax.fit(np.log1p(b), "log(1 + bookmarks)"),
                   "log_views": MinMax.fit(np.log1p(v), "log(1 + views)")}
@@ -90,9 +145,11 @@ class Target:
         else:
             la = np.log1p(np.clip(train.age_days, 0, None))
             ok = np.isfinite(la)
-            if ok.sum() < 3:
-                raise ConfigError("the age_aware target needs upload and crawl times; fewer than 3 training works "
-                                  "have both")
+            if ok.sum() < max(3, 0.5 * len(train)):
+                raise ConfigError(f"the age_aware target needs upload and crawl times; only {int(ok.sum())} of "
+                                  f"{len(train)} training works have both. When the sidecars' mtimes are the "
+                                  "upload times (gallery-dl's mtime option), give the crawl date: `cityclf pixiv "
+                                  "ingest DATASET --crawled YYYY-MM-DD`")
             params = {"alpha": alpha, "age_fit_bookmarks": _line(la[ok], np.log1p(b[ok])),
                       "age_fit_views": _line(la[ok], np.log1p(v[ok]))}
             sc = {}
@@ -111,6 +168,18 @@ class Target:
 
     def score(self, records: Records) -> np.ndarray:
         """s per record (train range [0, 1]; nan where the target is undefined)."""
+        s = self._base_score(records)
+        if not self.params.get("per_artist"):
+            return s
+        means = self.params["artist_means"]
+        m = np.array([means.get(str(int(u)), np.nan) for u in records.user_id], dtype=np.float64)
+        unseen = np.isnan(m) & (records.user_id >= 0)
+        for u in np.unique(records.user_id[unseen]):  # artists without training works: their own mean here
+            mine = records.user_id == u
+            m[mine] = np.nanmean(s[mine]) if np.isfinite(s[mine]).any() else np.nan
+        return self.scalers["per_artist"](s - m)
+
+    def _base_score(self, records: Records) -> np.ndarray:
         if self.name == "bookmark_rate":
             return self.scalers["log_rate"](np.log(self._rate(records)))
         return self.scalers["weighted"](self._weighted(records))
@@ -131,6 +200,10 @@ class Target:
 
     def _weighted(self, r: Records) -> np.ndarray:
         a = self.params["alpha"]
+        if self.name == "weighted_log_ratio":
+            return (a * self.scalers["log_bookmarks"](np.log1p(r.bookmarks))
+                    + self.params["beta"] * self.scalers["log_views"](np.log1p(r.views))
+                    + self.params["gamma"] * self.scalers["log_rate"](np.log(self._rate(r))))
         if self.name == "weighted_log":
             nb, nv = self.scalers["log_bookmarks"](np.log1p(r.bookmarks)), self.scalers["log_views"](np.log1p(r.views))
         else:
@@ -165,4 +238,4 @@ def _line(x: np.ndarray, y: np.ndarray) -> list[float]:
     return [float(c0), float(c1)] if math.isfinite(c0) and math.isfinite(c1) else [float(y.mean()), 0.0]
 
 
-__all__ = ["MinMax", "TARGETS", "Target"]
+__all__ = ["MinMax", "TARGETS", "Target", "check_weights"]

@@ -9,6 +9,8 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,8 +25,10 @@ from ..loading.clip_records import record_for
 from ..loading.clips import clip_identity, source_name
 from ..scoring.crops import WHOLE_IMAGE
 from ..store import EmbeddingStore, EncoderRow
+from ..kinds.popularity import balance_points
 from ..train import Dataset, TrainConfig, Trainer, TrainResult
 from ..train.config import validate
+from ..train.outputs import write_metrics
 from .config import PixivSettings
 from .records import Records, load_records
 from .rows import StoredViews
@@ -41,6 +45,7 @@ class PixivTrainConfig(TrainConfig):
 
     embed_dim: int = 768
     width: int = 256
+    uncertainty_lr: float | None = None
     sidecar: dict = field(default_factory=dict)
     pixiv = True  # (not a field) check_train_config of the popularity kinds looks for it
 
@@ -130,8 +135,35 @@ def build_dataset(settings: PixivSettings, data: PixivData, split: Split, target
                    rec.filename[val].tolist(), {})
 
 
+def fit_target(settings: PixivSettings, train: Records) -> Target:
+    """The settings' target, fitted on these (training) records only."""
+    return Target.fit(settings.target, train, alpha=settings.alpha, k=settings.k, beta=settings.beta,
+                      gamma=settings.gamma, per_artist=settings.per_artist)
+
+
+def ids_digest(ids) -> str:
+    """sha256 of the sorted artwork ids, comma-separated: what a split's record names."""
+    return hashlib.sha256(",".join(str(int(i)) for i in sorted(ids)).encode()).hexdigest()
+
+
+MAX_LISTED_IDS = 50_000  # the sidecar lists the test works' ids up to this many (always their digest)
+
+
+def split_record(settings: PixivSettings, data: PixivData, split: Split) -> dict:
+    """What makes the split auditable: its rule and seed, sizes, the test works' ids and digests."""
+    rec = data.records
+    test_ids = sorted(int(i) for i in rec.illust_id[split.test])
+    d = {"name": split.name, "seed": split.seed, "test_fraction": settings.test_fraction,
+         "val_fraction": settings.val_fraction, "train": int(len(split.train)), "val": int(len(split.val)),
+         "test": int(len(split.test)), "train_ids_sha256": ids_digest(rec.illust_id[split.train]),
+         "val_ids_sha256": ids_digest(rec.illust_id[split.val]), "test_ids_sha256": ids_digest(test_ids)}
+    if len(test_ids) <= MAX_LISTED_IDS:
+        d["test_ids"] = test_ids
+    return d
+
+
 def train_config(settings: PixivSettings, data: PixivData, arch: str, n_train: int, split: Split,
-                 target: Target, base: str | None = None) -> PixivTrainConfig:
+                 target: Target, base: str | None = None, loss: str | None = None) -> PixivTrainConfig:
     steps = settings.steps or max(settings.batch, int(round(settings.epochs * n_train)))
     enc = data.encoder
     sidecar = {
@@ -139,8 +171,8 @@ def train_config(settings: PixivSettings, data: PixivData, arch: str, n_train: i
         "target": target.to_dict(),
         "clip": {**record_for(enc, data.clip, WHOLE_IMAGE).to_dict(), "name": enc.name, "embed_dim": enc.embed_dim},
         "crop_policy": POLICY,
-        "split": {"name": split.name, "seed": split.seed, "train": int(len(split.train)), "val": int(len(split.val)),
-                  "test": int(len(split.test))},
+        "split": split_record(settings, data, split),
+        "loss": loss or settings.loss,
         "trained_with": "cityclf pixiv train",
     }
     cfg = PixivTrainConfig(base=base or settings.base, rev=settings.rev, arch=arch, lr=settings.lr, steps=steps,
@@ -148,6 +180,7 @@ def train_config(settings: PixivSettings, data: PixivData, arch: str, n_train: i
                            seed=split.seed, warmup=settings.warmup,
                            device=settings.device, early_stopping=settings.early_stopping,
                            eval_every=settings.eval_every, weight_decay=settings.weight_decay,
+                           loss=loss or settings.loss, uncertainty_lr=settings.uncertainty_lr,
                            embed_dim=enc.embed_dim, width=settings.width, sidecar=sidecar)
     validate(cfg, settings.source)
     return cfg
@@ -155,19 +188,44 @@ def train_config(settings: PixivSettings, data: PixivData, arch: str, n_train: i
 
 def fit_and_train(settings: PixivSettings, data: PixivData, split: Split, arch: str, out: str | os.PathLike,
                   base: str | None = None, overwrite: bool = False, log: Callable[[str], None] = print,
-                  progress: Callable[[int, int], None] | None = None) -> tuple[TrainResult, Target]:
-    """Fit the target on `split`'s training works only, then train one head of kind `arch` into `out`."""
+                  progress: Callable[[int, int], None] | None = None, loss: str | None = None
+                  ) -> tuple[TrainResult, Target]:
+    """Fit the target on `split`'s training works only, then train one head of kind `arch` into `out`.
+
+    After training, the training works' scores give the head its percentiles (`quantiles` in the config
+    sidecar: what its label shows), and a multi-task head's log-variances go into its metrics
+    (`uncertainty`: each z_t, its balance point from the running task losses, and those losses)."""
+    from ..loading.catalogue import load_head
+
     rec = data.records
-    target = Target.fit(settings.target, rec.subset(split.train), alpha=settings.alpha, k=settings.k)
+    target = fit_target(settings, rec.subset(split.train))
     dataset = build_dataset(settings, data, split, target)
-    cfg = train_config(settings, data, arch, dataset.n_train, split, target, base)
+    cfg = train_config(settings, data, arch, dataset.n_train, split, target, base, loss)
     trainer = Trainer(cfg, dataset, out, log=log, progress=progress)
     try:
         result = trainer.train(overwrite=overwrite)
     finally:
         if isinstance(dataset.train_views, StoredViews):
             dataset.train_views.close()
+    train_scores = predict(load_head(result.weights), data, _defined(target, rec, split.train))[:, 0]
+    _add_to_sidecar(result.config, {"quantiles": [float(q) for q in np.percentile(train_scores, np.arange(101))]})
+    net = trainer.net
+    if getattr(net, "task_losses", None) is not None:
+        result.metrics["uncertainty"] = {"tasks": ["popularity", "sanity", "ai"],
+                                         "log_vars": [float(z) for z in net.log_vars.detach().cpu()],
+                                         "balance": balance_points(net.task_losses),
+                                         "task_losses": [float(v) for v in net.task_losses]}
+        write_metrics(result.metrics_path, result.metrics)
     return result, target
+
+
+def _add_to_sidecar(path: Path, extra: dict) -> None:
+    """Add keys to a head's config sidecar (atomically: the old file or the new one)."""
+    from ..confined import atomic_write
+
+    data = json.loads(path.read_text(encoding="utf-8"))
+    data.update(extra)
+    atomic_write(path, (json.dumps(data, indent=2) + "\n").encode("utf-8"))
 
 
 def predict(head, data: PixivData, idx: np.ndarray, chunk: int = 4096) -> np.ndarray:
@@ -186,5 +244,5 @@ def describe_split(data: PixivData, split: Split) -> str:
             + (f", {split.left_out} work(s) left out" if split.left_out else ""))
 
 
-__all__ = ["PixivData", "PixivTrainConfig", "build_dataset", "describe_split", "fit_and_train", "load_data",
-           "predict", "target_rows"]
+__all__ = ["PixivData", "PixivTrainConfig", "build_dataset", "describe_split", "fit_and_train", "fit_target",
+           "ids_digest", "load_data", "predict", "split_record", "target_rows"]

@@ -47,7 +47,8 @@ class Trainer:
         self.device = pick_device(self.cfg.device)
         torch.manual_seed(self.cfg.seed)
         self.net = self.kind.build_net(self.cfg.head_config()).to(self.device)
-        self.opt = torch.optim.AdamW(self.net.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+        self.opt = torch.optim.AdamW(self.kind.param_groups(self.net, self.cfg), lr=self.cfg.lr,
+                                     weight_decay=self.cfg.weight_decay)
         self.sched = make_scheduler(self.opt, self.cfg)
         self.gen = torch.Generator().manual_seed(self.cfg.seed)
         self.total = self.cfg.optimizer_steps
