@@ -53,6 +53,28 @@ def build_record(results: Mapping, provenance: Mapping[str, Mapping] | None = No
     return record
 
 
+def merge_records(old: dict | None, new: dict) -> dict:
+    """`new` over the record already in a file: heads scored now replace theirs, other heads' entries stay
+    (as tags of other heads stay in a caption). A head's file hash and CLIP stay when the same result is written
+    again by a command that does not know them (a query of stored scores)."""
+    if not isinstance(old, dict) or not isinstance(old.get("heads"), dict):
+        return new
+    heads = dict(old["heads"])
+    for name, entry in new["heads"].items():
+        before = heads.get(name)
+        if isinstance(before, dict) and before.get("score") == entry["score"]:  # the same result: keep what
+            entry = {**{k: before[k] for k in ("sha256", "clip") if k in before}, **entry}  # is known of its files
+        heads[name] = entry
+    merged = {RECORD_KEY: VERSION, "heads": heads}
+    score_heads = [h for _, h in sorted(heads.items()) if isinstance(h, dict) and h.get("arch") == "score"
+                   and isinstance(h.get("score"), (int, float))]
+    first_new = [h for h in new["heads"].values() if h["arch"] == "score" and h["score"] is not None]
+    chosen = first_new[:1] or score_heads[:1]
+    if chosen:
+        merged[AESTHETIC_KEY] = f"{chosen[0]['score']:.4f}"
+    return merged
+
+
 def record_text(record: dict) -> str:
     """The record as the JSON text that is written (deterministic: the same record, the same bytes)."""
     return json.dumps(record, sort_keys=True, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
@@ -60,13 +82,16 @@ def record_text(record: dict) -> str:
 
 def provenance_of(model) -> dict[str, dict]:
     """{head name: {"sha256": the head file's sha256, "clip": {"name", "identity"}}} for a ScoringModel."""
+    from .weights import file_sha256  # cached per file: a release was hashed when it was recognised
+
     out = {}
     for b in getattr(model, "bindings", ()):
         entry = {"clip": {"name": b.encoder.name, "identity": b.encoder.identity}}
-        if b.head.sha256:
-            entry["sha256"] = b.head.sha256
+        sha = b.head.sha256 or (file_sha256(b.head.path) if b.head.path is not None else None)
+        if sha:
+            entry["sha256"] = sha
         out[b.name] = entry
     return out
 
 
-__all__ = ["AESTHETIC_KEY", "RECORD_KEY", "build_record", "head_entry", "provenance_of", "record_text"]
+__all__ = ["AESTHETIC_KEY", "RECORD_KEY", "build_record", "head_entry", "merge_records", "provenance_of", "record_text"]

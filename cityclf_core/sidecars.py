@@ -130,15 +130,17 @@ def read_sidecar(path: Path) -> tuple[str, int | None]:
         raise SidecarError(f"{path} is not UTF-8 text (byte {e.start}); its tags were not updated") from None
 
 
-def atomic_write(path: Path, data: bytes, mode: int | None = None) -> None:
+def atomic_write(path: Path, data: bytes, mode: int | None = None, times_ns: tuple[int, int] | None = None) -> None:
     """Write `data` to `path` via a temporary file made exclusively (O_EXCL) under a random name
-    in the same folder, fsynced and renamed over `path`."""
+    in the same folder, fsynced and renamed over `path`; `times_ns` (atime, mtime) are set before the rename."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".cityclf-tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fchmod(f.fileno(), mode if mode is not None else _default_mode())
+            if times_ns is not None:
+                os.utime(f.fileno(), ns=times_ns)
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:

@@ -195,6 +195,11 @@ def add_selection_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--write-tags", action="store_true",
                    help="update caption sidecars (image.txt) with tags, as the Tag node does: earlier tags of "
                         "these heads are replaced, other text is kept")
+    g.add_argument("--write-metadata", action="store_true",
+                   help="write each kept image's scores into the image file (PNG text chunks, JPEG/WebP XMP) "
+                        "without re-encoding it: our earlier scores are replaced, other metadata is kept")
+    g.add_argument("--touch", action="store_true",
+                   help="with --write-metadata: give rewritten files the current time (default: keep their mtime)")
     g.add_argument("--tag-thresholds", default="0.5", metavar="T",
                    help="class probability for a tag: 0.5, or per head 'HEAD = 0.6; * = 0.5'")
     g.add_argument("--tag-bucket", choices=("none", "decile", "percent"), default="decile",
@@ -273,7 +278,7 @@ def selection(args):
 # ---------------------------------------------------------------- the end of score and query
 
 
-def finish(args, rows, problems: Problems, roots, writer=None, store=None, verb: str = "scored") -> int:
+def finish(args, rows, problems: Problems, roots, writer=None, store=None, verb: str = "scored", model=None) -> int:
     """Select, print (unless already streamed), act (copy/move/tags), report; the exit status."""
     if store is not None:
         rows = present(rows, problems, store.path)
@@ -281,17 +286,18 @@ def finish(args, rows, problems: Problems, roots, writer=None, store=None, verb:
     if writer is not None:
         for path, result in chosen:
             writer.write(path, result)
-    return act_and_report(args, chosen, len(rows), problems, roots, store, verb, scored=rows)
+    return act_and_report(args, chosen, len(rows), problems, roots, store, verb, scored=rows, model=model)
 
 
 def acting(args) -> bool:
     """Whether the selected rows are acted on (so they must be kept, not only printed)."""
-    return bool(args.write_tags or args.copy or args.move)
+    return bool(args.write_tags or args.write_metadata or args.copy or args.move)
 
 
 def act_and_report(args, chosen, total: int, problems: Problems, roots, store=None, verb: str = "scored",
-                   scored=None) -> int:
-    """Act on the chosen rows (copy/move/tags), write the report, say what happened; the exit status."""
+                   scored=None, model=None) -> int:
+    """Act on the chosen rows (tags, metadata, copy/move), write the report, say what happened; the exit status.
+    `model`: the heads that scored the rows (their files' hashes and CLIP go into written metadata)."""
     from ..dataset import TransferRequest, transfer
     from ..tags import TagRules
 
@@ -299,6 +305,8 @@ def act_and_report(args, chosen, total: int, problems: Problems, roots, store=No
     if not counted_only and args.write_tags:
         write_tags(chosen, TagRules.from_text(args.tag_names, args.tag_thresholds, args.tag_bucket), args.dry_run,
                    problems)
+    if not counted_only and args.write_metadata:
+        write_metadata(chosen, model, store, args, problems)
     if not counted_only and (args.copy or args.move):
         request = TransferRequest(args.copy or args.move, move=bool(args.move), on_conflict=args.on_conflict,
                                   dry_run=args.dry_run)
@@ -378,6 +386,20 @@ def finish_interrupted_moves(store, problems: Problems, dry_run: bool = False) -
         print(f"cityclf: finished an interrupted move: {done} file(s) now in place", file=sys.stderr)
     for path, why in failed:
         problems.add(path, why)
+
+
+def write_metadata(rows, model, store, args, problems: Problems) -> None:
+    from ..dataset.metadata import write_metadata as write_rows
+    from ..image_metadata import provenance_of
+
+    outcome = write_rows(rows, provenance_of(model) if model is not None else None, store, touch=args.touch,
+                         dry_run=args.dry_run)
+    for path, why in outcome.skipped:
+        problems.add(path, f"metadata not written: {why}")
+    if args.dry_run:
+        for path in outcome.changed:
+            print(f"cityclf: would write scores into {shown(path)}", file=sys.stderr)
+    print(f"cityclf: {outcome.summary(args.dry_run)}", file=sys.stderr)
 
 
 def write_tags(rows, rules, dry_run: bool, problems: Problems) -> None:

@@ -1,0 +1,124 @@
+"""Writing each selected image's scores into the image file itself (`--write-metadata`).
+
+The container is edited, never re-encoded (containers.py); the new file is
+written under a temporary name in the same folder, fsynced and renamed over
+the old one, so a kill leaves the old file or the new one. Its modification
+time is kept unless `touch`. A rerun with the same scores changes nothing; new
+scores replace ours and every other piece of metadata stays.
+
+Skipped and reported, the file left untouched: a file that is not a regular
+file, read-only, damaged or of a kind we don't edit; with a store, a file whose
+content changed since it was scored (its hash, without our metadata, differs
+from the stored one). After a write the store keeps the file's content key and
+learns its new size and time, so the file is not embedded again.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from ..containers import ContainerError, read_metadata, set_metadata, strip_metadata
+from ..image_metadata import build_record, merge_records
+from ..sidecars import SidecarError, _target, atomic_write
+
+CHANGED = ("its content changed since it was scored (the stored hash differs); score it again "
+           "(cityclf score --store DB PATH ...) before writing its scores into it")
+
+
+@dataclass
+class MetadataOutcome:
+    changed: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, why the file was left alone)
+
+    def summary(self, dry_run: bool = False) -> str:
+        verb = "would be updated" if dry_run else "updated"
+        return f"metadata: {len(self.changed)} file(s) {verb}, {len(self.unchanged)} already up to date"
+
+
+def read_image_file(path: Path) -> tuple[bytes, os.stat_result]:
+    """The bytes and stat of a regular file, opened without following a final symlink (and never blocking)."""
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise SidecarError("a symlink loop; left untouched") from None
+        raise SidecarError(f"cannot be read ({e.strerror}); left untouched") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise SidecarError("not a regular file; left untouched")
+        with os.fdopen(os.dup(fd), "rb") as f:
+            return f.read(), st
+    finally:
+        os.close(fd)
+
+
+def _unchanged_since_scored(data: bytes, content: str | None) -> bool:
+    if not content:
+        return True
+    return hashlib.sha256(data).hexdigest() == content or hashlib.sha256(strip_metadata(data)).hexdigest() == content
+
+
+def replace_file(path: Path, data: bytes, st: os.stat_result, touch: bool) -> os.stat_result:
+    """Put `data` in place of the file `path` (read with stat `st`), atomically, keeping its mode and (unless
+    `touch`) its times; refused when the file changed while we worked. The one place this job writes."""
+    now = os.stat(path, follow_symlinks=False)
+    if (now.st_ino, now.st_size, now.st_mtime_ns) != (st.st_ino, st.st_size, st.st_mtime_ns):
+        raise SidecarError("it changed while its metadata was being written; left as it is now")
+    atomic_write(path, data, stat.S_IMODE(st.st_mode), None if touch else (st.st_atime_ns, st.st_mtime_ns))
+    return os.stat(path)
+
+
+def write_metadata(rows: Sequence, provenance: Mapping[str, Mapping] | None = None, store=None,
+                   touch: bool = False, dry_run: bool = False,
+                   allowed_roots: Sequence[str | os.PathLike] | None = None) -> MetadataOutcome:
+    """Write each (path, {head: result}) row's scores into its file; see the module's docstring."""
+    out = MetadataOutcome()
+    for path, results in rows:
+        try:
+            changed = _write_one(Path(path), build_record(results, provenance), store, touch, dry_run, allowed_roots)
+        except (SidecarError, ContainerError) as e:
+            out.skipped.append((str(path), str(e)))
+            continue
+        except OSError as e:
+            out.skipped.append((str(path), f"cannot be written ({e.strerror or e}); left untouched"))
+            continue
+        (out.changed if changed else out.unchanged).append(str(path))
+    return out
+
+
+def _write_one(path: Path, record: dict, store, touch: bool, dry_run: bool, allowed_roots) -> bool:
+    target = _target(path, allowed_roots)
+    data, st = read_image_file(target)
+    row = store.file(str(path)) if store is not None else None
+    if store is not None and (row is None or row.status != "ok"):
+        raise SidecarError("the store has no record of this file's content; embed or score it first")
+    if row is not None and not _unchanged_since_scored(data, row.content):
+        raise SidecarError(CHANGED)
+    try:
+        earlier = read_metadata(data)
+    except ValueError:  # our record, damaged: replaced
+        earlier = None
+    new = set_metadata(data, merge_records(earlier, record))
+    if new == data:
+        return False
+    if not st.st_mode & stat.S_IWUSR or not os.access(target, os.W_OK):
+        raise SidecarError("the file is read-only; left untouched (make it writable to add its scores)")
+    if dry_run:
+        return True
+    after = replace_file(target, new, st, touch)
+    if row is not None and not store.readonly:
+        with store.transaction():
+            store.restat_file(str(path), after.st_size, after.st_mtime_ns)
+    return True
+
+
+__all__ = ["MetadataOutcome", "read_image_file", "replace_file", "write_metadata"]
