@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import stat
 import tempfile
 from dataclasses import dataclass, field
@@ -161,6 +162,21 @@ def atomic_write(path: Path, data: bytes, mode: int | None = None, times_ns: tup
         os.close(dir_fd)
 
 
+def sweep_atomic_temporaries(path: Path) -> int:
+    """Remove the temporary files a killed `atomic_write` to `path` left beside it (only names it makes)."""
+    pattern = re.compile(re.escape(f".{path.name}.") + r"[a-z0-9_]{8}" + re.escape(".cityclf-tmp") + "$")
+    removed = 0
+    try:
+        entries = list(os.scandir(path.parent))
+    except OSError:
+        return 0
+    for entry in entries:
+        if pattern.match(entry.name) and entry.is_file(follow_symlinks=False):
+            os.unlink(entry.path)
+            removed += 1
+    return removed
+
+
 def _default_mode() -> int:
     umask = os.umask(0)
     os.umask(umask)
@@ -220,5 +236,5 @@ def update_sidecars(items: Iterable[tuple[str | os.PathLike, list[str]]], owned:
     return report
 
 
-__all__ = ["SidecarError", "SidecarReport", "atomic_write", "inside", "merge_caption", "newline_of",
+__all__ = ["SidecarError", "SidecarReport", "atomic_write", "sweep_atomic_temporaries", "inside", "merge_caption", "newline_of",
            "read_sidecar", "sidecar_path", "update_sidecars", "write_sidecar"]

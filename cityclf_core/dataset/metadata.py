@@ -25,7 +25,7 @@ from typing import Mapping, Sequence
 
 from ..containers import ContainerError, read_metadata, set_metadata, strip_metadata
 from ..image_metadata import build_record, merge_records
-from ..sidecars import SidecarError, _target, atomic_write
+from ..sidecars import SidecarError, _target, atomic_write, sweep_atomic_temporaries
 
 CHANGED = ("its content changed since it was scored (the stored hash differs); score it again "
            "(cityclf score --store DB PATH ...) before writing its scores into it")
@@ -70,6 +70,7 @@ def _unchanged_since_scored(data: bytes, content: str | None) -> bool:
 def replace_file(path: Path, data: bytes, st: os.stat_result, touch: bool) -> os.stat_result:
     """Put `data` in place of the file `path` (read with stat `st`), atomically, keeping its mode and (unless
     `touch`) its times; refused when the file changed while we worked. The one place this job writes."""
+    sweep_atomic_temporaries(path)  # what a killed earlier write left
     now = os.stat(path, follow_symlinks=False)
     if (now.st_ino, now.st_size, now.st_mtime_ns) != (st.st_ino, st.st_size, st.st_mtime_ns):
         raise SidecarError("it changed while its metadata was being written; left as it is now")

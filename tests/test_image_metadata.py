@@ -1,0 +1,278 @@
+"""Scores written into image files: PNG text chunks, JPEG and WebP XMP, without re-encoding (containers.py,
+dataset/metadata.py, `--write-metadata`)."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, PngImagePlugin
+
+from cityclf_core.containers import (
+    ContainerError,
+    image_data,
+    read_metadata,
+    set_metadata,
+    strip_metadata,
+)
+from cityclf_core.dataset.metadata import write_metadata
+from cityclf_core.image_metadata import build_record, merge_records
+from cityclf_core.results import HeadResult
+
+ROOT = Path(__file__).resolve().parents[1]
+XMP_RATED = (b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+             b'<rdf:Description rdf:about="" xmlns:xmp="http://ns.adobe.com/xap/1.0/" xmp:Rating="4"/>'
+             b'</rdf:RDF></x:xmpmeta>')
+
+
+def results(aesthetic: float = 0.873, jpeg: float = 0.25) -> dict[str, HeadResult]:
+    return {
+        "Aesthetics": HeadResult.from_dict("Aesthetics", {"arch": "score", "score": aesthetic, "label": ""}),
+        "Compression": HeadResult.from_dict("Compression", {
+            "arch": "class", "score": jpeg, "label": "JPEG",
+            "probs": {"Pass": 1 - jpeg, "JPEG": jpeg * 0.6, "WEBP": jpeg * 0.4}}),
+    }
+
+
+PROVENANCE = {"Aesthetics": {"sha256": "ab" * 32, "clip": {"name": "tiny-clip", "identity": "0123456789abcdef"}}}
+
+
+def encoded(fmt: str, mode: str = "RGB", **kw) -> bytes:
+    rng = np.random.default_rng(len(fmt) + len(mode))
+    arr = rng.integers(0, 255, (29, 41, len(mode)), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr, mode).save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def png_with_parameters() -> bytes:
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", "a cat, Steps: 20")
+    info.add_text("prompt", json.dumps({"1": {"class_type": "KSampler"}}))
+    return encoded("PNG", pnginfo=info)
+
+
+FILES = {
+    "png": lambda: encoded("PNG"),
+    "png-rgba-with-text": lambda: png_with_parameters(),
+    "jpeg": lambda: encoded("JPEG", quality=80),
+    "jpeg-exif": lambda: encoded("JPEG", quality=80, exif=Image.Exif()),
+    "jpeg-xmp": lambda: encoded("JPEG", quality=80, xmp=XMP_RATED),
+    "webp-lossy": lambda: encoded("WEBP", quality=80),
+    "webp-lossless-alpha": lambda: encoded("WEBP", "RGBA", lossless=True),
+    "webp-extended-exif": lambda: encoded("WEBP", quality=70, exif=Image.Exif()),
+}
+
+
+def decoded(data: bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(data)) as im:
+        return np.asarray(im.convert("RGBA"))
+
+
+@pytest.mark.parametrize("name", list(FILES))
+def test_scores_are_written_without_touching_the_image(name):
+    data = FILES[name]()
+    record = build_record(results(), PROVENANCE)
+    new = set_metadata(data, record)
+    assert new != data
+    assert image_data(new) == image_data(data)  # the compressed image data, byte for byte
+    assert np.array_equal(decoded(new), decoded(data))  # and so the pixels
+    assert read_metadata(new) == record
+    assert set_metadata(new, record) == new  # idempotent
+    assert strip_metadata(new) == data  # the exact inverse
+    newer = set_metadata(new, build_record(results(0.5, 0.75)))
+    assert read_metadata(newer)["heads"]["Aesthetics"]["score"] == 0.5  # replaced, not added beside
+    assert strip_metadata(newer) == data
+    with Image.open(io.BytesIO(newer)) as im:
+        im.load()
+        info = dict(im.info)
+    with Image.open(io.BytesIO(data)) as im:
+        im.load()
+        before = dict(im.info)
+    for key, value in before.items():  # every other piece of metadata kept
+        if key != "xmp":
+            assert info[key] == value, key
+    if name.startswith("png"):
+        assert json.loads(info["cityclf"]) == read_metadata(newer)
+        assert info["aesthetic_score"] == "0.5000"
+    else:
+        xmp = info["xmp"].decode("utf-8")
+        assert 'cityclf:aesthetic_score="0.5000"' in xmp
+        if name == "jpeg-xmp":
+            assert 'xmp:Rating="4"' in xmp
+
+
+def test_the_record_holds_every_value_read_back_with_pillow(tmp_path):
+    path = tmp_path / "a.png"
+    path.write_bytes(encoded("PNG"))
+    write_metadata([(str(path), results())], PROVENANCE)
+    with Image.open(path) as im:
+        record = json.loads(im.info["cityclf"])
+        assert im.info["aesthetic_score"] == "0.8730"
+    assert record == {
+        "cityclf": 1, "aesthetic_score": "0.8730",
+        "heads": {
+            "Aesthetics": {"arch": "score", "score": 0.873, "label": "87%", "sha256": "ab" * 32,
+                           "clip": {"name": "tiny-clip", "identity": "0123456789abcdef"}},
+            "Compression": {"arch": "class", "score": 0.25, "label": "Pass",
+                            "probs": {"Pass": 0.75, "JPEG": 0.15, "WEBP": 0.1}},
+        },
+    }
+
+
+def test_a_foreign_aesthetic_score_is_kept_and_ours_not_added_beside_it():
+    info = PngImagePlugin.PngInfo()
+    info.add_text("aesthetic_score", "6.5")
+    data = encoded("PNG", pnginfo=info)
+    new = set_metadata(data, build_record(results()))
+    with Image.open(io.BytesIO(new)) as im:
+        assert im.info["aesthetic_score"] == "6.5"
+    assert strip_metadata(new) == data
+
+
+def test_other_heads_stay_when_one_head_is_written_again():
+    both = build_record(results(), PROVENANCE)
+    one = build_record({"Aesthetics": results()["Aesthetics"]})  # a query of stored scores: no provenance
+    merged = merge_records(both, one)
+    assert merged == both  # same result: its file hash and CLIP stay, the other head stays
+    changed = merge_records(both, build_record({"Aesthetics": results(0.4)["Aesthetics"]}))
+    assert changed["heads"]["Aesthetics"] == {"arch": "score", "score": 0.4, "label": "40%"}
+    assert changed["heads"]["Compression"] == both["heads"]["Compression"]
+    assert changed["aesthetic_score"] == "0.4000"
+
+
+def damaged_png() -> bytes:
+    data = bytearray(encoded("PNG"))
+    at = bytes(data).index(b"IDAT") + 8
+    data[at] ^= 0xFF
+    return bytes(data)
+
+
+@pytest.mark.parametrize("data, why", [
+    (b"GIF89a" + b"\0" * 20, "not a PNG, JPEG or WebP"),
+    (damaged_png(), "CRC mismatch"),
+    (encoded("PNG")[:-20], "truncated"),
+    (encoded("PNG") + b"trailing", "after the PNG's IEND"),
+    (encoded("JPEG")[:40], "JPEG"),
+    (encoded("WEBP")[:-7], "RIFF size"),
+])
+def test_damaged_or_odd_files_are_refused(data, why):
+    with pytest.raises(ContainerError, match=why):
+        set_metadata(data, build_record(results()))
+
+
+def test_skipped_files_are_reported_and_left_alone(tmp_path):
+    good, bad, readonly, folder = tmp_path / "a.png", tmp_path / "b.png", tmp_path / "c.png", tmp_path / "d.png"
+    good.write_bytes(encoded("PNG"))
+    bad.write_bytes(damaged_png())
+    readonly.write_bytes(encoded("PNG"))
+    readonly.chmod(0o444)
+    folder.mkdir()
+    before = {p: p.read_bytes() for p in (bad, readonly)}
+    out = write_metadata([(str(p), results()) for p in (good, bad, readonly, folder)])
+    assert out.changed == [str(good)]
+    reasons = dict(out.skipped)
+    assert "CRC mismatch" in reasons[str(bad)]
+    assert "read-only" in reasons[str(readonly)]
+    assert "not a regular file" in reasons[str(folder)]
+    assert all(p.read_bytes() == b for p, b in before.items())
+
+
+def test_mtime_is_kept_unless_touch(tmp_path):
+    a, b = tmp_path / "a.jpg", tmp_path / "b.jpg"
+    for p in (a, b):
+        p.write_bytes(encoded("JPEG"))
+        os.utime(p, ns=(1_000_000_000_000_000_000, 1_000_000_000_000_000_000))
+    write_metadata([(str(a), results())])
+    write_metadata([(str(b), results())], touch=True)
+    assert a.stat().st_mtime_ns == 1_000_000_000_000_000_000
+    assert b.stat().st_mtime_ns > 1_000_000_000_000_000_000
+    assert sorted(os.listdir(tmp_path)) == ["a.jpg", "b.jpg"]  # no temporary file left
+
+
+def test_a_kill_before_the_rename_leaves_the_old_file_and_the_next_run_finishes(tmp_path):
+    path = tmp_path / "a.webp"
+    path.write_bytes(encoded("WEBP"))
+    before = path.read_bytes()
+    child = textwrap.dedent(f"""
+        import os, signal, sys
+        sys.path.insert(0, {str(ROOT)!r})
+        from test_image_metadata import results
+        from cityclf_core.dataset.metadata import write_metadata
+        os.replace = lambda *a: os.kill(os.getpid(), signal.SIGKILL)  # killed at the rename
+        write_metadata([({str(path)!r}, results())])
+    """)
+    proc = subprocess.run([sys.executable, "-c", child], cwd=ROOT / "tests", capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}"})
+    assert proc.returncode == -9, proc.stderr
+    assert path.read_bytes() == before
+    assert len(os.listdir(tmp_path)) == 2  # the temporary file the kill left
+    out = write_metadata([(str(path), results())])
+    assert out.changed == [str(path)] and os.listdir(tmp_path) == ["a.webp"]
+    assert strip_metadata(path.read_bytes()) == before
+
+
+# ---------------------------------------------------------------- the commands, on the demo
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    from cityclf_core.demo import build_demo
+
+    folder = tmp_path_factory.mktemp("demo")
+    clip, heads, images = build_demo(folder)
+    return folder, clip, heads, images
+
+
+def run(*argv):
+    from cityclf_core.cli import main
+
+    return main([str(a) for a in argv])
+
+
+def test_score_and_query_write_metadata_idempotently(demo, tmp_path, capsys):
+    folder, clip, heads, images = demo
+    work = tmp_path / "images"
+    work.mkdir()
+    for p in sorted(images.iterdir()):
+        (work / p.name).write_bytes(p.read_bytes())
+    files = sorted(work.iterdir())
+    pixels = {p: decoded(p.read_bytes()) for p in files}
+    payload = {p: image_data(p.read_bytes()) for p in files}
+    mtimes = {p: p.stat().st_mtime_ns for p in files}
+    db = tmp_path / "s.db"
+    models = [a for h in heads for a in ("--model", h)]
+    assert run("score", work, "--store", db, "--clip", clip, *models, "--no-progress", "--write-metadata") == 0
+    err = capsys.readouterr().err
+    assert f"metadata: {len(files)} file(s) updated" in err
+    for p in files:
+        data = p.read_bytes()
+        assert image_data(data) == payload[p] and np.array_equal(decoded(data), pixels[p])
+        assert p.stat().st_mtime_ns == mtimes[p]
+        record = read_metadata(data)
+        assert set(record["heads"]) == {h.stem for h in heads}
+        assert all("sha256" in e and e["clip"]["name"] == "tiny-clip" for e in record["heads"].values())
+    snapshot = {p: p.read_bytes() for p in files}
+    assert run("query", "--store", db, "--write-metadata", "--head", heads[0].stem) == 0
+    assert "0 file(s) updated" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in files} == snapshot  # a rerun changes nothing
+    # files with our metadata are not embedded again
+    assert run("score", work, "--store", db, "--clip", clip, *models, "--no-progress") == 0
+    assert "0 embedded" in capsys.readouterr().err
+    # a file changed since it was scored: skipped and reported, left as it is
+    changed = files[0]
+    with Image.open(changed) as im:
+        im = im.convert("RGB")
+    im.putpixel((0, 0), (255, 0, 0))
+    im.save(changed)  # edited by another program
+    now = changed.read_bytes()
+    assert run("query", "--store", db, "--write-metadata", "--min", f"{heads[0].stem}=0") == 1
+    err = capsys.readouterr().err
+    assert "its content changed since it was scored" in err and changed.read_bytes() == now
