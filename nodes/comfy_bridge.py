@@ -233,3 +233,31 @@ def temp_dir() -> str:
 
         return folder_paths.get_temp_directory()
     return os.path.join(tempfile.gettempdir(), "cityclf-preview")
+
+
+def metadata_disabled() -> bool:
+    """Whether ComfyUI runs with --disable-metadata (then no prompt or workflow is written into saved files)."""
+    if in_comfy():
+        try:
+            from comfy.cli_args import args
+        except ImportError:
+            return False
+        return bool(getattr(args, "disable_metadata", False))
+    return False
+
+
+def save_image_path(prefix: str, width: int, height: int) -> tuple[str, str, int, str]:
+    """(folder, file name stem, first free counter, subfolder) for saving under `prefix` in the output folder,
+    as ComfyUI's Save Image numbers its files (`stem_00001_.png`); a prefix leading outside it is refused."""
+    if in_comfy():
+        import folder_paths
+
+        folder, stem, counter, subfolder, _ = folder_paths.get_save_image_path(prefix, output_dir(), width, height)
+        return folder, stem, counter, subfolder
+    subfolder = os.path.dirname(os.path.normpath(prefix))
+    stem = os.path.basename(os.path.normpath(prefix))
+    folder = os.path.join(output_dir(), subfolder)
+    os.makedirs(folder, exist_ok=True)
+    taken = [n[len(stem) + 1:].split("_")[0] for n in os.listdir(folder) if n.startswith(stem + "_")]
+    counter = max([int(t) for t in taken if t.isdigit()], default=0) + 1
+    return folder, stem, counter, subfolder
