@@ -30,7 +30,18 @@ def positive_int(text: str) -> int:
     return n
 
 
-TOP_HELP = ("keep the N highest by --sort-by. For a score head that is the best images; for a classifier its "
+def top_count(text: str):
+    """argparse type for --top/--bottom: N images, or a share such as 20%."""
+    from ..dataset.percentiles import parse_top
+
+    try:
+        return parse_top(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+TOP_HELP = ("keep the N highest by --sort-by (N, or a share such as 20%%). For a score head that is the best "
+            "images; for a classifier its "
             "score is the probability of a non-pass class, so --top gives the most affected (worst) images: use "
             "--bottom N for the cleanest, or --sort-by HEAD:CLASS for one class")
 
@@ -179,11 +190,16 @@ def add_selection_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("selecting and acting on images")
     g.add_argument("--min", action="append", default=[], metavar="SPEC",
                    help="keep images scoring at least this: 0.6 (the first head), HEAD=0.6, or HEAD:CLASS=0.6 "
-                        "(a class probability). Repeat to combine (all must hold).")
-    g.add_argument("--max", action="append", default=[], metavar="SPEC", help="keep images scoring at most this")
-    g.add_argument("--top", type=positive_int, metavar="N", help=TOP_HELP)
-    g.add_argument("--bottom", type=positive_int, metavar="N",
-                   help="keep the N lowest by --sort-by (a classifier: the cleanest images)")
+                        "(a class probability); HEAD=p80: at least the 80th percentile of HEAD's scores in the "
+                        "store (or --reference). Repeat to combine (all must hold).")
+    g.add_argument("--max", action="append", default=[], metavar="SPEC",
+                   help="keep images scoring at most this (a value or a percentile, as --min)")
+    g.add_argument("--reference", metavar="DB_OR_JSON",
+                   help="where HEAD=pNN percentiles are taken from: another store, or a reference file from "
+                        "cityclf percentiles (default: this store; without a store, the images scored)")
+    g.add_argument("--top", type=top_count, metavar="N", help=TOP_HELP)
+    g.add_argument("--bottom", type=top_count, metavar="N",
+                   help="keep the N (or a share, e.g. 10%%) lowest by --sort-by (a classifier: the cleanest images)")
     g.add_argument("--sort-by", metavar="HEAD[:CLASS]", help="the head (or class) --top/--bottom use (default: first)")
     a = g.add_mutually_exclusive_group()
     a.add_argument("--copy", metavar="TO", help="copy the kept images under TO, keeping their sub-folders")
@@ -275,14 +291,32 @@ def selection(args):
     return Selection.parse(args.min, args.max, args.top, args.bottom, args.sort_by)
 
 
+def resolved_selection(args, heads, distribution, total: int | None = None):
+    """selection(args) with HEAD=pNN bounds looked up in --reference, else in `distribution()` (the store, or the
+    scored rows), and a --top share counted from `total` (None: from the rows selected from)."""
+    from ..dataset.percentiles import needs_resolving, open_reference, resolve
+
+    chosen = selection(args)
+    if not needs_resolving(chosen):
+        return chosen
+    reference = getattr(args, "reference", None)
+    source = open_reference(reference, args.combine, lambda p: open_store(p, write=False)) if reference \
+        else distribution()
+    return resolve(chosen, heads, source, total)
+
+
 # ---------------------------------------------------------------- the end of score and query
 
 
 def finish(args, rows, problems: Problems, roots, writer=None, store=None, verb: str = "scored", model=None) -> int:
     """Select, print (unless already streamed), act (copy/move/tags), report; the exit status."""
+    from ..dataset.percentiles import rows_distribution, store_distribution
+
     if store is not None:
         rows = present(rows, problems, store.path)
-    chosen = selection(args).apply(rows)
+    heads = model.names if model is not None else list(rows[0][1]) if rows else []
+    chosen = resolved_selection(args, heads, lambda: store_distribution(store, args.combine) if store is not None
+                                else rows_distribution(rows)).apply(rows)
     if writer is not None:
         for path, result in chosen:
             writer.write(path, result)

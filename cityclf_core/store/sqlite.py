@@ -588,6 +588,13 @@ class EmbeddingStore:
                 break
             yield [_from_db(r[0]) for r in rows]
 
+    def score_values(self, head: str, combine: str, label: str | None = None) -> np.ndarray:
+        """Every stored score of `head` (or its class `label`'s probability) made with `combine`, as float64."""
+        expr = label_expr("", label) if label else "score"
+        rows = self.db.execute(f"SELECT {expr} FROM scores WHERE head = ? AND combine = ? AND {expr} IS NOT NULL",
+                               (head, combine)).fetchall()
+        return np.array([r[0] for r in rows], dtype=np.float64)
+
     def sample_path(self, head: str, combine: str) -> str | None:
         """Any one path with a score of `head` (no ordering: no scan)."""
         row = self.db.execute("SELECT path FROM scores WHERE head = ? AND combine = ? LIMIT 1",
