@@ -16,6 +16,7 @@ import torch
 
 MODEL_FOLDER = "cityclassifiers"  # models/cityclassifiers: heads, and clip/ for transformers CLIPs
 CLIP_SUBFOLDER = "clip"
+REFERENCE_SUBFOLDER = "reference"  # models/cityclassifiers/reference: score percentiles (cityclf percentiles)
 
 
 @functools.lru_cache(maxsize=1)
@@ -130,6 +131,19 @@ def clip_folder(choice: str) -> str | None:
         if tail in folders:
             return folders[tail]
     return None
+
+
+def reference_files() -> dict[str, str]:
+    """Reference files (`cityclf percentiles` output) in models/cityclassifiers/reference/, by file name (the
+    first folder of a name wins), so a workflow that names one works on another machine."""
+    found: dict[str, str] = {}
+    for root in model_paths():
+        folder = os.path.join(root, REFERENCE_SUBFOLDER)
+        if os.path.isdir(folder):
+            for name in sorted(os.listdir(folder)):
+                if name.lower().endswith(".json") and os.path.isfile(os.path.join(folder, name)):
+                    found.setdefault(name, os.path.join(folder, name))
+    return found
 
 
 def clip_download_dir() -> str | None:
