@@ -276,3 +276,28 @@ def test_score_and_query_write_metadata_idempotently(demo, tmp_path, capsys):
     assert run("query", "--store", db, "--write-metadata", "--min", f"{heads[0].stem}=0") == 1
     err = capsys.readouterr().err
     assert "its content changed since it was scored" in err and changed.read_bytes() == now
+
+
+def test_a_file_embedded_with_our_metadata_in_it_takes_new_scores(tmp_path):
+    """A store that embedded the file after an earlier metadata write: the file is still the one it embedded."""
+    import hashlib
+
+    from cityclf_core.store import EmbeddingStore
+
+    path = tmp_path / "a.png"
+    path.write_bytes(encoded("PNG"))
+    write_metadata([(str(path), results(0.3))])  # written before this store saw the file
+    st = path.stat()
+    with EmbeddingStore(tmp_path / "s.db") as store:
+        with store.transaction():
+            store.put_file(str(path), st.st_size, st.st_mtime_ns, hashlib.sha256(path.read_bytes()).hexdigest())
+        for score in (0.6, 0.7):  # new scores, twice: not mistaken for a changed file
+            out = write_metadata([(str(path), results(score))], store=store)
+            assert out.changed == [str(path)] and not out.skipped
+            assert store.file(str(path)).size == path.stat().st_size  # the store learnt the new size
+        with Image.open(path) as im:
+            pixels = np.asarray(im.convert("RGB")).copy()
+        pixels[0, 0] = 255 - pixels[0, 0]
+        Image.fromarray(pixels).save(path)  # edited elsewhere: skipped
+        out = write_metadata([(str(path), results(0.8))], store=store)
+        assert not out.changed and "content changed since it was scored" in out.skipped[0][1]

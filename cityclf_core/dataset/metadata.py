@@ -61,10 +61,13 @@ def read_image_file(path: Path) -> tuple[bytes, os.stat_result]:
         os.close(fd)
 
 
-def _unchanged_since_scored(data: bytes, content: str | None) -> bool:
-    if not content:
+def _unchanged_since_scored(data: bytes, st: os.stat_result, row) -> bool:
+    """Whether the file is the one the store embedded: its size and time as the store recorded them (the rule
+    the embedder trusts; a metadata write records them), else its hash, with or without our metadata."""
+    if (row.size, row.mtime_ns) == (st.st_size, st.st_mtime_ns) or not row.content:
         return True
-    return hashlib.sha256(data).hexdigest() == content or hashlib.sha256(strip_metadata(data)).hexdigest() == content
+    return hashlib.sha256(data).hexdigest() == row.content or \
+        hashlib.sha256(strip_metadata(data)).hexdigest() == row.content
 
 
 def replace_file(path: Path, data: bytes, st: os.stat_result, touch: bool) -> os.stat_result:
@@ -102,7 +105,7 @@ def _write_one(path: Path, record: dict, store, touch: bool, dry_run: bool, allo
     row = store.file(str(path)) if store is not None else None
     if store is not None and (row is None or row.status != "ok"):
         raise SidecarError("the store has no record of this file's content; embed or score it first")
-    if row is not None and not _unchanged_since_scored(data, row.content):
+    if row is not None and not _unchanged_since_scored(data, st, row):
         raise SidecarError(CHANGED)
     try:
         earlier = read_metadata(data)
