@@ -6,9 +6,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -197,26 +194,76 @@ def test_mtime_is_kept_unless_touch(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["a.jpg", "b.jpg"]  # no temporary file left
 
 
-def test_a_kill_before_the_rename_leaves_the_old_file_and_the_next_run_finishes(tmp_path):
-    path = tmp_path / "a.webp"
-    path.write_bytes(encoded("WEBP"))
-    before = path.read_bytes()
-    child = textwrap.dedent(f"""
-        import os, signal, sys
-        sys.path.insert(0, {str(ROOT)!r})
-        from test_image_metadata import results
-        from cityclf_core.dataset.metadata import write_metadata
-        os.replace = lambda *a: os.kill(os.getpid(), signal.SIGKILL)  # killed at the rename
-        write_metadata([({str(path)!r}, results())])
-    """)
-    proc = subprocess.run([sys.executable, "-c", child], cwd=ROOT / "tests", capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}"})
-    assert proc.returncode == -9, proc.stderr
-    assert path.read_bytes() == before
-    assert len(os.listdir(tmp_path)) == 2  # the temporary file the kill left
-    out = write_metadata([(str(path), results())])
-    assert out.changed == [str(path)] and os.listdir(tmp_path) == ["a.webp"]
-    assert strip_metadata(path.read_bytes()) == before
+def scored_folder(folder: Path) -> tuple[Path, dict[Path, bytes]]:
+    """A PNG and a WebP with stored scores (no CLIP needed): the store, and the files' bytes."""
+    import hashlib
+
+    from cityclf_core.store import EmbeddingStore
+    from cityclf_core.store.rows import StoredScore
+
+    folder.mkdir(parents=True)
+    files = {folder / "a.png": encoded("PNG"), folder / "b.webp": encoded("WEBP")}
+    db = folder.parent / (folder.name + ".db")
+    with EmbeddingStore(db) as store, store.transaction():
+        for i, (path, data) in enumerate(files.items()):
+            path.write_bytes(data)
+            st = path.stat()
+            store.put_file(str(path), st.st_size, st.st_mtime_ns, hashlib.sha256(data).hexdigest())
+            store.put_scores([(str(path), "Aes-v1", "mean", StoredScore(0.3 + i / 10, "", None, "score"))])
+    return db, files
+
+
+def forked_query(argv: list[str], spec: str):
+    """`cityclf ARGV` in a forked child that stops at kill point `spec` (kill_points.py) and is killed there;
+    (exit code, kill point counts) when it finished first, None when it was killed."""
+    import signal
+
+    import kill_points
+    from cityclf_core.cli import main
+
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: quiet, counted, never back into pytest
+        os.close(read_end)
+        quiet = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(quiet, 1)
+        os.dup2(quiet, 2)
+        try:
+            kill_points.install(spec)
+            code = main(argv)
+            os.write(write_end, json.dumps(kill_points.counts).encode())
+        finally:
+            os._exit(locals().get("code", 99))
+    os.close(write_end)
+    status = kill_points.wait_stopped_or_exited(pid)
+    if status is None:
+        kill_points.signal_stopped(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        os.close(read_end)
+        return None
+    counts = json.loads(os.read(read_end, 4096) or b"{}")
+    os.close(read_end)
+    return os.waitstatus_to_exitcode(status), counts
+
+
+def test_a_kill_at_any_point_leaves_each_file_old_or_new_and_the_rerun_finishes(tmp_path):
+    """`query --write-metadata` killed at each of its file-system operations and store commits in turn."""
+    argv = lambda db: ["query", "--store", str(db), "--write-metadata", "--format", "jsonl"]  # noqa: E731
+    from cityclf_core.cli import main
+
+    db, files = scored_folder(tmp_path / "whole")
+    code, counts = forked_query(argv(db), "count")
+    assert code == 0 and counts["fs"] >= 6 and counts["commit"] >= 2  # temp file, fsync, rename, per file
+    final = {p.name: p.read_bytes() for p in files}
+    assert all(final[p.name] != data and strip_metadata(final[p.name]) == data for p, data in files.items())
+    for point in range(1, counts["any"] + 1):
+        db, files = scored_folder(tmp_path / f"kill{point}")
+        assert forked_query(argv(db), f"any:{point}") is None, f"finished before kill point {point}"
+        for path, data in files.items():
+            assert path.read_bytes() in (data, final[path.name]), f"kill point {point}: {path.name} half-written"
+        assert main(argv(db)) == 0  # the rerun: nothing skipped (a file written before the kill is still "ours")
+        assert {p.name: p.read_bytes() for p in files} == final
+        assert sorted(os.listdir(db.parent / db.stem)) == ["a.png", "b.webp"]  # the kill's temporary swept
 
 
 # ---------------------------------------------------------------- the commands, on the demo
