@@ -99,16 +99,14 @@ def _target(path: Path, allowed_roots: Sequence[str | os.PathLike] | None) -> Pa
     return target
 
 
-def read_sidecar(path: Path) -> tuple[str, int | None]:
-    """(text, mode) of an existing regular UTF-8 file, ("", None) when there is none.
-
-    Never blocks: a FIFO is opened non-blocking and refused by its type.
-    """
+def read_regular_file(path: Path, what: str = "a caption file") -> tuple[bytes, os.stat_result] | None:
+    """(bytes, stat) of an existing regular file, opened without following a final symlink; None when there is
+    none. Never blocks: a FIFO is opened non-blocking and refused by its type. Anything else odd: SidecarError."""
     flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0)
     try:
         fd = os.open(path, flags)
     except FileNotFoundError:
-        return "", None
+        return None
     except OSError as e:
         if e.errno == errno.ELOOP:
             raise SidecarError(f"{path} is a symlink loop; left untouched") from None
@@ -117,16 +115,25 @@ def read_sidecar(path: Path) -> tuple[str, int | None]:
         raise SidecarError(f"{path} cannot be read ({e.strerror}); left untouched") from None
     try:
         st = os.fstat(fd)
-        what = _kind(st.st_mode)
-        if what:
-            raise SidecarError(f"{path} is {what}, not a caption file; left untouched")
+        kind = _kind(st.st_mode)
+        if kind:
+            raise SidecarError(f"{path} is {kind}, not {what}; left untouched")
         chunks = []
         while chunk := os.read(fd, 1 << 20):
             chunks.append(chunk)
     finally:
         os.close(fd)
+    return b"".join(chunks), st
+
+
+def read_sidecar(path: Path) -> tuple[str, int | None]:
+    """(text, mode) of an existing regular UTF-8 file, ("", None) when there is none (read_regular_file)."""
+    found = read_regular_file(path)
+    if found is None:
+        return "", None
+    data, st = found
     try:
-        return b"".join(chunks).decode("utf-8"), stat.S_IMODE(st.st_mode)
+        return data.decode("utf-8"), stat.S_IMODE(st.st_mode)
     except UnicodeDecodeError as e:
         raise SidecarError(f"{path} is not UTF-8 text (byte {e.start}); its tags were not updated") from None
 
@@ -236,5 +243,6 @@ def update_sidecars(items: Iterable[tuple[str | os.PathLike, list[str]]], owned:
     return report
 
 
-__all__ = ["SidecarError", "SidecarReport", "atomic_write", "sweep_atomic_temporaries", "inside", "merge_caption", "newline_of",
-           "read_sidecar", "sidecar_path", "update_sidecars", "write_sidecar"]
+__all__ = ["SidecarError", "SidecarReport", "atomic_write", "inside", "merge_caption", "newline_of",
+           "read_regular_file", "read_sidecar", "sidecar_path", "sweep_atomic_temporaries", "update_sidecars",
+           "write_sidecar"]

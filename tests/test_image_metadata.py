@@ -178,7 +178,7 @@ def test_skipped_files_are_reported_and_left_alone(tmp_path):
     reasons = dict(out.skipped)
     assert "CRC mismatch" in reasons[str(bad)]
     assert "read-only" in reasons[str(readonly)]
-    assert "not a regular file" in reasons[str(folder)]
+    assert "is a directory, not an image file" in reasons[str(folder)]
     assert all(p.read_bytes() == b for p, b in before.items())
 
 

@@ -15,7 +15,6 @@ learns its new size and time, so the file is not embedded again.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import os
 import stat
@@ -25,7 +24,7 @@ from typing import Mapping, Sequence
 
 from ..containers import ContainerError, read_metadata, set_metadata, strip_metadata
 from ..image_metadata import build_record, merge_records
-from ..sidecars import SidecarError, _target, atomic_write, sweep_atomic_temporaries
+from ..sidecars import SidecarError, _target, atomic_write, read_regular_file, sweep_atomic_temporaries
 
 CHANGED = ("its content changed since it was scored (the stored hash differs); score it again "
            "(cityclf score --store DB PATH ...) before writing its scores into it")
@@ -40,25 +39,6 @@ class MetadataOutcome:
     def summary(self, dry_run: bool = False) -> str:
         verb = "would be updated" if dry_run else "updated"
         return f"metadata: {len(self.changed)} file(s) {verb}, {len(self.unchanged)} already up to date"
-
-
-def read_image_file(path: Path) -> tuple[bytes, os.stat_result]:
-    """The bytes and stat of a regular file, opened without following a final symlink (and never blocking)."""
-    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
-    try:
-        fd = os.open(path, flags)
-    except OSError as e:
-        if e.errno == errno.ELOOP:
-            raise SidecarError("a symlink loop; left untouched") from None
-        raise SidecarError(f"cannot be read ({e.strerror}); left untouched") from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise SidecarError("not a regular file; left untouched")
-        with os.fdopen(os.dup(fd), "rb") as f:
-            return f.read(), st
-    finally:
-        os.close(fd)
 
 
 def _unchanged_since_scored(data: bytes, st: os.stat_result, row) -> bool:
@@ -101,7 +81,10 @@ def write_metadata(rows: Sequence, provenance: Mapping[str, Mapping] | None = No
 
 def _write_one(path: Path, record: dict, store, touch: bool, dry_run: bool, allowed_roots) -> bool:
     target = _target(path, allowed_roots)
-    data, st = read_image_file(target)
+    found = read_regular_file(target, "an image file")
+    if found is None:
+        raise SidecarError(f"{target}: no such file (gone since it was scored)")
+    data, st = found
     row = store.file(str(path)) if store is not None else None
     if store is not None and (row is None or row.status != "ok"):
         raise SidecarError("the store has no record of this file's content; embed or score it first")
@@ -125,4 +108,4 @@ def _write_one(path: Path, record: dict, store, touch: bool, dry_run: bool, allo
     return True
 
 
-__all__ = ["MetadataOutcome", "read_image_file", "replace_file", "write_metadata"]
+__all__ = ["MetadataOutcome", "replace_file", "write_metadata"]
