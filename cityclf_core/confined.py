@@ -194,8 +194,10 @@ class Folder:
                 continue
         raise FileExistsError(errno.EEXIST, "no free temporary name", self.join(name))
 
-    def write_atomic(self, name: str, data: bytes, mode: int, suffix: str = ".cityclf-tmp") -> None:
-        """Replace `name` with `data`: written to a temporary in this folder, fsynced, renamed over it."""
+    def write_atomic(self, name: str, data: bytes, mode: int, suffix: str = ".cityclf-tmp",
+                     times_ns: tuple[int, int] | None = None) -> None:
+        """Replace `name` with `data`: written to a temporary in this folder, fsynced, renamed over it;
+        `times_ns` (atime, mtime) are given to the new file before the rename."""
         fd, tmp = self.temporary(name, suffix)
         try:
             with naming(self.join(name)), os.fdopen(fd, "wb") as f:
@@ -203,6 +205,8 @@ class Folder:
                 f.flush()
                 if hasattr(os, "fchmod"):
                     os.fchmod(f.fileno(), mode)
+                if times_ns is not None:
+                    os.utime(f.fileno(), ns=times_ns)
                 os.fsync(f.fileno())
             self.rename(tmp, name)
         except BaseException:

@@ -78,7 +78,7 @@ def _kind(mode: int) -> str | None:
     return next((what for test, what in _KINDS if test(mode)), "not a regular file")
 
 
-def _target(path: Path, area: Area) -> tuple[Folder, str]:
+def confined_target(path: Path, area: Area) -> tuple[Folder, str]:
     """The folder (open, confined) and name of the file to read and replace: `path`, or the file its symlink
     points at (if that lies in the area)."""
     try:
@@ -96,8 +96,8 @@ def _target(path: Path, area: Area) -> tuple[Folder, str]:
         raise SidecarError(f"{path} is outside the allowed folders; left untouched ({e})") from None
 
 
-def read_sidecar(folder: Folder, name: str) -> tuple[str, int | None]:
-    """(text, mode) of an existing regular UTF-8 file `name` in `folder`, ("", None) when there is none.
+def read_regular(folder: Folder, name: str, what: str = "a caption file") -> tuple[bytes, os.stat_result] | None:
+    """(bytes, stat) of the existing regular file `name` in `folder`, None when there is none.
 
     Never blocks (a FIFO is opened non-blocking and refused by its type) and never follows a link.
     """
@@ -105,7 +105,7 @@ def read_sidecar(folder: Folder, name: str) -> tuple[str, int | None]:
     try:
         fd = folder.open(name, os.O_RDONLY | NONBLOCK)
     except FileNotFoundError:
-        return "", None
+        return None
     except OSError as e:
         if e.errno == errno.ELOOP:
             raise SidecarError(f"{path} is a symlink (it changed while it was being read); left untouched") \
@@ -115,18 +115,28 @@ def read_sidecar(folder: Folder, name: str) -> tuple[str, int | None]:
         raise SidecarError(f"{path} cannot be read ({e.strerror}); left untouched") from None
     try:
         st = os.fstat(fd)
-        what = _kind(st.st_mode)
-        if what:
-            raise SidecarError(f"{path} is {what}, not a caption file; left untouched")
+        kind = _kind(st.st_mode)
+        if kind:
+            raise SidecarError(f"{path} is {kind}, not {what}; left untouched")
         chunks = []
         while chunk := os.read(fd, 1 << 20):
             chunks.append(chunk)
     finally:
         os.close(fd)
+    return b"".join(chunks), st
+
+
+def read_sidecar(folder: Folder, name: str) -> tuple[str, int | None]:
+    """(text, mode) of an existing regular UTF-8 file `name` in `folder`, ("", None) when there is none."""
+    found = read_regular(folder, name)
+    if found is None:
+        return "", None
+    data, st = found
     try:
-        return b"".join(chunks).decode("utf-8"), stat.S_IMODE(st.st_mode)
+        return data.decode("utf-8"), stat.S_IMODE(st.st_mode)
     except UnicodeDecodeError as e:
-        raise SidecarError(f"{path} is not UTF-8 text (byte {e.start}); its tags were not updated") from None
+        raise SidecarError(f"{folder.join(name)} is not UTF-8 text (byte {e.start}); its tags were not updated") \
+            from None
 
 
 def write_sidecar(image_path: str | os.PathLike, tags: list[str], owned: Callable[[str], bool],
@@ -147,7 +157,7 @@ def write_sidecar(image_path: str | os.PathLike, tags: list[str], owned: Callabl
     if area is None:
         with Area(allowed_roots if allowed_roots is not None else [image_path.parent]) as area:
             return write_sidecar(image_path, tags, owned, area=area)
-    folder, name = _target(path, area)
+    folder, name = confined_target(path, area)
     with folder:
         area.sweep_once(folder, TEMP_SUFFIX)
         existing, mode = read_sidecar(folder, name)
@@ -191,5 +201,5 @@ def update_sidecars(items: Iterable[tuple[str | os.PathLike, list[str]]], owned:
     return report
 
 
-__all__ = ["SidecarError", "SidecarReport", "TEMP_SUFFIX", "merge_caption", "newline_of",
-           "read_sidecar", "sidecar_path", "update_sidecars", "write_sidecar"]
+__all__ = ["SidecarError", "SidecarReport", "TEMP_SUFFIX", "confined_target", "merge_caption", "newline_of",
+           "read_regular", "read_sidecar", "sidecar_path", "update_sidecars", "write_sidecar"]

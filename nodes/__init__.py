@@ -9,6 +9,7 @@ from .gate import CityClfGate
 from .load_images import CityClfLoadImages
 from .loader import CityClfLoader
 from .predict import CityClfPredict
+from .save import CityClfSave
 from .show import CityClfShow
 from .sort import CityClfSort
 from .tags import CityClfTag
@@ -21,6 +22,7 @@ NODE_CLASS_MAPPINGS = {
     "CityClfTag": CityClfTag,
     "CityClfShow": CityClfShow,
     "CityClfLoadImages": CityClfLoadImages,
+    "CityClfSave": CityClfSave,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
@@ -31,6 +33,7 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "CityClfTag": "CityClassifier Tag",
     "CityClfShow": "CityClassifier Show Scores",
     "CityClfLoadImages": "CityClassifier Load Images (folder)",
+    "CityClfSave": "CityClassifier Save Image (with scores)",
 }
 
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]

@@ -19,6 +19,7 @@ from ..cityclf_core.loading.catalogue import default_models_dir
 MODEL_FOLDER = "cityclassifiers"  # models/cityclassifiers: heads, and clip/ for transformers CLIPs
 HEAD_SUFFIXES = (".safetensors", ".pth")  # .pth: LAION's and waifu-scorer's heads, read weights-only
 CLIP_SUBFOLDER = "clip"
+REFERENCE_SUBFOLDER = "reference"  # models/cityclassifiers/reference: score percentiles (cityclf percentiles)
 
 
 @functools.lru_cache(maxsize=1)
@@ -138,6 +139,19 @@ def clip_folder(choice: str) -> str | None:
     return None
 
 
+def reference_files() -> dict[str, str]:
+    """Reference files (`cityclf percentiles` output) in models/cityclassifiers/reference/, by file name (the
+    first folder of a name wins), so a workflow that names one works on another machine."""
+    found: dict[str, str] = {}
+    for root in model_paths():
+        folder = os.path.join(root, REFERENCE_SUBFOLDER)
+        if os.path.isdir(folder):
+            for name in sorted(os.listdir(folder)):
+                if name.lower().endswith(".json") and os.path.isfile(os.path.join(folder, name)):
+                    found.setdefault(name, os.path.join(folder, name))
+    return found
+
+
 def clip_download_dir() -> str | None:
     paths = model_paths()
     return os.path.join(paths[0], CLIP_SUBFOLDER) if paths else None
@@ -239,3 +253,31 @@ def temp_dir() -> str:
 
         return folder_paths.get_temp_directory()
     return os.path.join(tempfile.gettempdir(), "cityclf-preview")
+
+
+def metadata_disabled() -> bool:
+    """Whether ComfyUI runs with --disable-metadata (then no prompt or workflow is written into saved files)."""
+    if in_comfy():
+        try:
+            from comfy.cli_args import args
+        except ImportError:
+            return False
+        return bool(getattr(args, "disable_metadata", False))
+    return False
+
+
+def save_image_path(prefix: str, width: int, height: int) -> tuple[str, str, int, str]:
+    """(folder, file name stem, first free counter, subfolder) for saving under `prefix` in the output folder,
+    as ComfyUI's Save Image numbers its files (`stem_00001_.png`); a prefix leading outside it is refused."""
+    if in_comfy():
+        import folder_paths
+
+        folder, stem, counter, subfolder, _ = folder_paths.get_save_image_path(prefix, output_dir(), width, height)
+        return folder, stem, counter, subfolder
+    subfolder = os.path.dirname(os.path.normpath(prefix))
+    stem = os.path.basename(os.path.normpath(prefix))
+    folder = os.path.join(output_dir(), subfolder)
+    os.makedirs(folder, exist_ok=True)
+    taken = [n[len(stem) + 1:].split("_")[0] for n in os.listdir(folder) if n.startswith(stem + "_")]
+    counter = max([int(t) for t in taken if t.isdigit()], default=0) + 1
+    return folder, stem, counter, subfolder

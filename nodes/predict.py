@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from ..cityclf_core import COMBINES, image_list
+from ..cityclf_core.image_metadata import provenance_of
 from ..cityclf_core.numbers import COUNT_OR_ZERO
 from . import comfy_bridge as bridge
 from .common import CATEGORY, MODEL_TYPE, TILING_CHOICES, Output, declare_outputs, first
@@ -63,7 +64,8 @@ class CityClfPredict:
         Output("STRING", "label", True,
                "One label per image: the classifier's most likely class, or the score as a percentage."),
         Output("STRING", "json", True,
-               "One JSON object per image with every head's score, label and class probabilities."),
+               "One JSON object per image with every head's score, label and class probabilities (and its file's "
+               "sha256 and CLIP). Feed it to Show or to Save Image (with scores)."),
     ]
     RETURN_TYPES, RETURN_NAMES, OUTPUT_IS_LIST, OUTPUT_TOOLTIPS = declare_outputs(OUTPUTS)
     # An output node, so that Load -> Predict alone is a runnable prompt (its scores show on the node);
@@ -91,6 +93,8 @@ class CityClfPredict:
         chosen = [r[head_name] for r in results]
         scores = [c.value_of(score_class) if score_class else c.score for c in chosen]
         labels = [c.label for c in chosen]
-        payload = [json.dumps({n: r.to_dict() for n, r in res.items()}, ensure_ascii=False) for res in results]
+        known = provenance_of(model)  # the head file's sha256 and the CLIP, for a Save node to record
+        payload = [json.dumps({n: {**r.to_dict(), **known.get(n, {})} for n, r in res.items()}, ensure_ascii=False)
+                   for res in results]
         text = [summary_line(i, r) for i, r in enumerate(results)]
         return {"ui": {"text": text}, "result": (scores, labels, payload)}

@@ -310,6 +310,34 @@ def test_loader_and_predict_alone_run_and_show_scores(comfy):
     assert len(text) == 2 and all(t.startswith(f"#{i}: TestAesthetics-v1: ") for i, t in enumerate(text))
 
 
+def test_save_with_scores_writes_the_record_through_comfyui(comfy, workspace):
+    """The Save node in a real server: numbered PNGs in the output folder carrying the prompt (as Save Image
+    writes it) and Predict's scores for every head, read back with Pillow."""
+    from PIL import Image
+
+    prompt = predict_alone("cityclassifiers/clip/tiny-clip", color=0xC08040)
+    prompt["4"] = {"class_type": "CityClfSave", "inputs": {
+        "images": ["2", 0], "json": ["3", 2], "filename_prefix": "scored/%score%_%head%"}}
+    prompt["5"] = {"class_type": "PreviewAny", "inputs": {"source": ["3", 2]}}
+    entry = comfy.run(prompt)
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    saved = entry["outputs"]["4"]["images"]
+    predicted = [json.loads(t) for t in entry["outputs"]["5"]["text"]]
+    assert len(saved) == len(predicted) == 2
+    for item, want in zip(saved, predicted):
+        score = want["TestAesthetics-v1"]["score"]
+        assert item["subfolder"] == "scored" and item["filename"].startswith(f"{round(score * 1000):03d}_TestAes")
+        with Image.open(workspace / "output" / "scored" / item["filename"]) as im:
+            info = dict(im.info)
+        assert json.loads(info["prompt"])["4"]["class_type"] == "CityClfSave"
+        record = json.loads(info["cityclf"])
+        entry_ = record["heads"]["TestAesthetics-v1"]
+        assert entry_["score"] == pytest.approx(score, abs=1e-6) and entry_["label"] == want["TestAesthetics-v1"]["label"]
+        assert entry_["sha256"] == want["TestAesthetics-v1"]["sha256"] and len(entry_["sha256"]) == 64
+        assert entry_["clip"]["name"] == "tiny-clip"
+        assert info["aesthetic_score"] == f"{score:.4f}"
+
+
 def test_workflow_validates_after_the_models_folder_moved(comfy, workspace, tmp_path_factory):
     """A prompt saved against one models folder runs on a server whose models live elsewhere."""
     saved_absolute = str(workspace / "models" / "cityclassifiers" / "clip" / "tiny-clip")  # older workflows

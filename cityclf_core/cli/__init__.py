@@ -2,10 +2,12 @@
 
     cityclf score PATH... --model NAME_OR_FILE [--model ...] [--clip ID_OR_DIR]
                   [--tiling | --no-tiling] [--combine mean|median|max|min] [--format table|jsonl|csv]
-                  [--store DB] [--min SPEC] [--max SPEC] [--top N] [--copy TO | --move TO] [--write-tags]
+                  [--store DB] [--min SPEC] [--max SPEC] [--top N|P%] [--copy TO | --move TO] [--write-tags]
+                  [--write-metadata [--touch]] [--reference DB_OR_JSON]   (SPEC: VALUE, HEAD=VALUE, HEAD=p80)
     cityclf score --store DB --model ...        score stored embeddings, no CLIP loaded
     cityclf embed PATH... --store DB --model ...  compute and keep embeddings (resumable)
     cityclf query --store DB [--min ...] [--top N] [--copy TO] ...   stored scores, no models
+    cityclf percentiles --store DB --out ref.json   each head's score percentiles, a reference for HEAD=p80
     cityclf grid --store DB --out sheet.png [--histogram hist.png]
     cityclf export --store DB --out embeddings.npz
     cityclf store-info --store DB

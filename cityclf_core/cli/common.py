@@ -46,7 +46,18 @@ def threshold_spec(text: str) -> str:
     return checked(parse_thresholds)(text)
 
 
-TOP_HELP = ("keep the N highest by --sort-by. For a score head that is the best images; for a classifier its "
+def top_count(text: str):
+    """argparse type for --top/--bottom: N images, or a share such as 20%."""
+    from ..dataset.percentiles import parse_top
+
+    try:
+        return parse_top(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+TOP_HELP = ("keep the N highest by --sort-by (N, or a share such as 20%%). For a score head that is the best "
+            "images; for a classifier its "
             "score is the probability of a non-pass class, so --top gives the most affected (worst) images: use "
             "--bottom N for the cleanest, or --sort-by HEAD:CLASS for one class")
 
@@ -199,12 +210,16 @@ def add_selection_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("selecting and acting on images")
     g.add_argument("--min", action="append", default=[], metavar="SPEC", type=bound_spec("min"),
                    help="keep images scoring at least this: 0.6 (the first head), HEAD=0.6, or HEAD:CLASS=0.6 "
-                        "(a class probability). Repeat to combine (all must hold).")
+                        "(a class probability); HEAD=p80: at least the 80th percentile of HEAD's scores in the "
+                        "store (or --reference). Repeat to combine (all must hold).")
     g.add_argument("--max", action="append", default=[], metavar="SPEC", type=bound_spec("max"),
-                   help="keep images scoring at most this")
-    g.add_argument("--top", type=COUNT, metavar="N", help=TOP_HELP)
-    g.add_argument("--bottom", type=COUNT, metavar="N",
-                   help="keep the N lowest by --sort-by (a classifier: the cleanest images)")
+                   help="keep images scoring at most this (a value or a percentile, as --min)")
+    g.add_argument("--reference", metavar="DB_OR_JSON",
+                   help="where HEAD=pNN percentiles are taken from: another store, or a reference file from "
+                        "cityclf percentiles (default: this store; without a store, the images scored)")
+    g.add_argument("--top", type=top_count, metavar="N", help=TOP_HELP)
+    g.add_argument("--bottom", type=top_count, metavar="N",
+                   help="keep the N (or a share, e.g. 10%%) lowest by --sort-by (a classifier: the cleanest images)")
     g.add_argument("--sort-by", metavar="HEAD[:CLASS]", help="the head (or class) --top/--bottom use (default: first)")
     a = g.add_mutually_exclusive_group()
     a.add_argument("--copy", metavar="TO", help="copy the kept images under TO, keeping their sub-folders")
@@ -216,6 +231,11 @@ def add_selection_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--write-tags", action="store_true",
                    help="update caption sidecars (image.txt) with tags, as the Tag node does: earlier tags of "
                         "these heads are replaced, other text is kept")
+    g.add_argument("--write-metadata", action="store_true",
+                   help="write each kept image's scores into the image file (PNG text chunks, JPEG/WebP XMP) "
+                        "without re-encoding it: our earlier scores are replaced, other metadata is kept")
+    g.add_argument("--touch", action="store_true",
+                   help="with --write-metadata: give rewritten files the current time (default: keep their mtime)")
     g.add_argument("--tag-thresholds", default="0.5", metavar="T", type=threshold_spec,
                    help="class probability for a tag: 0.5, or per head 'HEAD = 0.6; * = 0.5'")
     g.add_argument("--tag-bucket", choices=("none", "decile", "percent"), default="decile",
@@ -328,28 +348,47 @@ def selection(args):
     return Selection.parse(args.min, args.max, args.top, args.bottom, args.sort_by)
 
 
+def resolved_selection(args, heads, distribution, total: int | None = None):
+    """selection(args) with HEAD=pNN bounds looked up in --reference, else in `distribution()` (the store, or the
+    scored rows), and a --top share counted from `total` (None: from the rows selected from)."""
+    from ..dataset.percentiles import needs_resolving, open_reference, resolve
+
+    chosen = selection(args)
+    if not needs_resolving(chosen):
+        return chosen
+    reference = getattr(args, "reference", None)
+    source = open_reference(reference, args.combine, lambda p: open_store(p, write=False)) if reference \
+        else distribution()
+    return resolve(chosen, heads, source, total)
+
+
 # ---------------------------------------------------------------- the end of score and query
 
 
-def finish(args, rows, problems: Problems, roots, writer=None, store=None, verb: str = "scored") -> int:
+def finish(args, rows, problems: Problems, roots, writer=None, store=None, verb: str = "scored", model=None) -> int:
     """Select, print (unless already streamed), act (copy/move/tags), report; the exit status."""
+    from ..dataset.percentiles import rows_distribution, store_distribution
+
     if store is not None:
         rows = present(rows, problems, store.path)
-    chosen = selection(args).apply(rows)
+    heads = model.names if model is not None else list(rows[0][1]) if rows else []
+    chosen = resolved_selection(args, heads, lambda: store_distribution(store, args.combine) if store is not None
+                                else rows_distribution(rows)).apply(rows)
     if writer is not None:
         for path, result in chosen:
             writer.write(path, result)
-    return act_and_report(args, chosen, len(rows), problems, roots, store, verb, scored=rows)
+    return act_and_report(args, chosen, len(rows), problems, roots, store, verb, scored=rows, model=model)
 
 
 def acting(args) -> bool:
     """Whether the selected rows are acted on (so they must be kept, not only printed)."""
-    return bool(args.write_tags or args.copy or args.move)
+    return bool(args.write_tags or args.write_metadata or args.copy or args.move)
 
 
 def act_and_report(args, chosen, total: int, problems: Problems, roots, store=None, verb: str = "scored",
-                   scored=None) -> int:
-    """Act on the chosen rows (copy/move/tags), write the report, say what happened; the exit status."""
+                   scored=None, model=None) -> int:
+    """Act on the chosen rows (tags, metadata, copy/move), write the report, say what happened; the exit status.
+    `model`: the heads that scored the rows (their files' hashes and CLIP go into written metadata)."""
     from ..dataset import TransferRequest, transfer
     from ..tags import TagRules
 
@@ -357,6 +396,8 @@ def act_and_report(args, chosen, total: int, problems: Problems, roots, store=No
     if not counted_only and args.write_tags:
         write_tags(chosen, TagRules.from_text(args.tag_names, args.tag_thresholds, args.tag_bucket), args.dry_run,
                    problems)
+    if not counted_only and args.write_metadata:
+        write_metadata(chosen, model, store, args, problems)
     if not counted_only and (args.copy or args.move):
         request = TransferRequest(args.copy or args.move, move=bool(args.move), on_conflict=args.on_conflict,
                                   dry_run=args.dry_run)
@@ -436,6 +477,20 @@ def finish_interrupted_moves(store, problems: Problems, dry_run: bool = False) -
         print(f"cityclf: finished an interrupted move: {done} file(s) now in place", file=sys.stderr)
     for path, why in failed:
         problems.add(path, why)
+
+
+def write_metadata(rows, model, store, args, problems: Problems) -> None:
+    from ..dataset.metadata import write_metadata as write_rows
+    from ..image_metadata import provenance_of
+
+    outcome = write_rows(rows, provenance_of(model) if model is not None else None, store, touch=args.touch,
+                         dry_run=args.dry_run)
+    for path, why in outcome.skipped:
+        problems.add(path, f"metadata not written: {why}")
+    if args.dry_run:
+        for path in outcome.changed:
+            print(f"cityclf: would write scores into {shown(path)}", file=sys.stderr)
+    print(f"cityclf: {outcome.summary(args.dry_run)}", file=sys.stderr)
 
 
 def write_tags(rows, rules, dry_run: bool, problems: Problems) -> None:

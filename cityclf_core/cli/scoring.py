@@ -57,7 +57,7 @@ def cmd_score(args) -> int:
             if stream:
                 writer.write(name, result)
             rows.append((name, result))
-    return finish(args, rows, problems, roots=args.paths, writer=None if stream else writer)
+    return finish(args, rows, problems, roots=args.paths, writer=None if stream else writer, model=model)
 
 
 def _score_with_store(args) -> int:
@@ -93,7 +93,8 @@ def _score_with_store(args) -> int:
                     rows.append((path, result))
         if not keep:
             return act_and_report(args, n, n, problems, args.paths, store)
-        return finish(args, rows, problems, roots=args.paths, writer=None if stream else writer, store=store)
+        return finish(args, rows, problems, roots=args.paths, writer=None if stream else writer, store=store,
+                      model=model)
 
 
 def _embed_into(args, store, problems: Problems, shard: str | None = None):

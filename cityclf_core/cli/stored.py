@@ -23,6 +23,7 @@ from .common import (
     finish_interrupted_moves,
     open_store,
     present,
+    resolved_selection,
     selection,
 )
 
@@ -62,6 +63,7 @@ def ordered_heads(args, stored: list[str]) -> list[str]:
 
 
 def cmd_query(args) -> int:
+    from ..dataset.percentiles import store_distribution
     from ..dataset.stored_select import common_folder, select_stored
 
     problems = Problems()
@@ -81,7 +83,8 @@ def cmd_query(args) -> int:
             problems.add(path, why.replace("--store DB", f"--store {args.store}"))
 
         keep, chosen, n = acting(args), [], 0
-        for path, result in select_stored(store, heads, args.combine, selection(args), on_skip=skipped):
+        chosen_by = resolved_selection(args, heads, lambda: store_distribution(store, args.combine), total)
+        for path, result in select_stored(store, heads, args.combine, chosen_by, on_skip=skipped):
             writer.write(path, result)  # streamed: memory holds a block, not the store
             n += 1
             if keep:
@@ -102,6 +105,7 @@ def _picture_name(option: str, name: str | None) -> None:
 
 def cmd_grid(args) -> int:
     from ..dataset import Selection
+    from ..dataset.percentiles import needs_resolving, resolve, rows_distribution
     from ..grid import contact_sheet, histograms
 
     _picture_name("--out", args.out)
@@ -114,6 +118,8 @@ def cmd_grid(args) -> int:
     problems = Problems()
     rows = present(rows, problems, args.store)
     chosen_by = Selection.parse(args.min, args.max, None, args.bottom, args.sort_by)
+    if needs_resolving(chosen_by):  # HEAD=pNN: of the stored scores
+        chosen_by = resolve(chosen_by, list(rows[0][1]), rows_distribution(rows), None)
     top = args.top if (args.top or args.bottom) else (None if chosen_by.bounds else 24)
     chosen = Selection(chosen_by.bounds, top, args.bottom, args.sort_by).apply(rows)
     if args.out:
@@ -158,6 +164,41 @@ def cmd_export(args) -> int:
     if len(sets) > 1:
         print(f"cityclf: {len(sets)} sets of embeddings, named in its 'sets' array (arrays NAME.paths, "
               "NAME.offsets, NAME.embeddings)", file=sys.stderr)
+    return 0
+
+
+def cmd_percentiles(args) -> int:
+    import json
+    from pathlib import Path
+
+    from ..dataset.percentiles import reference_table
+    from ..confined import atomic_write
+
+    if not args.out.lower().endswith(".json"):
+        raise ConfigError(f"--out {args.out}: give a file name ending in .json (e.g. {args.out}.json)")
+    with open_store(args.store, write=False) as store:
+        stored = store.scored_heads(args.combine)
+        heads = [h for h in stored if not args.head or h in args.head]
+        missing = [h for h in args.head or [] if h not in stored]
+        if missing or not heads:
+            raise ConfigError(no_scores_message(store, args) if not stored else
+                              f"store {args.store} has no scores of {', '.join(missing or args.head)} "
+                              f"(with --combine {args.combine}); it has: {', '.join(stored)}")
+        classes = {}
+        for h in heads:
+            sample = store.scores([h], args.combine, paths=[store.sample_path(h, args.combine)])
+            extra = next(iter(sample.values()))[h].extra
+            classes[h] = sorted(extra) if isinstance(extra, dict) else []
+        table = reference_table(lambda h, label: store.score_values(h, args.combine, label), heads, classes,
+                                args.combine)
+    out = Path(args.out)
+    atomic_write(out, (json.dumps(table, indent=1) + "\n").encode("utf-8"))
+    for head, entry in table["heads"].items():
+        q = entry["score"]
+        print(f"{head}: {entry['count']} scores; p10 {q[100]:.3f}  p50 {q[500]:.3f}  p80 {q[800]:.3f}  "
+              f"p90 {q[900]:.3f}")
+    print(f"cityclf: wrote {out} (percentiles 0 to 100 in steps of 0.1 for {len(table['heads'])} head(s))",
+          file=sys.stderr)
     return 0
 
 
@@ -215,6 +256,17 @@ def register(sub) -> None:
     p.add_argument("--policy", help="only this crop policy's embeddings, e.g. whole or tiles:672:1536:up "
                                     "(default: every policy; store-info lists them)")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("percentiles", help="save each head's score percentiles (a reference for HEAD=pNN)",
+                       description="Write each head's (and class's) score percentiles in the store, from 0 to 100 "
+                                   "in steps of 0.1, to a JSON file: a reference for --min HEAD=p80 --reference "
+                                   "FILE and for the Gate node's percentile rules (put it in "
+                                   "models/cityclassifiers/reference/).")
+    p.add_argument("--store", required=True, metavar="DB", help="the store with the scores")
+    p.add_argument("--out", required=True, metavar="JSON", help="the reference file to write (.json)")
+    p.add_argument("--head", action="append", metavar="NAME", help="only these heads (default: all)")
+    p.add_argument("--combine", choices=COMBINES, default="mean", help="the tile combine the scores were made with")
+    p.set_defaults(func=cmd_percentiles)
 
     p = sub.add_parser("prune", help="forget stored files that are gone from disk (renamed or deleted)",
                        description="Forget the rows of files that no longer exist: their scores, and their "

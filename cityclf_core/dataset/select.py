@@ -7,17 +7,20 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from ..errors import ConfigError
+from ..numbers import THRESHOLD
 from ..scoring.pipeline import resolve_head_name
 from ..scoring.results import HeadResult
-from ..numbers import THRESHOLD
+from .percentiles import TopShare, parse_percentile
 
 
 @dataclass(frozen=True)
 class Bound:
     head: str | None  # None: the first (or --sort-by) head
     label: str | None  # a class of that head, else its score
-    value: float
+    value: float | None  # None until a percentile is looked up (percentiles.resolve)
     kind: str  # "min" or "max"
+    percentile: float | None = None  # HEAD=p80: the 80th percentile of a reference distribution
+    text: str = ""  # as given, for messages
 
     @classmethod
     def parse(cls, text: str, kind: str) -> "Bound":
@@ -29,11 +32,14 @@ class Bound:
             head, label = head.strip() or None, label.strip() or None
         else:
             number = text
+        percentile = parse_percentile(number, f"--{kind} {text}")
+        if percentile is not None:
+            return cls(head, label, None, kind, percentile, text)
         value, why = THRESHOLD.problem(number)
         if why:
             raise ConfigError(f"--{kind} {text!r}: expected VALUE, HEAD=VALUE or HEAD:CLASS=VALUE with VALUE "
-                              f"{THRESHOLD.describe()}")
-        return cls(head, label, value, kind)
+                              f"{THRESHOLD.describe()}, or a percentile such as p80")
+        return cls(head, label, value, kind, None, text)
 
 
 def value_of(results: dict[str, HeadResult], head: str | None, label: str | None) -> float:
@@ -44,7 +50,12 @@ def value_of(results: dict[str, HeadResult], head: str | None, label: str | None
 
 def select(rows: list[tuple[str, dict[str, HeadResult]]], bounds: Sequence[Bound] = (), top: int | None = None,
            bottom: int | None = None, sort_by: str | None = None) -> list[tuple[str, dict[str, HeadResult]]]:
-    """Rows inside every bound; then the top (or bottom) N by the sort head's score (ties: path order)."""
+    """Rows inside every bound; then the top (or bottom) N by the sort head's score (ties: path order). A share
+    (`--top 20%`) is of all the rows given; percentile bounds must have been resolved (percentiles.resolve)."""
+    if any(b.value is None for b in bounds):
+        raise ConfigError("percentile bounds need a distribution to be looked up in (percentiles.resolve)")
+    top = top.count(len(rows)) if isinstance(top, TopShare) else top
+    bottom = bottom.count(len(rows)) if isinstance(bottom, TopShare) else bottom
     kept = []
     for path, res in rows:
         ok = True
@@ -68,8 +79,8 @@ class Selection:
     """What to keep: every bound must hold; then the top or bottom N by `sort_by` (HEAD or HEAD:CLASS)."""
 
     bounds: tuple[Bound, ...] = ()
-    top: int | None = None
-    bottom: int | None = None
+    top: "int | TopShare | None" = None
+    bottom: "int | TopShare | None" = None
     sort_by: str | None = None
 
     @classmethod

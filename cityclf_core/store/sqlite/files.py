@@ -114,6 +114,13 @@ class FilesAndEmbeddings:
              json.dumps(notes) if notes else None, time.time()))
 
     @guarded
+    def restat_file(self, path: str, size: int, mtime_ns: int) -> None:
+        """A file rewritten without changing its content identity (our metadata added): new size and mtime, the
+        same content key, so its embeddings stay its own and the next embed does not hash it again."""
+        self.db.execute("UPDATE files SET size = ?, mtime_ns = ?, updated = ? WHERE path = ?",
+                        (size, mtime_ns, time.time(), to_db(path)))
+
+    @guarded
     def move_file(self, old: str, new: str) -> None:
         with self.transaction():
             self._move_rows(old, new)

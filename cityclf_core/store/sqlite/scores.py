@@ -7,6 +7,8 @@ import os
 import time
 from typing import Iterable, Iterator
 
+import numpy as np
+
 from ..rows import StoredScore
 from .sql import from_db, guarded, to_db
 
@@ -110,6 +112,14 @@ class Scores:
             if not rows:
                 break
             yield [from_db(r[0]) for r in rows]
+
+    @guarded
+    def score_values(self, head: str, combine: str, label: str | None = None) -> np.ndarray:
+        """Every stored score of `head` (or its class `label`'s probability) made with `combine`, as float64."""
+        expr = label_expr("", label) if label else "score"
+        rows = self.db.execute(f"SELECT {expr} FROM scores WHERE head = ? AND combine = ? AND {expr} IS NOT NULL",
+                               (head, combine)).fetchall()
+        return np.array([r[0] for r in rows], dtype=np.float64)
 
     @guarded
     def sample_path(self, head: str, combine: str) -> str | None:
