@@ -65,7 +65,7 @@ from .pipeline import (
 from .reduce import COMBINES, reduce_segments, reduce_tiles
 from .results import HeadResult
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "COMBINES",
