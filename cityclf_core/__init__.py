@@ -15,117 +15,87 @@ Typical use::
     results = model.score(images)  # IMAGE tensor [B, H, W, C] or a list of them
 """
 
-from .catalogue import (
-    KNOWN_CLIPS,
-    RELEASES,
-    VIT_L14,
-    VIT_L14_336,
-    ClipModel,
-    Release,
-    default_models_dir,
-    default_policy,
-    download_release,
-    find_release,
-    identify,
-    load_head,
-    paired_clip,
-    resolve_head,
-)
-from .crops import (
-    FIVE_CROP,
-    FIVE_CROP_NO_UPSCALE,
-    MAX_SIDE,
-    WHOLE_IMAGE,
-    CropPlan,
-    CropPolicy,
-    plan_crops,
-    render_views,
-)
-from .embedding import ClipPass, iter_embeddings
-from .encoders import ComfyClipVisionEncoder, Encoder, TransformersClipEncoder, pick_device, pick_dtype
-from .errors import (
-    CityClfError,
-    ConfigError,
-    DownloadError,
-    ImageError,
-    StoreError,
-    WeightsError,
-)
-from .heads import Head, HeadConfig, HeadNet, load_head_file, save_head
-from .kinds import HeadKind, get_kind, kind_names, register_kind, unregister_kind
-from .images import DecodedImage, decode_image, find_images, iter_decoded
-from .pipeline import (
-    TILING_MODES,
-    HeadBinding,
-    ScoringModel,
-    apply_heads,
-    image_list,
-    score_images,
-)
-from .reduce import COMBINES, reduce_segments, reduce_tiles
-from .results import HeadResult
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.2.0"
 
-__all__ = [
-    "COMBINES",
-    "FIVE_CROP",
-    "FIVE_CROP_NO_UPSCALE",
-    "KNOWN_CLIPS",
-    "MAX_SIDE",
-    "RELEASES",
-    "TILING_MODES",
-    "VIT_L14",
-    "VIT_L14_336",
-    "WHOLE_IMAGE",
-    "CityClfError",
-    "ClipModel",
-    "ClipPass",
-    "ComfyClipVisionEncoder",
-    "ConfigError",
-    "CropPlan",
-    "CropPolicy",
-    "DecodedImage",
-    "DownloadError",
-    "Encoder",
-    "Head",
-    "HeadBinding",
-    "HeadConfig",
-    "HeadKind",
-    "HeadNet",
-    "HeadResult",
-    "ImageError",
-    "Release",
-    "ScoringModel",
-    "StoreError",
-    "TransformersClipEncoder",
-    "WeightsError",
-    "__version__",
-    "apply_heads",
-    "decode_image",
-    "default_models_dir",
-    "default_policy",
-    "download_release",
-    "find_images",
-    "find_release",
-    "get_kind",
-    "identify",
-    "image_list",
-    "iter_decoded",
-    "iter_embeddings",
-    "kind_names",
-    "load_head",
-    "load_head_file",
-    "paired_clip",
-    "pick_device",
-    "pick_dtype",
-    "plan_crops",
-    "reduce_segments",
-    "reduce_tiles",
-    "register_kind",
-    "render_views",
-    "resolve_head",
-    "save_head",
-    "score_images",
-    "unregister_kind",
-]
+#: where each public name lives; imported on first use, so that `import cityclf_core` (and the commands
+#: that need no model) stay light: torch and transformers load only when something needs them
+_EXPORTS = {
+    "KNOWN_CLIPS": "catalogue",
+    "RELEASES": "catalogue",
+    "VIT_L14": "catalogue",
+    "VIT_L14_336": "catalogue",
+    "ClipModel": "catalogue",
+    "Release": "catalogue",
+    "default_models_dir": "catalogue",
+    "default_policy": "catalogue",
+    "download_release": "catalogue",
+    "find_release": "catalogue",
+    "identify": "catalogue",
+    "load_head": "catalogue",
+    "paired_clip": "catalogue",
+    "resolve_head": "catalogue",
+    "FIVE_CROP": "crops",
+    "FIVE_CROP_NO_UPSCALE": "crops",
+    "MAX_SIDE": "crops",
+    "WHOLE_IMAGE": "crops",
+    "CropPlan": "crops",
+    "CropPolicy": "crops",
+    "plan_crops": "crops",
+    "render_views": "crops",
+    "ClipPass": "embedding",
+    "iter_embeddings": "embedding",
+    "ComfyClipVisionEncoder": "encoders",
+    "Encoder": "encoders",
+    "TransformersClipEncoder": "encoders",
+    "pick_device": "encoders",
+    "pick_dtype": "encoders",
+    "CityClfError": "errors",
+    "ConfigError": "errors",
+    "DownloadError": "errors",
+    "ImageError": "errors",
+    "StoreError": "errors",
+    "WeightsError": "errors",
+    "Head": "heads",
+    "HeadConfig": "heads",
+    "HeadNet": "heads",
+    "load_head_file": "heads",
+    "save_head": "heads",
+    "HeadKind": "kinds",
+    "get_kind": "kinds",
+    "kind_names": "kinds",
+    "register_kind": "kinds",
+    "unregister_kind": "kinds",
+    "DecodedImage": "images",
+    "decode_image": "images",
+    "find_images": "images",
+    "iter_decoded": "images",
+    "TILING_MODES": "pipeline",
+    "HeadBinding": "pipeline",
+    "ScoringModel": "pipeline",
+    "apply_heads": "pipeline",
+    "image_list": "pipeline",
+    "score_images": "pipeline",
+    "COMBINES": "reduce",
+    "reduce_segments": "reduce",
+    "reduce_tiles": "reduce",
+    "HeadResult": "results",
+}
+
+__all__ = sorted([*_EXPORTS, "__version__"])
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted([*globals(), *_EXPORTS])

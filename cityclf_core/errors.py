@@ -32,3 +32,26 @@ class DownloadError(CityClfError):
 class StoreError(CityClfError):
     """An embedding store that cannot be used as asked."""
 
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C, caught where the work knows what to do next: `hint` is that one instruction."""
+
+    def __init__(self, hint: str):
+        super().__init__(hint)
+        self.hint = hint
+
+
+class interrupted_hint:  # noqa: N801  (used as a context manager, like contextlib's)
+    """Within it, Ctrl-C becomes Interrupted(hint)."""
+
+    def __init__(self, hint: str):
+        self.hint = hint
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, tb):
+        if kind is not None and issubclass(kind, KeyboardInterrupt) and not isinstance(error, Interrupted):
+            raise Interrupted(self.hint) from None
+        return False

@@ -100,9 +100,10 @@ def main(argv: list[str] | None = None) -> int:
     except CityClfError as e:
         print(f"cityclf: error: {e}", file=sys.stderr)
         return USAGE
-    except KeyboardInterrupt:
-        print("\ncityclf: interrupted" + (" (the store keeps everything finished; rerun to continue)"
-                                          if getattr(args, "store", None) else ""), file=sys.stderr)
+    except KeyboardInterrupt as e:  # one instruction: the work's own (Interrupted), else the store's
+        hint = getattr(e, "hint", None) or ("the store keeps everything finished: rerun to continue"
+                                            if getattr(args, "store", None) else "")
+        print("\ncityclf: interrupted" + (f"; {hint}" if hint else ""), file=sys.stderr)
         return INTERRUPTED
     except BrokenPipeError:  # e.g. `cityclf score ... | head`
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -11,10 +11,9 @@ import os
 import sys
 
 from ..errors import ConfigError
-from ..images import DEFAULT_MAX_PIXELS
+from ..defaults import COMBINES, DEFAULT_MAX_PIXELS
 from ..pathtext import raw_b64, safe_text, shown
 from ..progress import ProgressBar
-from ..reduce import COMBINES
 
 FORMATS = ("table", "jsonl", "csv")
 

@@ -5,9 +5,7 @@ from __future__ import annotations
 import os
 import sys
 
-from ..crops import CropPolicy
 from ..errors import ConfigError
-from ..images import find_images
 from ..pathtext import safe_text, shown
 from ..progress import ProgressBar
 from .engine import add_engine_options, run_engine
@@ -42,6 +40,8 @@ def cmd_score(args) -> int:
         raise ConfigError("give images (files or folders) to score, or --store DB to score stored embeddings")
     if args.store:
         return _score_with_store(args)
+    from ..images import find_images
+
     files, missing = find_images(args.paths)
     bar = ProgressBar(len(files), "img", enabled=progress_enabled(args), label="scoring")
     problems = Problems(bar)
@@ -109,6 +109,7 @@ def _embed_into(args, store, problems: Problems, shard: str | None = None):
 def _embed_claimed(args, store, problems: Problems, shard: str | None):
     from ..dataset import clip_passes, embed_files
     from ..dataset.plan import nothing_to_embed
+    from ..crops import CropPolicy
     from ..embedding import ClipPass
     from ..loading import load_encoder
 
@@ -138,6 +139,7 @@ def _embed_claimed(args, store, problems: Problems, shard: str | None):
 def _stored_passes(args, store):
     """(model on stored encoders or None, the CLIP passes) as recorded in `store`, or None when the store does
     not know these CLIPs yet (then they must be loaded)."""
+    from ..crops import CropPolicy
     from ..dataset import clip_passes
     from ..embedding import ClipPass
     from ..errors import CityClfError

@@ -6,7 +6,7 @@ import sys
 
 from ..errors import ConfigError
 from ..pathtext import shown
-from ..reduce import COMBINES
+from ..defaults import COMBINES
 from .common import (
     TOP_HELP,
     Problems,

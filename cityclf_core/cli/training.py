@@ -8,8 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from ..errors import ConfigError
-from ..images import find_images
+from ..errors import ConfigError, interrupted_hint
 from ..progress import ProgressBar
 from .common import (
     FORMATS,
@@ -54,11 +53,11 @@ def cmd_train(args) -> int:
         out.mkdir(parents=True, exist_ok=True)
         reports: list = []
         with EmbeddingStore(store_path) as store, embedding_run(store.path):  # one embedding run per store
-            n_files = sum(1 for _ in root.rglob("*") if _.is_file())
-            bar = ProgressBar(n_files, "img", enabled=progress_enabled(args), label="embedding")
+            bar = ProgressBar(0, "img", enabled=progress_enabled(args), label="embedding")
             problems.bar = bar
-            with bar:
+            with bar, interrupted_hint(f"{store_path} keeps the embeddings made so far: rerun to continue"):
                 data = load_image_dataset(cfg, root, store, encoder, report=reports,
+                                          on_total=lambda n: setattr(bar, "total", float(n)),
                                           on_file=lambda p, e: (problems.add(p, e) if e else None, bar.update(1)))
             problems.bar = None
         embedded = sum(r.embedded for r in reports)
@@ -83,6 +82,7 @@ def cmd_train(args) -> int:
 def cmd_review(args) -> int:
     from ..dataset import score_files
     from ..grid import contact_sheet
+    from ..images import find_images
     from ..review import expected_from_folders, review_items
 
     if len(args.model) != 1:

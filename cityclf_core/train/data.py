@@ -161,16 +161,20 @@ def inference_policy(cfg: TrainConfig, clip_size: int) -> CropPolicy:
     return CropPolicy(tiling=tiles, tile_size=(cfg.tile_size or 2 * clip_size) if tiles else None)
 
 
-def load_image_dataset(cfg: TrainConfig, root: Path, store, encoder, on_file=None, report=None) -> Dataset:
+def load_image_dataset(cfg: TrainConfig, root: Path, store, encoder, on_file=None, report=None,
+                       on_total=None) -> Dataset:
     """Embed the images through the store (each image once), then assemble train/val views.
 
     Training views: heads whose kind tiles (classifiers) get `crops_per_image`
     seeded random tile crops of images large enough (the whole image otherwise);
     the others the whole image. Validation views: exactly what inference uses.
+    on_total(n) is told how many images will be reported to on_file, before the first.
     """
     from ..dataset.embed import embed_files, register_passes
 
     examples, facts = scan_folders(root, cfg.kind, "images")
+    if on_total is not None:
+        on_total(len(examples))
     S = encoder.image_size
     if encoder.embed_dim != cfg.features:
         raise ConfigError(f"CLIP {encoder.name} gives {encoder.embed_dim}-d embeddings, but model.clip {cfg.clip} "

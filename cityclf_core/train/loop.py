@@ -67,9 +67,11 @@ class Trainer:
         try:
             self._loop(train_log)
         except KeyboardInterrupt:
+            from ..errors import Interrupted
+
             self._save_checkpoint()
-            self.log(f"interrupted at step {self.state['step']}; resume with --resume (checkpoint {self.checkpoint})")
-            raise
+            raise Interrupted(f"checkpoint saved at step {self.state['step']} ({self.checkpoint}): add --resume "
+                              "to the same command to continue") from None
         finally:
             train_log.close()
         return self._finish()
