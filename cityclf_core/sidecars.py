@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 from .errors import CityClfError, ImageError
+from .filemode import umask_mode
 
 BOM = "\ufeff"
 _KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
@@ -138,7 +139,7 @@ def atomic_write(path: Path, data: bytes, mode: int | None = None) -> None:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
-            os.fchmod(f.fileno(), mode if mode is not None else _default_mode())
+            os.fchmod(f.fileno(), mode if mode is not None else umask_mode())
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
@@ -157,12 +158,6 @@ def atomic_write(path: Path, data: bytes, mode: int | None = None) -> None:
         pass
     finally:
         os.close(dir_fd)
-
-
-def _default_mode() -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
 
 
 def write_sidecar(image_path: str | os.PathLike, tags: list[str], owned: Callable[[str], bool],

@@ -12,7 +12,7 @@ import sys
 
 from ..errors import ConfigError
 from ..defaults import COMBINES, DEFAULT_MAX_PIXELS
-from ..pathtext import raw_b64, safe_text, shown
+from ..pathtext import raw_b64, safe_text, shown, shown_here
 from ..progress import ProgressBar
 
 FORMATS = ("table", "jsonl", "csv")
@@ -40,8 +40,10 @@ TOP_HELP = ("keep the N highest by --sort-by. For a score head that is the best 
 class ResultWriter:
     """Writes per-image results as they come, in one of FORMATS."""
 
-    def __init__(self, fmt: str, heads: list[str], stream):
+    def __init__(self, fmt: str, heads: list[str], stream, stored: bool = False):
+        """stored: the paths come from a store (absolute): printed relative to the current folder inside it."""
         self.fmt, self.heads, self.stream = fmt, heads, stream
+        self.show = shown_here if stored else shown
         self._csv_writer = None
         self._header_done = False
         self._widths: list[int] = []  # a terminal gets padded columns; a pipe or file gets TSV
@@ -53,7 +55,7 @@ class ResultWriter:
 
     def _jsonl(self, path: str, results: dict) -> None:
         for name, r in results.items():
-            row = {"path": shown(path), "model": name, **r.kind.jsonl_fields(r)}
+            row = {"path": self.show(path), "model": name, **r.kind.jsonl_fields(r)}
             if raw_b64(path):  # a name that is not UTF-8: its exact bytes too
                 row["path_b64"] = raw_b64(path)
             self.stream.write(json.dumps(finite_json(row), ensure_ascii=False, allow_nan=False) + "\n")
@@ -67,7 +69,7 @@ class ResultWriter:
                 header += r.kind.csv_columns(name, r.labels)
             self._csv_writer.writerow(header)
             self._header_done = True
-        row = [shown(path)]
+        row = [self.show(path)]
         for r in results.values():
             row += r.kind.csv_cells(r)
         self._csv_writer.writerow(row)
@@ -76,7 +78,7 @@ class ResultWriter:
         if not self._header_done:
             self._line(["path", *results])
             self._header_done = True
-        cells = [shown(path)]
+        cells = [self.show(path)]
         for r in results.values():
             cells.append(r.kind.short_text(r))
         self._line(cells)
@@ -110,7 +112,7 @@ class Problems:
 
     def add(self, path, reason: str) -> None:
         self.items.append((str(path), reason))
-        line = f"cityclf: skipped {shown(str(path))}: {safe_text(reason)}"
+        line = f"cityclf: skipped {shown_here(str(path))}: {safe_text(reason)}"
         (self.bar.write(line) if self.bar else print(line, file=sys.stderr))
 
     def write_report(self, path: str | None) -> None:
@@ -213,7 +215,16 @@ def progress_enabled(args) -> bool | None:
     return False if getattr(args, "no_progress", False) else None
 
 
+def say_loading(what: str, args) -> None:
+    """One line on stderr before the slow part (importing torch and transformers, reading weights): a command
+    that will take seconds says so at once."""
+    where = ", ".join(v for v in (getattr(args, "dtype", None), getattr(args, "device", None)) if v and v != "auto")
+    print(f"cityclf: loading {what}" + (f" ({where})" if where else "") + " ...", file=sys.stderr, flush=True)
+
+
 def load_model(args):
+    names = ", ".join(os.path.basename(m) for m in args.model)
+    say_loading(f"{names} and " + (f"CLIP {args.clip}" if args.clip else "the CLIP each was made with"), args)
     from ..loading import load_scoring_model
 
     return load_scoring_model(

@@ -119,27 +119,29 @@ def register(sub) -> None:
     sp = p.add_subparsers(dest="pixiv_command", required=True, metavar="STEP")
 
     q = sp.add_parser("ingest", help="read gallery-dl sidecars into DATASET/.database/metadata.sqlite3")
-    q.add_argument("dataset", metavar="DATASET_DIR")
+    q.add_argument("dataset", metavar="DATASET_DIR", help="the gallery-dl download folder (images + .json sidecars)")
     q.add_argument("--metadata-only", action="store_true",
                    help="also ingest sidecars whose image is missing (metadata only: no training on them)")
     q.add_argument("--report", metavar="FILE", help="write skipped inputs and why, as JSONL")
     q.set_defaults(func=cmd_ingest)
 
-    q = sp.add_parser("synth", help="write a synthetic dataset in the document's layout (with a planted relation)")
-    q.add_argument("out", metavar="OUT_DIR")
-    q.add_argument("--works", type=int, default=300, metavar="N")
-    q.add_argument("--artists", type=int, default=30, metavar="N")
+    q = sp.add_parser("synth", help="write a synthetic dataset in gallery-dl's layout (with a planted relation)")
+    q.add_argument("out", metavar="OUT_DIR", help="where to write the pictures and their sidecars")
+    q.add_argument("--works", type=int, default=300, metavar="N", help="how many works (default 300)")
+    q.add_argument("--artists", type=int, default=30, metavar="N", help="how many artists (default 30)")
     q.add_argument("--size", type=int, default=64, metavar="PX", help="picture size (default 64)")
-    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     q.set_defaults(func=cmd_synth)
 
     for name, func, what in (("train", cmd_train, "train one popularity head (model.arch) on the config's split"),
                              ("eval", cmd_eval, "ablation: (a), (b), (c) and the metadata baseline on the same "
                                                 "splits and seeds")):
         q = sp.add_parser(name, help=what)
-        q.add_argument("--config", required=True, metavar="YAML")
-        q.add_argument("--out", default="pixiv-models" if name == "train" else "pixiv-eval", metavar="DIR")
+        q.add_argument("--config", required=True, metavar="YAML", help="the pixiv config (data, target, model, "
+                                                                        "train, eval sections)")
+        q.add_argument("--out", default="pixiv-models" if name == "train" else "pixiv-eval", metavar="DIR",
+                       help="where the results go (default: %(default)s)")
         q.add_argument("--overwrite", action="store_true", help="replace earlier results of the same name")
         q.add_argument("--verbose", action="store_true", help="list every work left out and why")
-        q.add_argument("--no-progress", action="store_true")
+        q.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
         q.set_defaults(func=func)

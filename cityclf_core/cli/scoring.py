@@ -25,6 +25,7 @@ from .common import (
     load_model,
     present,
     progress_enabled,
+    say_loading,
     score_options,
     selection,
 )
@@ -78,7 +79,7 @@ def _score_with_store(args) -> int:
                                       tile_size=args.tile_size)
         stream = not selection(args).active
         keep = not stream or acting(args)  # else rows are written and counted, not kept: memory stays flat
-        writer = ResultWriter(args.format, model.names, sys.stdout)
+        writer = ResultWriter(args.format, model.names, sys.stdout, stored=True)
         rows, n = [], 0
         for results, missing in score_store(store, model, paths, args.combine, args.tiling, args.upscale):
             for path, why in missing:
@@ -124,6 +125,7 @@ def _embed_claimed(args, store, problems: Problems, shard: str | None):
         model = load_model(args)
         passes = clip_passes(model, args.tiling, args.upscale)
     else:
+        say_loading(f"CLIP {args.clip}", args)
         encoder = load_encoder(args.clip, args.device, args.dtype, allow_download=not args.offline)
         passes = [ClipPass(encoder, CropPolicy(tiling=args.tiling == "on", tile_size=args.tile_size,
                                                upscale=args.upscale))]

@@ -70,7 +70,7 @@ def cmd_query(args) -> int:
             raise ConfigError(no_scores_message(store, args))
         heads = ordered_heads(args, stored)
         total = store.count_scores(heads[0], args.combine)
-        writer = ResultWriter(args.format, heads, sys.stdout)
+        writer = ResultWriter(args.format, heads, sys.stdout, stored=True)
 
         def skipped(path, why):
             problems.add(path, why.replace("--store DB", f"--store {args.store}"))
@@ -168,7 +168,9 @@ def cmd_prune(args) -> int:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("query", help="select and act on stored scores (no models needed)")
+    p = sub.add_parser("query", help="select and act on stored scores (no models needed)",
+                       description="Print, select, sort, copy, move or tag images by the scores a store holds "
+                                   "(made by cityclf score --store or embed + score): no model is loaded.")
     p.add_argument("--store", required=True, metavar="DB", help="the store with the scores")
     p.add_argument("--head", action="append", metavar="NAME", help="only these heads' scores (default: all)")
     p.add_argument("--combine", choices=COMBINES, default="mean", help="the tile combine the scores were made with")

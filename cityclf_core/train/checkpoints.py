@@ -18,7 +18,7 @@ def checkpoint_path(out: Path, cfg) -> Path:
 
 def save_checkpoint(path: Path, net, opt, sched, gen: torch.Generator, state: dict, best: dict | None) -> None:
     """Everything to resume, as safetensors (tensors) + JSON metadata: no pickles."""
-    from safetensors.torch import save_file
+    from ..filemode import save_safetensors
 
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
     if best is not None:
@@ -35,9 +35,7 @@ def save_checkpoint(path: Path, net, opt, sched, gen: torch.Generator, state: di
         tensors["rng.cuda"] = torch.cuda.get_rng_state(device)
     meta = {"state": json.dumps(state), "scheduler": json.dumps(sched.state_dict(), default=float),
             "param_groups": json.dumps(opt_state["param_groups"])}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=meta)
-    os.replace(tmp, path)
+    save_safetensors(tensors, path, metadata=meta)
 
 
 def load_checkpoint(path: Path, net, opt, sched, gen: torch.Generator) -> tuple[dict, dict | None]:
