@@ -112,9 +112,16 @@ def cmd_grid(args) -> int:
     top = args.top if (args.top or args.bottom) else (None if chosen_by.bounds else 24)
     chosen = Selection(chosen_by.bounds, top, args.bottom, args.sort_by).apply(rows)
     if args.out:
-        items = [(p, [f"{name.split('-v')[0]}: {r.kind.short_text(r)}" for name, r in res.items()])
+        from ..dataset.select import value_of
+        from ..pipeline import resolve_head_name
+
+        head, _, label = (args.sort_by or "").partition(":")
+        key = resolve_head_name(list(rows[0][1]), head or None)
+        what = f"P({label})" if label else "score"  # what the rows are sorted by, shown first under each image
+        items = [(p, [f"{key.split('-v')[0]} {what} {value_of(res, key, label or None):.3f}"]
+                  + [f"{name.split('-v')[0]}: {r.kind.short_text(r)}" for name, r in res.items() if name != key])
                  for p, res in chosen]
-        title = f"{'bottom' if args.bottom else 'top'} {len(items)} by {args.sort_by or list(rows[0][1])[0]}"
+        title = f"{'bottom' if args.bottom else 'top'} {len(items)} by {key} {what}"
         out = contact_sheet(items, args.out, thumb=args.thumb, title=title)
         print(f"cityclf: wrote {out} ({len(items)} images)", file=sys.stderr)
     if args.histogram:
