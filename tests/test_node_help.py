@@ -59,3 +59,24 @@ def test_every_node_has_a_help_page_naming_its_inputs_and_outputs(pack):
         for name in [*d["inputs"], *(o["name"] for o in d["outputs"].values())]:
             assert f"**{name}**" in text, f"{page.name} does not describe {name}"
     assert {p.stem for p in (ROOT / "web" / "docs").glob("*.md")} == set(definitions(pack))
+
+
+def test_error_titles_show_the_class_name_only(pack):
+    """ComfyUI's execution.full_type_name (module + class, or the class alone for builtins) on our errors."""
+    import importlib
+
+    errors = importlib.import_module(f"{pack.__name__}.cityclf_core.errors")
+    bridge = importlib.import_module(f"{pack.__name__}.nodes.comfy_bridge")
+    classes = [v for v in vars(errors).values() if isinstance(v, type) and issubclass(v, BaseException)
+               and v.__module__ == errors.__name__]
+    try:
+        bridge.short_error_titles()
+
+        def full_type_name(klass):  # as ComfyUI writes the error's title
+            return klass.__qualname__ if klass.__module__ == "builtins" else f"{klass.__module__}.{klass.__qualname__}"
+
+        assert full_type_name(errors.DownloadError) == "DownloadError"
+        assert all("/" not in full_type_name(c) and "." not in full_type_name(c) for c in classes)
+    finally:
+        for c in classes:
+            c.__module__ = errors.__name__
