@@ -1,18 +1,22 @@
 """Copy and move survive a kill at any moment: nothing lost, nothing truncated, no duplicates, the store follows.
 
 The kill tests run the `cityclf` command (its `main`) in a child process and
-SIGKILL it at seeded random moments, within one file system and across two
-(the destination on a tmpfs), then run the same command again and check every
-file: exactly one place, its original bytes, no truncated or `-1` files, no
-temporaries, every store row pointing at a file that exists, and SQLite's
-integrity check. Most trials fork this already-loaded process so that each
-costs milliseconds, not the seconds of a fresh interpreter importing torch; a
-few trials start the real `python -m cityclf_core` to cover the entry point.
+SIGKILL it at seeded random points of its work, within one file system and
+across two (the destination on a tmpfs), then run the same command again and
+check every file: exactly one place, its original bytes, no truncated or `-1`
+files, no temporaries, every store row pointing at a file that exists, and
+SQLite's integrity check. A point is an operation the command reaches (its
+N-th file-system operation or store commit, see `kill_points.py`), never a
+moment on the clock, so the kills land mid-work on a fast machine as on a slow
+one. Most trials fork this already-loaded process so that each costs
+milliseconds, not the seconds of a fresh interpreter importing torch; a few
+trials start the real command in a fresh interpreter to cover the entry point.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import random
 import shutil
@@ -21,9 +25,9 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
+import kill_points
 import pytest
 from conftest import ROOT, illustration
 from PIL import Image
@@ -80,24 +84,40 @@ def query_argv(db: Path, dest: Path, verb: str) -> list[str]:
     return ["query", "--store", str(db), "--min", "0", f"--{verb}", str(dest), "--format", "csv"]
 
 
-def run_forked(argv: list[str], kill_after: float | None = None) -> int | None:
-    """main(argv) in a forked child; SIGKILLed after `kill_after` seconds if still running. None if killed."""
+def run_forked(argv: list[str], kill_at: str | None = None) -> int | None | dict:
+    """main(argv) in a forked child.
+
+    kill_at: a kill point spec (``any:N``): the child stops there and is SIGKILLed; None if it was killed,
+    its exit code if it finished first. ``"count"``: run whole and return how many kill points it reached.
+    """
+    read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: the command, then out without cleanup (as the process would end)
         code = 99
         try:
+            os.close(read_end)
             null = os.open(os.devnull, os.O_WRONLY)
             os.dup2(null, 1)
             os.dup2(null, 2)
+            if kill_at is not None:
+                kill_points.install(kill_at)
             code = main(argv)
+            os.write(write_end, json.dumps(kill_points.counts).encode())
         finally:
             os._exit(code)
-    if kill_after is not None:
-        time.sleep(kill_after)
-        os.kill(pid, signal.SIGKILL)  # a child that already exited is a zombie until reaped: still ours
-    _, status = os.waitpid(pid, 0)
+    os.close(write_end)
+    status = kill_points.wait_stopped_or_exited(pid) if kill_at not in (None, "count") else None
+    if status is None and kill_at not in (None, "count"):  # stopped at its kill point: kill it there
+        kill_points.signal_stopped(pid, signal.SIGKILL)
+    with os.fdopen(read_end, "rb") as pipe:
+        reached = pipe.read()
+    if status is None:
+        _, status = os.waitpid(pid, 0)
     if os.WIFSIGNALED(status):
         return None
+    if kill_at == "count":
+        assert os.WEXITSTATUS(status) == 0
+        return json.loads(reached)
     return os.WEXITSTATUS(status)
 
 
@@ -135,18 +155,14 @@ def kill_trials(template: Path, work: Path, dest_parent: Path, verb: str, seed: 
     rng = random.Random(seed)
     original = contents(template / "data")
     data, db, dest = fresh_copy(template, work / "baseline", dest_parent / "baseline")
-    start = time.perf_counter()
-    assert run_forked(query_argv(db, dest, verb)) == 0
-    duration = time.perf_counter() - start  # how long an uninterrupted run takes here
+    points = run_forked(query_argv(db, dest, verb), kill_at="count")["any"]  # what a whole run reaches
+    assert points > N_IMAGES  # at least one operation per file, or the trials would not aim inside the work
     assert_consistent(original, data, dest, db, verb)
     outcomes = []
     for trial in range(TRIALS):
         data, db, dest = fresh_copy(template, work / f"t{trial}", dest_parent / f"t{trial}")
-        start = time.perf_counter()
-        code = run_forked(query_argv(db, dest, verb), kill_after=rng.uniform(0, duration))
+        code = run_forked(query_argv(db, dest, verb), kill_at=f"any:{rng.randint(1, points)}")
         outcomes.append("killed" if code is None else "finished")
-        if code is not None:  # a whole run took this long: later kills aim inside it (the first run can be slow)
-            duration = min(duration, time.perf_counter() - start)
         if code is None:  # in between: every file somewhere, whole (both places only as the same bytes)
             for name, data_bytes in original.items():
                 here = [p.read_bytes() for p in (data / name, dest / name) if p.exists()]
@@ -191,21 +207,33 @@ def test_kill_at_random_points_across_file_systems(template, tmp_path, other_fs,
     assert outcomes.count("killed") >= TRIALS // 2
 
 
+def real_command(spec: str, argv: list[str], counts: Path | None = None) -> subprocess.Popen:
+    """`python -m cityclf_core ARGV` in a fresh interpreter, stopping at kill point `spec` (kill_points.py)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    if counts is not None:
+        env["CITYCLF_KILL_POINTS_COUNT"] = str(counts)
+    return subprocess.Popen([sys.executable, str(Path(kill_points.__file__)), spec, *argv], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 @pytest.mark.parametrize("verb", ["move", "copy"])
 def test_kill_the_real_command(template, tmp_path, verb):
-    """The installed entry point (a fresh interpreter), killed once it has started on the destination."""
+    """The entry point in a fresh interpreter, killed at a seeded point of its work on the destination."""
     rng = random.Random(30 if verb == "move" else 31)
     original = contents(template / "data")
+    data, db, dest = fresh_copy(template, tmp_path / "count", tmp_path / "count-dest")  # where its work lies
+    work = run_forked(query_argv(db, dest, verb), kill_at="count")["any"]
+    data, db, dest = fresh_copy(template, tmp_path / "whole", tmp_path / "whole-dest")
+    proc = real_command("count", query_argv(db, dest, verb), counts=tmp_path / "counts.json")
+    assert proc.wait(timeout=300) == 0
+    total = json.loads((tmp_path / "counts.json").read_text())["any"]  # start-up's own operations, then the work
+    assert total >= work
     for trial in range(1):  # a fresh interpreter costs seconds: once per verb
         data, db, dest = fresh_copy(template, tmp_path / f"t{trial}", tmp_path / f"d{trial}")
-        proc = subprocess.Popen([sys.executable, "-m", "cityclf_core", *query_argv(db, dest, verb)], cwd=ROOT,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.time() + 120
-        while not dest.exists() and proc.poll() is None and time.time() < deadline:
-            time.sleep(0.001)
-        time.sleep(rng.uniform(0, 0.05))
-        proc.kill()
-        proc.wait(timeout=60)
+        proc = real_command(f"any:{total - work + rng.randint(1, work)}", query_argv(db, dest, verb))
+        assert kill_points.wait_stopped_or_exited(proc.pid) is None, "the command finished before its kill point"
+        kill_points.signal_stopped(proc.pid, signal.SIGKILL)
+        assert proc.wait(timeout=60) == -signal.SIGKILL
         rerun = subprocess.run([sys.executable, "-m", "cityclf_core", *query_argv(db, dest, verb)], cwd=ROOT,
                                capture_output=True, text=True, timeout=300)
         assert rerun.returncode == 0, rerun.stderr

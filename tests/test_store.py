@@ -8,7 +8,9 @@ import sqlite3
 import subprocess
 import sys
 import time
+from pathlib import Path
 
+import kill_points
 import numpy as np
 import pytest
 import torch
@@ -158,21 +160,22 @@ def _count(db, sql="SELECT COUNT(*) FROM files"):
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["kill-9", "ctrl-c"])
 def test_kill_and_resume(tmp_path, tiny_clip_dir, sig):
-    n = 160
+    """Killed (or interrupted) right after its 6th commit, wherever that falls on this machine's clock."""
+    n = 40
     write_images(tmp_path / "imgs", n, size=(200, 160))
     db = tmp_path / "s.db"
-    proc = subprocess.Popen(_embed_cmd(tmp_path / "imgs", db, tiny_clip_dir), cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while _count(db) < 5 and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.01)
-    proc.send_signal(sig)
+    cmd = _embed_cmd(tmp_path / "imgs", db, tiny_clip_dir)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, str(Path(kill_points.__file__)), "commit:6", *cmd[3:]], cwd=ROOT,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert kill_points.wait_stopped_or_exited(proc.pid) is None, "the run finished before its 6th commit"
+    kill_points.signal_stopped(proc.pid, sig)
     out, err = proc.communicate(timeout=60)
     done = _count(db)
-    if proc.returncode == 0:
-        pytest.skip("the run finished before it could be interrupted (machine too fast for this test)")
     if sig == signal.SIGINT:
         assert proc.returncode == 130 and "interrupted" in err and "rerun to continue" in err
+    else:
+        assert proc.returncode == -signal.SIGKILL
     assert 0 < done < n
     con = sqlite3.connect(db)
     assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"

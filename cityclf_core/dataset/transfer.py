@@ -170,6 +170,9 @@ def copy_or_move(paths: Sequence[str], roots: Sequence[str], to: str | os.PathLi
     if dry_run:
         return plan
     work = [t for t in plan if t.action != "skip" and (t.action != ALREADY_THERE or t.source != t.target)]
+    for t in work:  # a killed run's temporaries, also beside captions it had already put in place
+        for side in sidecars_of(Path(t.source)):
+            sweep_temporaries(sidecar_target(side, Path(t.target)))
     if move and journal is not None:
         journal.record([(t.source, t.target, True) for t in work] +
                        [(s, d, False) for t in work for s, d in t.sidecars])
