@@ -16,9 +16,10 @@ else:
 
 if _IN_COMFY:
     from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
-    from .nodes.comfy_bridge import register_model_folder
+    from .nodes.comfy_bridge import register_model_folder, short_error_titles
 
     register_model_folder()
+    short_error_titles()
     WEB_DIRECTORY = "./web"
 else:
     NODE_CLASS_MAPPINGS = {}

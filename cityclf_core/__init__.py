@@ -15,114 +15,88 @@ Typical use::
     results = model.score(images)  # IMAGE tensor [B, H, W, C] or a list of them
 """
 
-from .errors import (
-    CityClfError,
-    ConfigError,
-    DownloadError,
-    ImageError,
-    StoreError,
-    WeightsError,
-)
-from .kinds import HeadKind, get_kind, kind_names, register_kind, unregister_kind
-from .kinds.released import HeadNet
-from .loading.catalogue import (
-    KNOWN_CLIPS,
-    OTHER_HEADS,
-    RELEASES,
-    VIT_L14,
-    VIT_L14_336,
-    ClipModel,
-    Release,
-    default_models_dir,
-    download_release,
-    find_release,
-    identify,
-    load_head,
-    paired_clip,
-    resolve_head,
-)
-from .loading.clips import TransformersClipEncoder
-from .loading.head_files import HeadConfig, load_head_file, save_head
-from .scoring.crops import (
-    FIVE_CROP,
-    FIVE_CROP_NO_UPSCALE,
-    MAX_SIDE,
-    WHOLE_IMAGE,
-    CropPlan,
-    CropPolicy,
-    plan_crops,
-    render_views,
-)
-from .scoring.embedding import ClipPass, iter_embeddings
-from .scoring.encoders import ComfyClipVisionEncoder, Encoder, pick_device, pick_dtype
-from .scoring.heads import Head, default_policy
-from .scoring.images import DecodedImage, decode_image, find_images, iter_decoded
-from .scoring.pipeline import TILING_MODES, HeadBinding, ScoringModel, apply_heads, image_list, score_images
-from .scoring.reduce import COMBINES, reduce_segments, reduce_tiles
-from .scoring.results import HeadResult
+from __future__ import annotations
 
-__version__ = "0.1.0"
+import importlib
 
-__all__ = [
-    "COMBINES",
-    "FIVE_CROP",
-    "FIVE_CROP_NO_UPSCALE",
-    "KNOWN_CLIPS",
-    "MAX_SIDE",
-    "OTHER_HEADS",
-    "RELEASES",
-    "TILING_MODES",
-    "VIT_L14",
-    "VIT_L14_336",
-    "WHOLE_IMAGE",
-    "CityClfError",
-    "ClipModel",
-    "ClipPass",
-    "ComfyClipVisionEncoder",
-    "ConfigError",
-    "CropPlan",
-    "CropPolicy",
-    "DecodedImage",
-    "DownloadError",
-    "Encoder",
-    "Head",
-    "HeadBinding",
-    "HeadConfig",
-    "HeadKind",
-    "HeadNet",
-    "HeadResult",
-    "ImageError",
-    "Release",
-    "ScoringModel",
-    "StoreError",
-    "TransformersClipEncoder",
-    "WeightsError",
-    "__version__",
-    "apply_heads",
-    "decode_image",
-    "default_models_dir",
-    "default_policy",
-    "download_release",
-    "find_images",
-    "find_release",
-    "get_kind",
-    "identify",
-    "image_list",
-    "iter_decoded",
-    "iter_embeddings",
-    "kind_names",
-    "load_head",
-    "load_head_file",
-    "paired_clip",
-    "pick_device",
-    "pick_dtype",
-    "plan_crops",
-    "reduce_segments",
-    "reduce_tiles",
-    "register_kind",
-    "render_views",
-    "resolve_head",
-    "save_head",
-    "score_images",
-    "unregister_kind",
-]
+__version__ = "0.2.0"
+
+#: where each public name lives; imported on first use, so that `import cityclf_core` (and the commands
+#: that need no model) stay light: torch and transformers load only when something needs them
+_EXPORTS = {
+    "CityClfError": "errors",
+    "ConfigError": "errors",
+    "DownloadError": "errors",
+    "ImageError": "errors",
+    "StoreError": "errors",
+    "WeightsError": "errors",
+    "HeadKind": "kinds",
+    "get_kind": "kinds",
+    "kind_names": "kinds",
+    "register_kind": "kinds",
+    "unregister_kind": "kinds",
+    "HeadNet": "kinds.released",
+    "KNOWN_CLIPS": "loading.catalogue",
+    "OTHER_HEADS": "loading.catalogue",
+    "RELEASES": "loading.catalogue",
+    "VIT_L14": "loading.catalogue",
+    "VIT_L14_336": "loading.catalogue",
+    "ClipModel": "loading.catalogue",
+    "Release": "loading.catalogue",
+    "default_models_dir": "loading.catalogue",
+    "download_release": "loading.catalogue",
+    "find_release": "loading.catalogue",
+    "identify": "loading.catalogue",
+    "load_head": "loading.catalogue",
+    "paired_clip": "loading.catalogue",
+    "resolve_head": "loading.catalogue",
+    "TransformersClipEncoder": "loading.clips",
+    "HeadConfig": "loading.head_files",
+    "load_head_file": "loading.head_files",
+    "save_head": "loading.head_files",
+    "FIVE_CROP": "scoring.crops",
+    "FIVE_CROP_NO_UPSCALE": "scoring.crops",
+    "MAX_SIDE": "scoring.crops",
+    "WHOLE_IMAGE": "scoring.crops",
+    "CropPlan": "scoring.crops",
+    "CropPolicy": "scoring.crops",
+    "plan_crops": "scoring.crops",
+    "render_views": "scoring.crops",
+    "ClipPass": "scoring.embedding",
+    "iter_embeddings": "scoring.embedding",
+    "ComfyClipVisionEncoder": "scoring.encoders",
+    "Encoder": "scoring.encoders",
+    "pick_device": "scoring.encoders",
+    "pick_dtype": "scoring.encoders",
+    "Head": "scoring.heads",
+    "default_policy": "scoring.heads",
+    "DecodedImage": "scoring.images",
+    "decode_image": "scoring.images",
+    "find_images": "scoring.images",
+    "iter_decoded": "scoring.images",
+    "TILING_MODES": "scoring.pipeline",
+    "HeadBinding": "scoring.pipeline",
+    "ScoringModel": "scoring.pipeline",
+    "apply_heads": "scoring.pipeline",
+    "image_list": "scoring.pipeline",
+    "score_images": "scoring.pipeline",
+    "COMBINES": "scoring.reduce",
+    "reduce_segments": "scoring.reduce",
+    "reduce_tiles": "scoring.reduce",
+    "HeadResult": "scoring.results",
+}
+
+__all__ = sorted([*_EXPORTS, "__version__"])
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted([*globals(), *_EXPORTS])

@@ -30,6 +30,7 @@ import threading
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from .filemode import umask_mode as default_mode  # the mode open() gives a new file
 from .errors import CityClfError
 
 NAME_MAX = 255  # bytes in one file name on the usual file systems (ext4, xfs, btrfs, APFS, tmpfs)
@@ -387,13 +388,6 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> None:
     """Write `data` as the new content of `path` (see `replacing`: the old file or the whole new one)."""
     with replacing(path) as tmp:
         tmp.write_bytes(data)
-
-
-def default_mode() -> int:
-    """The mode a new file gets from open(): 0o666 less the umask."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
 
 
 __all__ = ["Area", "Folder", "HAVE_DIR_FD", "atomic_write", "NAME_MAX", "Outside", "default_mode", "fit_name", "inside", "replacing",

@@ -35,7 +35,28 @@ class StoreError(CityClfError):
 
 
 class Interrupted(KeyboardInterrupt):
-    """Stopped by Ctrl-C (or SIGTERM) at a safe point; the message says how to continue (exit 130)."""
+    """Stopped by Ctrl-C (or SIGTERM) at a safe point; `hint`, its message, is the one instruction for what to do
+    next (exit 130)."""
+
+    def __init__(self, hint: str):
+        super().__init__(hint)
+        self.hint = hint
+
+
+class interrupted_hint:  # noqa: N801  (used as a context manager, like contextlib's)
+    """Within it, Ctrl-C becomes Interrupted(hint)."""
+
+    def __init__(self, hint: str):
+        self.hint = hint
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, tb):
+        if kind is not None and issubclass(kind, KeyboardInterrupt) and not isinstance(error, Interrupted):
+            raise Interrupted(self.hint) from None
+        return False
+
 
 
 class FileSystemError(CityClfError):

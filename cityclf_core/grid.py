@@ -76,7 +76,7 @@ def histograms(series: dict[str, Sequence[float]], out: str | os.PathLike, bins:
     if not series:
         raise ImageError("nothing to draw: no scores")
     fnt, small = font(14), font(11)
-    left, right, top, bottom = 56, 16, 28, 28
+    left, right, top, bottom = 56, 16, 28, 44
     img = Image.new("RGB", (width, panel_height * len(series)), BG)
     draw = ImageDraw.Draw(img)
     for p, (name, values) in enumerate(series.items()):
@@ -102,23 +102,40 @@ def histograms(series: dict[str, Sequence[float]], out: str | os.PathLike, bins:
             draw.text((x - 8, base + 6), f"{t / 10:.1f}", font=small, fill=MUTED)
         draw.text((8, y0 + top - 2), str(peak), font=small, fill=MUTED)
         draw.text((8, base - 12), "0", font=small, fill=MUTED)
+        axis_titles(img, draw, small, left, plot_w, base, y0 + top, f"score (0 to 1, {bins} bins)", "images")
     return save_picture(img, out)
 
 
+def axis_titles(img, draw, fnt, left: int, plot_w: float, base: float, plot_top: float, x_title: str,
+                y_title: str) -> None:
+    """The x axis's title centred under its tick labels, the y axis's written upwards left of the axis."""
+    from PIL import Image, ImageDraw
+
+    w = int(draw.textlength(x_title, font=fnt))
+    draw.text((left + (plot_w - w) / 2, base + 22), x_title, font=fnt, fill=MUTED)
+    w = int(draw.textlength(y_title, font=fnt)) + 4
+    label = Image.new("RGB", (w, 14), BG)
+    ImageDraw.Draw(label).text((2, 0), y_title, font=fnt, fill=MUTED)
+    label = label.rotate(90, expand=True)
+    img.paste(label, (left - 22, int(plot_top + (base - plot_top - label.height) / 2)))
+
+
 def line_chart(top: dict[str, Sequence[tuple[float, float]]], bottom: dict[str, Sequence[tuple[float, float]]],
-               out: str | os.PathLike, title: str = "", width: int = 760, panel_height: int = 260) -> Path:
-    """Two stacked line-chart panels (e.g. losses above, a validation metric below) as a PNG."""
+               out: str | os.PathLike, title: str = "", width: int = 760, panel_height: int = 260,
+               x_title: str = "", y_titles: tuple[str, str] = ("", "")) -> Path:
+    """Two stacked line-chart panels (e.g. losses above, a validation metric below) as a PNG, with axis titles:
+    x_title under each panel, y_titles[i] beside panel i."""
     from PIL import Image, ImageDraw
 
     colours = [(86, 156, 214), (230, 150, 70), (120, 200, 120), (220, 100, 140)]
     fnt, small = font(14), font(11)
-    left, right, top_pad, bottom_pad = 64, 20, 34, 30
-    panels = [p for p in (top, bottom) if any(len(v) for v in p.values())]
+    left, right, top_pad, bottom_pad = 64, 20, 34, 44
+    panels = [(p, y) for p, y in zip((top, bottom), y_titles) if any(len(v) for v in p.values())]
     img = Image.new("RGB", (width, max(1, len(panels)) * panel_height + 24), BG)
     draw = ImageDraw.Draw(img)
     if title:
         draw.text((left, 4), title, font=fnt, fill=FG)
-    for p, series in enumerate(panels):
+    for p, (series, y_title) in enumerate(panels):
         y0 = 24 + p * panel_height
         points = [pt for v in series.values() for pt in v if pt[1] == pt[1]]
         if not points:
@@ -136,6 +153,7 @@ def line_chart(top: dict[str, Sequence[tuple[float, float]]], bottom: dict[str, 
         draw.text((4, base - 8), f"{y_lo:.3g}", font=small, fill=MUTED)
         draw.text((left, base + 6), f"{x_lo:g}", font=small, fill=MUTED)
         draw.text((left + plot_w - 40, base + 6), f"{x_hi:g}", font=small, fill=MUTED)
+        axis_titles(img, draw, small, left, plot_w, base, y0 + top_pad, x_title, y_title)
         lx = left + 8
         for i, (name, values) in enumerate(series.items()):
             colour = colours[i % len(colours)]

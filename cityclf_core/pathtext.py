@@ -29,6 +29,17 @@ def shown(path: str | os.PathLike) -> str:
     return os.fsencode(text).decode("utf-8", "backslashreplace")
 
 
+def shown_here(path: str | os.PathLike) -> str:
+    """`shown`, relative to the current folder when the path is inside it: a store keeps absolute paths, and
+    this prints them as `cityclf score` prints the relative paths it was given."""
+    text = os.fspath(path)
+    if os.path.isabs(text):
+        here = os.getcwd()
+        if text.startswith(here.rstrip(os.sep) + os.sep):
+            text = os.path.relpath(text, here)
+    return shown(text)
+
+
 def raw_b64(path: str | os.PathLike) -> str | None:
     """The name's exact bytes in base64 when it is not UTF-8, else None."""
     if is_text(path):

@@ -20,8 +20,16 @@ def _fmt_time(seconds: float) -> str:
 
 
 class ProgressBar:
+    """done/total, and a rate and an ETA once they are measured.
+
+    The rate is measured from the last update before the first half second of updates ended: work
+    that is counted at once at the start (files a store already has, a resumed run) is not a rate,
+    and neither is the time spent loading before the first update. Until there is a measurement the
+    bar shows no rate and `ETA ?`.
+    """
+
     def __init__(self, total: float, unit: str = "img", stream=None, enabled: bool | None = None,
-                 label: str = "", width: int = 24):
+                 label: str = "", width: int = 24, clock=time.monotonic):
         self.total = float(total)
         self.unit = unit
         self.stream = stream or sys.stderr
@@ -29,34 +37,40 @@ class ProgressBar:
         self.label = label
         self.width = width
         self.done = 0.0
-        self.start = time.monotonic()
+        self.clock = clock
         self._last_draw = 0.0
         self._drawn = False
-        self._first: tuple[float, float] | None = None  # (time, done) at the first update
+        self._first: float | None = None  # time of the first update
+        self._last: tuple[float, float] | None = None  # (time, done) at the latest update
+        self._ref: tuple[float, float] | None = None  # (time, done) the rate is measured from
 
-    def _eta(self) -> float:
-        """Seconds left, from the rate since the first update (startup is not progress); unknown at first."""
-        if self._first is None:
-            return float("nan")
-        t0, d0 = self._first
-        elapsed, done = time.monotonic() - t0, self.done - d0
+    def _measured(self) -> tuple[float, float] | None:
+        """(rate per second, seconds left), or None before there is a real measurement."""
+        if self._ref is None:
+            return None
+        t0, d0 = self._ref
+        elapsed, done = self.clock() - t0, self.done - d0
         if elapsed < 0.5 or done <= 0:
-            return float("nan")
-        return (self.total - self.done) * elapsed / done
+            return None
+        rate = done / elapsed
+        return rate, (self.total - self.done) / rate
 
     @property
     def rate(self) -> float:
-        elapsed = time.monotonic() - self.start
-        return self.done / elapsed if elapsed > 0 else 0.0
+        measured = self._measured()
+        return measured[0] if measured else float("nan")
 
     def update(self, n: float = 1.0) -> None:
         self.set(self.done + n)
 
     def set(self, done: float) -> None:
+        now = self.clock()
         if self._first is None:
-            self._first = (time.monotonic(), self.done)
+            self._first = now
+        elif self._ref is None and now - self._first >= 0.5:
+            self._ref = self._last
+        self._last = (now, float(done))
         self.done = min(float(done), self.total) if self.total else float(done)
-        now = time.monotonic()
         if now - self._last_draw >= 0.1 or self.done >= self.total:
             self._last_draw = now
             self.draw()
@@ -65,11 +79,10 @@ class ProgressBar:
         frac = self.done / self.total if self.total else 1.0
         filled = int(frac * self.width)
         bar = "#" * filled + "." * (self.width - filled)
-        rate = self.rate
-        eta = self._eta()
         label = f"{self.label} " if self.label else ""
-        return (f"{label}[{bar}] {int(self.done)}/{int(self.total)} {self.unit} "
-                f"{rate:.2f} {self.unit}/s ETA {_fmt_time(eta)}")
+        measured = self._measured()
+        speed = (f" {measured[0]:.2f} {self.unit}/s ETA {_fmt_time(measured[1])}" if measured else " ETA ?")
+        return f"{label}[{bar}] {int(self.done)}/{int(self.total)} {self.unit}{speed}"
 
     def draw(self) -> None:
         if not self.enabled:

@@ -55,6 +55,10 @@ def build_tiny_clip(
         model = CLIPVisionModelWithProjection(cfg)
     with quiet_transformers():
         model.save_pretrained(str(folder), safe_serialization=True)
+    from .filemode import umask_mode
+
+    for weights in folder.glob("*.safetensors"):  # safetensors writes 0600: give it the umask's mode
+        os.chmod(weights, umask_mode())
     (folder / "preprocessor_config.json").write_text(
         json.dumps(
             {

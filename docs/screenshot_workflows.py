@@ -1,4 +1,4 @@
-"""Renders each example workflow in a real ComfyUI, in headless Chromium, as it looks after a run.
+"""Renders each example workflow in a real ComfyUI, in headless Chromium: a layout preview with example results.
 
 Needs a ComfyUI checkout with its requirements (COMFYUI_DIR, see
 scripts/comfyui_harness.sh), Chromium, and Playwright's Python package (only its
@@ -6,9 +6,10 @@ driver: the system Chromium is used, nothing is downloaded):
 
     COMFYUI_DIR=/tmp/comfyui CHROMIUM=/usr/bin/chromium python docs/screenshot_workflows.py
 
-For each workflow it loads the file into ComfyUI's frontend, delivers results to
-our nodes the way the server does after a run (an `executed` message with as many
-lines as the results box can show), checks that no node overlaps another, and
+For each workflow it loads the file into ComfyUI's frontend, delivers example
+results to our nodes the way the server does after a run (an `executed` message;
+consistent with each other, see simulate_run), checks that no node overlaps another,
+labels the picture as a layout preview, and
 writes docs/workflows/<name>.png (for the README) and example_workflows/<name>.jpg
 (the template thumbnail ComfyUI shows beside each workflow). The same functions
 drive the browser test in tests/test_comfyui_e2e.py.
@@ -86,39 +87,61 @@ def load_workflow(page, workflow: dict) -> None:
 
 
 def simulate_run(page, lines: dict[str, int] = RESULT_LINES) -> int:
-    """Deliver results to our nodes through the frontend's own `executed` handler, as after a run;
-    returns how many nodes got results."""
+    """Deliver example results to our nodes through the frontend's own `executed` handler, as after a run;
+    returns how many nodes got results.
+
+    The results are examples, not a run's (the workflows generate with a checkpoint this project does not
+    ship), but consistent with each other and with the workflow: as many images as its Empty Latent Image
+    makes (else `lines`), one score per image, the gate passing exactly the scores that meet its rule and
+    threshold, the sort keeping the best top_k of those scores, tags from the same scores."""
     count = page.evaluate("""(lines) => {
+        const nodes = window.app.graph._nodes;
+        const widget = (node, name) => node.widgets?.find((w) => w.name === name)?.value;
+        const latent = nodes.find((n) => n.type === "EmptyLatentImage");
+        const folder = nodes.find((n) => n.type === "CityClfLoadImages");  // 20 files: 18 images, 2 skipped
+        const batch = latent ? Number(widget(latent, "batch_size")) : folder ? lines.CityClfLoadImages - 2 : null;
+        const score = (i) => Math.round(1000 * (0.31 + ((i * 37) % 61) / 100)) / 1000;  // 0.310 .. 0.910
+        const fmt = (v) => v.toFixed(3);
         // the heads of a loader's chain (add_to), first loaded first, by their file's stem
         const chain = (node) => {
             const heads = [];
             for (let up = node; up; up = up.getInputNode(up.findInputSlot("add_to")))
-                heads.unshift(up.widgets.find(w => w.name === "head").value.replace(/\\.[^.]+$/, ""));
+                heads.unshift(widget(up, "head").replace(/\\.[^.]+$/, ""));
             return heads;
         };
-        // a result as its head's kind writes it: LAION and waifu-scorer .pth heads rate 0..10
-        const result = (head, i) => head.startsWith("CityAesthetics") ? `0.${710 + 7 * i} (${71 + i}%)` :
-            `${(5.8 + 0.1 * i + head.length % 7 / 10).toFixed(1)}/10 (score ` +
-            `${(0.58 + 0.01 * i + head.length % 7 / 100).toFixed(2)})`;
+        // one head's result for image i, as its kind writes it: LAION and waifu-scorer (.pth) rate 0..10
+        const result = (head, i) => /aesthetic|waifu/i.test(head) && !head.startsWith("CityAesthetics")
+            ? `${(10 * score(i)).toFixed(1)}/10` : `${fmt(score(i))} (aesthetic score)`;
         let n = 0;
-        for (const node of window.app.graph._nodes) {
+        for (const node of nodes) {
             let k = lines[node.type];
             if (!k) continue;
-            const model = node.type === "CityClfPredict" ? node.getInputNode(node.findInputSlot("model")) : null;
-            const heads = node.type === "CityClfLoader" ? chain(node) : model ? chain(model) : [];
-            if (node.type === "CityClfLoader") k = heads.length;  // one line per head of its chain
-            const line = {
-                CityClfPredict: (i) => `#${i}: ` + heads.map(h => `${h}: ${result(h, i)}`).join("; "),
-                CityClfTag: (i) => `#${i}: aesthetic_70, ` + (i % 3 ? "jpeg_artifacts" : "chromatic_aberration"),
-                CityClfLoadImages: (i) => i ? `skipped dataset/img_${i}.png: truncated or corrupt` :
-                                              "loaded 48 image(s)",
-                CityClfLoader: (i) => heads[i] + " on CLIP_VISION",
-                CityClfGate: () => "3 of 4 passed (at least 0.6): [0, 1, 3]",
-                CityClfSort: () => "order [5, 2]; scores 0.812, 0.774",
-            }[node.type];
-            const text = Array.from({length: k}, (_, i) => line(i));
+            const images = batch ?? k;
+            const all = Array.from({length: images}, (_, i) => i);
+            let text;
+            if (node.type === "CityClfLoader") {  // one line per head of its chain (add_to)
+                text = chain(node).map((h) => `${h} on CLIP_VISION`);
+            } else if (node.type === "CityClfPredict") {
+                const model = node.getInputNode(node.findInputSlot("model"));
+                const heads = model ? chain(model) : ["CityAesthetics-Anime-v1.8"];
+                text = all.map((i) => `#${i}: ` + heads.map((h) => `${h}: ${result(h, i)}`).join("; "));
+            } else if (node.type === "CityClfTag") {
+                text = all.map((i) => `#${i}: aesthetic_${Math.floor(score(i) * 10) * 10}` +
+                                      (i % 3 === 1 ? ", jpeg_artifacts" : i % 5 === 2 ? ", chromatic_aberration" : ""));
+            } else if (node.type === "CityClfLoadImages") {
+                text = [`loaded ${images} image(s)`, `skipped dataset/img_${images}.png: truncated or corrupt`,
+                        `skipped dataset/img_${images + 1}.txt: not an image`];
+            } else if (node.type === "CityClfGate") {
+                const t = Number(widget(node, "threshold") ?? 0.6);
+                const passed = all.filter((i) => score(i) >= t);
+                text = [`${passed.length} of ${images} passed (at least ${t}): [${passed.join(", ")}]`];
+            } else if (node.type === "CityClfSort") {
+                const topK = Number(widget(node, "top_k") ?? 0) || images;
+                const keep = [...all].sort((a, b) => score(b) - score(a)).slice(0, topK);
+                text = [`order [${keep.join(", ")}]; scores ${keep.map((i) => fmt(score(i))).join(", ")}`];
+            }
             const detail = {node: String(node.id), display_node: String(node.id), output: {text},
-                            prompt_id: "simulated"};
+                            prompt_id: "example"};
             window.app.api.dispatchEvent(new CustomEvent("executed", {detail}));
             n += 1;
         }
@@ -126,6 +149,24 @@ def simulate_run(page, lines: dict[str, int] = RESULT_LINES) -> int:
     }""", lines)
     page.wait_for_timeout(800)
     return count
+
+
+def label_preview(png: Path) -> None:
+    """Write on the picture that it is a layout preview with example results."""
+    from PIL import Image, ImageDraw
+
+    sys.path.insert(0, str(ROOT))
+    from cityclf_core.annotate import font
+
+    img = Image.open(png).convert("RGB")
+    draw = ImageDraw.Draw(img)
+    note = "Layout preview: the results shown are examples, not from a run"
+    size = max(14, img.width // 70)
+    fnt = font(size)
+    w = int(draw.textlength(note, font=fnt))
+    draw.rectangle([0, 0, w + 24, size + 16], fill=(24, 24, 27))
+    draw.text((12, 8), note, font=fnt, fill=(235, 235, 235))
+    img.save(png)
 
 
 def node_boxes(page) -> list[dict]:
@@ -191,6 +232,7 @@ def main() -> None:
                     problems.append(f"{path.name}: overlapping nodes after a run: {bad}")
                 png = out_dir / f"{path.stem}.png"
                 frame_and_shoot(page, png)
+                label_preview(png)
                 thumb = Image.open(png).convert("RGB")
                 thumb.thumbnail((768, 768))
                 thumb.save(ROOT / "example_workflows" / f"{path.stem}.jpg", quality=85)

@@ -281,3 +281,15 @@ def save_image_path(prefix: str, width: int, height: int) -> tuple[str, str, int
     taken = [n[len(stem) + 1:].split("_")[0] for n in os.listdir(folder) if n.startswith(stem + "_")]
     counter = max([int(t) for t in taken if t.isdigit()], default=0) + 1
     return folder, stem, counter, subfolder
+
+
+def short_error_titles() -> None:
+    """ComfyUI titles a node's error with the exception's module and class (`full_type_name`), and loads this
+    pack by its folder path, so our errors read `/…/custom_nodes/X.cityclf_core.errors.DownloadError`. It
+    writes the class alone only for `builtins`: our error classes are named so, in the ComfyUI process only
+    (nothing pickles them there), and the message still says what to do."""
+    from ..cityclf_core import errors
+
+    for value in vars(errors).values():
+        if isinstance(value, type) and issubclass(value, BaseException) and value.__module__ == errors.__name__:
+            value.__module__ = "builtins"

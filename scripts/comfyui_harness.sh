@@ -14,9 +14,15 @@
 # Environment:
 #   PYTHON        the Python that makes the venv (default python3; ComfyUI wants 3.10+)
 #   TORCH_SPEC    the torch pip requirements, installed before ComfyUI's own
-#                 (default "torch torchvision"; give a pinned CPU pair such as
-#                 "torch==2.14.1 torchvision==0.29.1" to avoid a large CUDA build)
+#                 (default "torch torchvision torchaudio", the three ComfyUI's requirements
+#                 list: without torchaudio its audio nodes log IMPORT FAILED at start)
+#   TORCH_INDEX   where torch comes from: "cpu" for PyTorch's CPU wheel index
+#                 (https://download.pytorch.org/whl/cpu: a few hundred MB instead of a
+#                 multi-GB CUDA build; plenty for the tests), or any index URL
+#                 (e.g. https://download.pytorch.org/whl/cu124); default: pip's index
 #   PIP_ARGS      extra arguments for pip (an index URL, --no-index --find-links ...)
+#
+#   TORCH_INDEX=cpu scripts/comfyui_harness.sh /tmp/ComfyUI-src /tmp/comfyui
 #
 # Then run the end-to-end tests with the folder it prints last:
 #   COMFYUI_DIR=/tmp/comfyui .venv/bin/python -m pytest tests/test_comfyui_e2e.py
@@ -27,8 +33,14 @@ usage() { echo "usage: $0 SOURCE [TARGET_DIR]   (SOURCE: a ComfyUI checkout, or 
 source_dir=$1
 target=${2:-/tmp/comfyui}
 python=${PYTHON:-python3}
-torch_spec=${TORCH_SPEC:-torch torchvision}
+torch_spec=${TORCH_SPEC:-torch torchvision torchaudio}
 read -r -a pip_args <<< "${PIP_ARGS:-}"
+case "${TORCH_INDEX:-}" in
+  "") torch_index=() ;;
+  cpu) torch_index=(--index-url https://download.pytorch.org/whl/cpu) ;;
+  http://*|https://*|file://*) torch_index=(--index-url "$TORCH_INDEX") ;;
+  *) echo "$0: TORCH_INDEX=$TORCH_INDEX: give cpu or an index URL (https://...)" >&2; exit 2 ;;
+esac
 
 [ -e "$source_dir" ] || { echo "$0: $source_dir does not exist" >&2; exit 2; }
 source_dir=$(cd "$source_dir" && pwd)
@@ -56,13 +68,13 @@ for f in main.py requirements.txt; do
 done
 
 # 2. its Python environment
-if [ -x "$target/venv/bin/python" ] && "$target/venv/bin/python" -c "import torch, torchvision, aiohttp, requests" 2>/dev/null; then
+if [ -x "$target/venv/bin/python" ] && "$target/venv/bin/python" -c "import torch, torchvision, torchaudio, aiohttp, requests" 2>/dev/null; then
   echo "venv already complete in $target/venv" >&2
 else
   "$python" -m venv "$target/venv"
   # torch first, as asked: ComfyUI's requirements list it unpinned, which could pull a CUDA build
   # shellcheck disable=SC2086
-  "$target/venv/bin/pip" install -q "${pip_args[@]}" $torch_spec
+  "$target/venv/bin/pip" install -q "${pip_args[@]}" "${torch_index[@]}" $torch_spec
   grep -v -E '^[[:space:]]*(torch|torchvision|torchaudio)([^a-zA-Z0-9_.-].*)?$' "$target/requirements.txt" \
     > "$target/requirements-without-torch.txt"
   # requests: ComfyUI's frontend package manager imports it without listing it
@@ -72,4 +84,6 @@ fi
 # 3. a smoke check: ComfyUI's own modules import
 (cd "$target" && "$target/venv/bin/python" -c "import comfy.options, folder_paths" ) \
   || { echo "$0: ComfyUI in $target does not import; see the errors above" >&2; exit 1; }
+"$target/venv/bin/python" -c "import torchaudio" 2>/dev/null \
+  || echo "note: torchaudio does not import in $target/venv: ComfyUI's audio nodes will log IMPORT FAILED" >&2
 echo "$target"

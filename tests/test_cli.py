@@ -41,8 +41,9 @@ def test_jsonl_has_the_contract_fields(image_dir, tiny_clip_dir, score_head_path
     score_rows = [r for r in rows if r["model"] == "TestAesthetics-v1"]
     class_rows = [r for r in rows if r["model"] == "TestCompression-v1"]
     assert all(set(r) == {"path", "model", "score"} for r in score_rows)
-    assert all(set(r) == {"path", "model", "probs", "label"} for r in class_rows)
+    assert all(set(r) == {"path", "model", "score", "probs", "label"} for r in class_rows)
     for r in class_rows:
+        assert r["score"] == pytest.approx(1 - r["probs"]["Pass"], abs=1e-5)  # P(not Pass), as in the CSV
         assert list(r["probs"]) == ["Pass", "JPEG", "WEBP"]
         assert r["label"] == max(r["probs"], key=r["probs"].get)
         assert sum(r["probs"].values()) == pytest.approx(1, abs=1e-5)

@@ -139,7 +139,7 @@ def test_export_as_the_readme_writes_it_on_a_store_with_a_score_head_and_a_class
     assert data["tiles-64-1536-up.offsets"][-1] == data["tiles-64-1536-up.embeddings"].shape[0]
     code, _, err = run(["export", "--store", mixed_store, "--out", tmp_path / "w.npz", "--policy", "whole"], capsys)
     assert code == 0 and np.load(tmp_path / "w.npz")["embeddings"].shape == (6, 768)
-    code, out, _ = run(["store-info", "--store", mixed_store], capsys)
+    code, out, _ = run(["store-info", "--store", mixed_store, "--json"], capsys)
     info = json.loads(out)
     assert sorted(p["policy"] for p in info["policies"]) == ["tiles:64:1536:up", "whole"]
     assert info["heads"] == {"TestAesthetics-v1": {"mean": 6}, "TestCompression-v1": {"mean": 6}}

@@ -515,3 +515,46 @@ def test_example_workflow_nodes_do_not_overlap_after_a_run(browser_page, name, t
     assert not [e for e in errors if "cityclf" in e.lower()]
 
 
+
+
+def test_node_help_and_translations_are_served(comfy, pack):
+    """The frontend's node library fetches /extensions/<pack>/docs/<NodeId>.md; /i18n merges locales/."""
+    for nid in ("CityClfLoader", "CityClfGate", "CityClfTag"):
+        with urllib.request.urlopen(f"{comfy.url}/extensions/cityclf/docs/{nid}.md", timeout=30) as r:
+            assert r.status == 200 and r.read().decode().startswith("# ")
+    i18n = comfy.get("/i18n")
+    for lang in ("en", "ja", "zh"):
+        mine = json.loads((ROOT / "locales" / lang / "nodeDefs.json").read_text(encoding="utf-8"))
+        assert i18n[lang]["nodeDefs"]["CityClfGate"]["display_name"] == mine["CityClfGate"]["display_name"]
+    assert i18n["en"]["templateWorkflows"]["category"]["cityclf"] == "CityClassifiers"
+
+
+def test_linked_widget_hides_and_language_switches_in_the_browser(browser_page):
+    """Tag's `paths` box hides while Load Images feeds it (and returns when unlinked); with the language set
+    to Japanese, a new node is titled from locales/ja."""
+    page, errors = browser_page
+    out = page.evaluate("""async () => {
+        const g = window.app.graph; g.clear();
+        const load = LiteGraph.createNode('CityClfLoadImages'); load.pos = [0, 0]; g.add(load);
+        const tag = LiteGraph.createNode('CityClfTag'); tag.pos = [400, 0]; g.add(tag);
+        const paths = () => tag.widgets.find(w => w.name === 'paths');
+        const res = {before: !!paths().hidden};
+        load.connect(load.findOutputSlot('paths'), tag, tag.findInputSlot('paths'));
+        await new Promise(r => setTimeout(r, 300));
+        res.linked = !!paths().hidden && !!paths().element?.hidden;
+        tag.disconnectInput(tag.findInputSlot('paths'));
+        await new Promise(r => setTimeout(r, 300));
+        res.unlinked = !!paths().hidden;
+        const setting = window.app.extensionManager.setting;
+        const old = setting.get('Comfy.Locale');
+        await setting.set('Comfy.Locale', 'ja');
+        await new Promise(r => setTimeout(r, 1500));
+        const gate = LiteGraph.createNode('CityClfGate'); g.add(gate);
+        res.title = gate.title;
+        await setting.set('Comfy.Locale', old || 'en');
+        g.clear();
+        return res;
+    }""")
+    ja = json.loads((ROOT / "locales" / "ja" / "nodeDefs.json").read_text(encoding="utf-8"))
+    assert out == {"before": False, "linked": True, "unlinked": False, "title": ja["CityClfGate"]["display_name"]}
+    assert not [e for e in errors if "cityclf" in e.lower()]

@@ -177,10 +177,10 @@ def test_progress_bar_shows_rate_and_eta():
     import io
 
     stream = io.StringIO()
-    bar = ProgressBar(10, "img", stream=stream, enabled=True, label="embedding")
+    now = [100.0]
+    bar = ProgressBar(10, "img", stream=stream, enabled=True, label="embedding", clock=lambda: now[0])
     bar.set(0)  # the first update: the ETA is measured from here (startup is not progress)
-    bar.start -= 2.0  # two seconds in
-    bar._first = (bar._first[0] - 2.0, 0.0)
+    now[0] += 2.0  # two seconds in
     bar.set(4)
     text = bar.text()
     assert text.startswith("embedding [#########") and "4/10 img" in text

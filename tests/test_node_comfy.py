@@ -326,3 +326,31 @@ def test_comfyui_harness_checks_its_input(tmp_path):
     out = subprocess.run(["bash", str(script), str(repo), str(tmp_path / "target")], capture_output=True, text=True)
     assert out.returncode == 2 and "not a ComfyUI tree" in out.stderr
     assert (tmp_path / "target" / "README").is_file() and not (tmp_path / "target" / "venv").exists()
+
+
+def test_comfyui_harness_installs_torch_from_the_index_asked(tmp_path):
+    """TORCH_INDEX=cpu takes torch, torchvision and torchaudio from PyTorch's CPU index; ComfyUI's own
+    requirements come from pip's index (a fake python and pip record what would be installed)."""
+    import subprocess
+
+    script = ROOT / "scripts" / "comfyui_harness.sh"
+    comfy = tmp_path / "comfy"
+    comfy.mkdir()
+    (comfy / "main.py").write_text("")
+    (comfy / "requirements.txt").write_text("torch\ntorchaudio\naiohttp\n")
+    log = tmp_path / "pip.log"
+    fake = tmp_path / "python"
+    fake.write_text("#!/bin/sh\n"
+                    'if [ "$1" = -m ] && [ "$2" = venv ]; then mkdir -p "$3/bin"\n'
+                    f'  printf \'#!/bin/sh\\necho "$*" >> {log}\\n\' > "$3/bin/pip"; chmod +x "$3/bin/pip"\n'
+                    '  printf \'#!/bin/sh\\nexit 1\\n\' > "$3/bin/python"; chmod +x "$3/bin/python"; fi\n')
+    fake.chmod(0o755)
+    env = {**os.environ, "PYTHON": str(fake), "TORCH_INDEX": "cpu"}
+    subprocess.run(["bash", str(script), str(comfy), str(comfy)], env=env, capture_output=True, text=True)
+    first, second = log.read_text().splitlines()[:2]
+    assert first.split() == ["install", "-q", "--index-url", "https://download.pytorch.org/whl/cpu",
+                             "torch", "torchvision", "torchaudio"]
+    assert "--index-url" not in second and "requirements-without-torch.txt" in second
+    bad = subprocess.run(["bash", str(script), str(comfy), str(comfy)], env={**env, "TORCH_INDEX": "cuda"},
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "give cpu or an index URL" in bad.stderr

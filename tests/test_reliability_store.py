@@ -75,7 +75,7 @@ def test_a_read_only_store_is_a_clear_error_before_any_clip_loads(read_only, sco
     assert code == 2 and "read-only" in err and "Traceback" not in err
     code, out, err = run(["query", "--store", str(db), "--format", "csv"], capsys)  # reading needs no writes
     assert code == 0 and len(out.splitlines()) == 7, err
-    code, out, _ = run(["store-info", "--store", str(db)], capsys)
+    code, out, _ = run(["store-info", "--store", str(db), "--json"], capsys)
     assert code == 0 and '"files": 6' in out
     code, _, err = run(["query", "--store", str(db), "--min", "0", "--move", str(data.parent / "moved")], capsys)
     assert code == 2 and "read-only" in err and not (data.parent / "moved").exists()

@@ -85,7 +85,7 @@ def test_sigint_anywhere_then_resume_gives_the_uninterrupted_head(run_folder, tm
         code, err = interrupt_at(proc, point)
         step = int(point.split(":")[1])
         assert code == 130, err
-        assert f"interrupted at step {step} of {STEPS}" in err and err.count("--resume") == 1, err
+        assert f"checkpoint saved at step {step} of {STEPS}" in err and err.count("--resume") == 1, err
         assert not (out / "Cut-v1.safetensors").exists()
         assert not list(out.glob("*.tmp"))  # the checkpoint was renamed into place, whatever was interrupted
     last = cityclf_train(run_folder, out, "--resume")

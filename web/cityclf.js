@@ -43,10 +43,42 @@ function showText(node, lines) {
   node.setDirtyCanvas?.(true, true);
 }
 
+// A widget whose input is linked (the Tag node's `paths` fed by Load Images) takes its value from the link:
+// its text box is hidden, and shown again when the link is removed.
+function hideLinkedWidgets(node) {
+  let changed = false;
+  for (const input of node.inputs ?? []) {
+    const widget = input.widget && node.widgets?.find((w) => w.name === input.widget.name);
+    if (!widget) continue;
+    const linked = input.link != null;
+    if (Boolean(widget.hidden) !== linked) {
+      widget.hidden = linked;
+      if (widget.element) widget.element.hidden = linked;
+      changed = true;
+    }
+  }
+  if (changed) {
+    node.setSize([node.size[0], node.computeSize()[1]]);
+    node.setDirtyCanvas?.(true, true);
+  }
+}
+
 app.registerExtension({
   name: "cityclf.ShowResults",
   async beforeRegisterNodeDef(nodeType, nodeData) {
     if (!nodeData?.name?.startsWith("CityClf")) return;
+    const onConnectionsChange = nodeType.prototype.onConnectionsChange;
+    nodeType.prototype.onConnectionsChange = function () {
+      const result = onConnectionsChange?.apply(this, arguments);
+      hideLinkedWidgets(this);
+      return result;
+    };
+    const onConfigure = nodeType.prototype.onConfigure;
+    nodeType.prototype.onConfigure = function () {  // a loaded workflow's links
+      const result = onConfigure?.apply(this, arguments);
+      queueMicrotask(() => hideLinkedWidgets(this));
+      return result;
+    };
     const onExecuted = nodeType.prototype.onExecuted;
     nodeType.prototype.onExecuted = function (message) {
       onExecuted?.apply(this, arguments);

@@ -11,11 +11,10 @@ import os
 import sys
 
 from ..errors import ConfigError
-from ..scoring.images import DEFAULT_MAX_PIXELS
+from ..defaults import COMBINES, DEFAULT_MAX_PIXELS
 from ..numbers import COUNT, PIXELS
-from ..pathtext import raw_b64, safe_text, shown
+from ..pathtext import raw_b64, safe_text, shown, shown_here
 from ..progress import ProgressBar
-from ..scoring.reduce import COMBINES
 
 FORMATS = ("table", "jsonl", "csv")
 
@@ -68,8 +67,10 @@ TOP_HELP = ("keep the N highest by --sort-by (N, or a share such as 20%%). For a
 class ResultWriter:
     """Writes per-image results as they come, in one of FORMATS."""
 
-    def __init__(self, fmt: str, heads: list[str], stream):
+    def __init__(self, fmt: str, heads: list[str], stream, stored: bool = False):
+        """stored: the paths come from a store (absolute): printed relative to the current folder inside it."""
         self.fmt, self.heads, self.stream = fmt, heads, stream
+        self.show = shown_here if stored else shown
         self._csv_writer = None
         self._header_done = False
         self._widths: list[int] = []  # a terminal gets padded columns; a pipe or file gets TSV
@@ -81,7 +82,7 @@ class ResultWriter:
 
     def _jsonl(self, path: str, results: dict) -> None:
         for name, r in results.items():
-            row = {"path": shown(path), "model": name, **r.kind.jsonl_fields(r)}
+            row = {"path": self.show(path), "model": name, **r.kind.jsonl_fields(r)}
             if raw_b64(path):  # a name that is not UTF-8: its exact bytes too
                 row["path_b64"] = raw_b64(path)
             self.stream.write(json.dumps(finite_json(row), ensure_ascii=False, allow_nan=False) + "\n")
@@ -95,7 +96,7 @@ class ResultWriter:
                 header += r.kind.csv_columns(name, r.labels)
             self._csv_writer.writerow(header)
             self._header_done = True
-        row = [shown(path)]
+        row = [self.show(path)]
         for r in results.values():
             row += r.kind.csv_cells(r)
         self._csv_writer.writerow(row)
@@ -104,7 +105,7 @@ class ResultWriter:
         if not self._header_done:
             self._line(["path", *results])
             self._header_done = True
-        cells = [shown(path)]
+        cells = [self.show(path)]
         for r in results.values():
             cells.append(r.kind.short_text(r))
         self._line(cells)
@@ -138,7 +139,7 @@ class Problems:
 
     def add(self, path, reason: str) -> None:
         self.items.append((str(path), reason))
-        line = f"cityclf: skipped {shown(str(path))}: {safe_text(reason)}"
+        line = f"cityclf: skipped {shown_here(str(path))}: {safe_text(reason)}"
         (self.bar.write(line) if self.bar else print(line, file=sys.stderr))
 
     def write_report(self, path: str | None) -> None:
@@ -291,7 +292,23 @@ def model_spec(args, score: bool = False):
                      score=score)
 
 
+def say_loading(what: str, args) -> None:
+    """One line on stderr before the slow part (importing torch and transformers, reading weights): a command
+    that will take seconds says so at once."""
+    where = ", ".join(v for v in (getattr(args, "dtype", None), getattr(args, "device", None)) if v and v != "auto")
+    print(f"cityclf: loading {what}" + (f" ({where})" if where else "") + " ...", file=sys.stderr, flush=True)
+
+
+def loading_what(args) -> str:
+    """What a command loads, in words: its heads and their CLIP, or a bare CLIP."""
+    if not getattr(args, "model", None):
+        return f"CLIP {args.clip}"
+    names = ", ".join(os.path.basename(m) for m in args.model)
+    return f"{names} and " + (f"CLIP {args.clip}" if args.clip else "the CLIP each was made with")
+
+
 def load_model(args):
+    say_loading(loading_what(args), args)
     from ..loading.models import load_scoring_model
 
     return load_scoring_model(

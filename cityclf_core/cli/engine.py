@@ -71,7 +71,7 @@ def run_engine(args, command: str, shard: str | None = None) -> int | None:
             problems.write_report(args.report)
             return 1 if len(problems) else 0
         stream = not selection(args).active
-        writer = ResultWriter(args.format, report.model.names, sys.stdout)
+        writer = ResultWriter(args.format, report.model.names, sys.stdout, stored=True)
         rows = []
         reported = {p for p, _ in problems.items}  # skipped while embedding: not again as "not in the store"
         paths = [p for p in paths if p not in reported]

@@ -14,18 +14,9 @@ from .common import Problems, output_file, progress_enabled
 
 
 def cmd_ingest(args) -> int:
-    import sqlite3
+    from ..pixiv.ingest import ingest
 
-    from ..pixiv.ingest import database_path, ingest
-
-    try:
-        report = ingest(args.dataset, require_images=not args.metadata_only, crawled=args.crawled)
-    except sqlite3.Error as e:  # writing the database failed (a full disk, say): what it held is kept
-        full = "full" in str(e).lower()
-        raise ConfigError(f"{database_path(args.dataset)} could not be written ({e}): "
-                          + ("the disk is full: free some space" if full else "check the disk and its free space")
-                          + " and run ingest again; the rows written before are kept, and the rerun adds the rest"
-                          ) from None
+    report = ingest(args.dataset, require_images=not args.metadata_only, crawled=args.crawled)
     problems = Problems()
     for path, why in report.skipped:
         problems.add(path, why)
@@ -144,7 +135,7 @@ def register(sub) -> None:
     sp = p.add_subparsers(dest="pixiv_command", required=True, metavar="STEP")
 
     q = sp.add_parser("ingest", help="read gallery-dl sidecars into DATASET/.database/metadata.sqlite3")
-    q.add_argument("dataset", metavar="DATASET_DIR")
+    q.add_argument("dataset", metavar="DATASET_DIR", help="the gallery-dl download folder (images + .json sidecars)")
     q.add_argument("--metadata-only", action="store_true",
                    help="also ingest sidecars whose image is missing (metadata only: no training on them)")
     q.add_argument("--report", metavar="FILE", type=output_file, help="write skipped inputs and why, as JSONL")
@@ -152,23 +143,25 @@ def register(sub) -> None:
                    "sidecars whose mtime is the upload time (gallery-dl's mtime option)")
     q.set_defaults(func=cmd_ingest)
 
-    q = sp.add_parser("synth", help="write a synthetic dataset in the document's layout (with a planted relation)")
-    q.add_argument("out", metavar="OUT_DIR")
-    q.add_argument("--works", type=COUNT, default=300, metavar="N")
-    q.add_argument("--artists", type=COUNT, default=30, metavar="N")
+    q = sp.add_parser("synth", help="write a synthetic dataset in gallery-dl's layout (with a planted relation)")
+    q.add_argument("out", metavar="OUT_DIR", help="where to write the pictures and their sidecars")
+    q.add_argument("--works", type=COUNT, default=300, metavar="N", help="how many works (default 300)")
+    q.add_argument("--artists", type=COUNT, default=30, metavar="N", help="how many artists (default 30)")
     q.add_argument("--size", type=PIXELS, default=64, metavar="PX", help="picture size (default 64)")
-    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     q.set_defaults(func=cmd_synth)
 
     for name, func, what in (("train", cmd_train, "train one popularity head (model.arch) on the config's split"),
                              ("eval", cmd_eval, "ablation: (a), (b), (c) and the metadata baseline on the same "
                                                 "splits and seeds")):
         q = sp.add_parser(name, help=what)
-        q.add_argument("--config", required=True, metavar="YAML")
-        q.add_argument("--out", default="pixiv-models" if name == "train" else "pixiv-eval", metavar="DIR")
+        q.add_argument("--config", required=True, metavar="YAML", help="the pixiv config (data, target, model, "
+                                                                        "train, eval sections)")
+        q.add_argument("--out", default="pixiv-models" if name == "train" else "pixiv-eval", metavar="DIR",
+                       help="where the results go (default: %(default)s)")
         q.add_argument("--overwrite", action="store_true", help="replace earlier results of the same name")
         q.add_argument("--verbose", action="store_true", help="list every work left out and why")
-        q.add_argument("--no-progress", action="store_true")
+        q.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
         if name == "eval":
             q.add_argument("--head", metavar="FILE", help="evaluate this saved head on the config's split instead "
                            "of running the ablation (refused when that split tests works the head trained on)")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import sys
 
 from ..errors import ConfigError
-from ..scoring.images import find_images
 from ..pathtext import safe_text, shown
 from ..progress import ProgressBar
 from ..store.lock import store_writer
@@ -25,9 +24,11 @@ from .common import (
     finish_interrupted_moves,
     listed_files,
     load_model,
+    loading_what,
     model_spec,
     present,
     progress_enabled,
+    say_loading,
     score_options,
     selection,
 )
@@ -43,6 +44,8 @@ def cmd_score(args) -> int:
         raise ConfigError("give images (files or folders) to score, or --store DB to score stored embeddings")
     if args.store:
         return _score_with_store(args)
+    from ..scoring.images import find_images
+
     files, missing = find_images(args.paths)
     bar = ProgressBar(len(files), "img", enabled=progress_enabled(args), label="scoring")
     problems = Problems(bar)
@@ -79,7 +82,7 @@ def _score_with_store(args) -> int:
                                       tile_size=args.tile_size)
         stream = not selection(args).active
         keep = not stream or acting(args)  # else rows are written and counted, not kept: memory stays flat
-        writer = ResultWriter(args.format, model.names, sys.stdout)
+        writer = ResultWriter(args.format, model.names, sys.stdout, stored=True)
         rows, n = [], 0
         for results, missing in score_store(store, model, paths, args.combine, args.tiling, args.upscale):
             for path, why in missing:
@@ -106,7 +109,8 @@ def _embed_into(args, store, problems: Problems, shard: str | None = None):
     from ..dataset.passes import choose_clips
 
     paths = listed_files(args.paths, problems, shard)
-    job = choose_clips(store, model_spec(args), paths, args.device)
+    job = choose_clips(store, model_spec(args), paths, args.device,
+                       on_load=lambda: say_loading(loading_what(args), args))
     if not job.loaded:
         print(f"cityclf: {len(paths)} file(s), 0 embedded, {len(paths)} already in the store "
               "(nothing to embed: the CLIP was not loaded)", file=sys.stderr)

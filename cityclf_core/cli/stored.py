@@ -7,9 +7,9 @@ import sys
 
 from ..errors import ConfigError
 from ..pathtext import shown
-from ..scoring.reduce import COMBINES
-from ..store.lock import store_writer
+from ..defaults import COMBINES
 from ..numbers import COUNT
+from ..store.lock import store_writer
 from .common import (
     output_file,
     TOP_HELP,
@@ -77,7 +77,7 @@ def cmd_query(args) -> int:
             raise ConfigError(no_scores_message(store, args))
         heads = ordered_heads(args, stored)
         total = store.count_scores(heads[0], args.combine)
-        writer = ResultWriter(args.format, heads, sys.stdout)
+        writer = ResultWriter(args.format, heads, sys.stdout, stored=True)
 
         def skipped(path, why):
             problems.add(path, why.replace("--store DB", f"--store {args.store}"))
@@ -123,9 +123,16 @@ def cmd_grid(args) -> int:
     top = args.top if (args.top or args.bottom) else (None if chosen_by.bounds else 24)
     chosen = Selection(chosen_by.bounds, top, args.bottom, args.sort_by).apply(rows)
     if args.out:
-        items = [(p, [f"{name.split('-v')[0]}: {r.kind.short_text(r)}" for name, r in res.items()])
+        from ..dataset.select import value_of
+        from ..scoring.pipeline import resolve_head_name
+
+        head, _, label = (args.sort_by or "").partition(":")
+        key = resolve_head_name(list(rows[0][1]), head or None)
+        what = f"P({label})" if label else "score"  # what the rows are sorted by, shown first under each image
+        items = [(p, [f"{key.split('-v')[0]} {what} {value_of(res, key, label or None):.3f}"]
+                  + [f"{name.split('-v')[0]}: {r.kind.short_text(r)}" for name, r in res.items() if name != key])
                  for p, res in chosen]
-        title = f"{'bottom' if args.bottom else 'top'} {len(items)} by {args.sort_by or list(rows[0][1])[0]}"
+        title = f"{'bottom' if args.bottom else 'top'} {len(items)} by {key} {what}"
         out = contact_sheet(items, args.out, thumb=args.thumb, title=title)
         print(f"cityclf: wrote {out} ({len(items)} images)", file=sys.stderr)
     if args.histogram:
@@ -217,7 +224,9 @@ def cmd_prune(args) -> int:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("query", help="select and act on stored scores (no models needed)")
+    p = sub.add_parser("query", help="select and act on stored scores (no models needed)",
+                       description="Print, select, sort, copy, move or tag images by the scores a store holds "
+                                   "(made by cityclf score --store or embed + score): no model is loaded.")
     p.add_argument("--store", required=True, metavar="DB", help="the store with the scores")
     p.add_argument("--head", action="append", metavar="NAME", help="only these heads' scores (default: all)")
     p.add_argument("--combine", choices=COMBINES, default="mean", help="the tile combine the scores were made with")

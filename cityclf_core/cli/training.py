@@ -8,8 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from ..errors import ConfigError
-from ..scoring.images import find_images
+from ..errors import ConfigError, interrupted_hint
 from ..progress import ProgressBar
 from ..numbers import COUNT
 from .common import (
@@ -20,6 +19,7 @@ from .common import (
     add_model_options,
     load_model,
     progress_enabled,
+    say_loading,
     score_options,
 )
 
@@ -49,17 +49,18 @@ def cmd_train(args) -> int:
         if source is None:
             raise ConfigError(f"model.clip {cfg.clip} has no CLIP to embed images with here; give --clip, "
                               "set model.clip_model, or train from ..npy embeddings")
+        say_loading(f"CLIP {source}", args)
         encoder = load_encoder(source, args.device, args.dtype, allow_download=not args.offline)
         cfg.clip_record = record_for(encoder, source_name(source), inference_policy(cfg, encoder.image_size)).to_dict()
         store_path = Path(args.store) if args.store else out / f"{cfg.base}.embeddings.db"
         out.mkdir(parents=True, exist_ok=True)
         reports: list = []
         with EmbeddingStore(store_path) as store, store_writer(store.path):  # one writer per store
-            n_files = sum(1 for _ in root.rglob("*") if _.is_file())
-            bar = ProgressBar(n_files, "img", enabled=progress_enabled(args), label="embedding")
+            bar = ProgressBar(0, "img", enabled=progress_enabled(args), label="embedding")
             problems.bar = bar
-            with bar:
+            with bar, interrupted_hint(f"{store_path} keeps the embeddings made so far: rerun to continue"):
                 data = load_image_dataset(cfg, root, store, encoder, report=reports,
+                                          on_total=lambda n: setattr(bar, "total", float(n)),
                                           on_file=lambda p, e: (problems.add(p, e) if e else None, bar.update(1)))
             problems.bar = None
         embedded = sum(r.embedded for r in reports)
@@ -84,6 +85,7 @@ def cmd_train(args) -> int:
 def cmd_review(args) -> int:
     from ..dataset import score_files
     from ..grid import contact_sheet
+    from ..scoring.images import find_images
     from ..review import expected_from_folders, review_items
 
     if len(args.model) != 1:
@@ -180,8 +182,10 @@ def register(sub) -> None:
                        description="Train a head with a reference-format config (YAML) on data in the reference "
                                    "layout: one folder per category, named by its label (0_reg, 1_chroma) or score "
                                    "(0..10). Images are embedded once, through an embedding store.")
-    p.add_argument("--config", required=True, metavar="YAML")
-    p.add_argument("--data", required=True, metavar="DIR")
+    p.add_argument("--config", required=True, metavar="YAML",
+                   help="the training config: model, train and labels sections (cityclf synth writes a starting one)")
+    p.add_argument("--data", required=True, metavar="DIR",
+                   help="one folder per category (0_clean, 1_jpeg ... or 0..10 for scores), or .npy embeddings")
     p.add_argument("--out", default="models", metavar="DIR", help="where the head and its logs go (default: models)")
     p.add_argument("--store", metavar="DB", help="embedding store (default: OUT/<base>.embeddings.db)")
     p.add_argument("--resume", nargs="?", const="auto", metavar="CHECKPOINT",
@@ -189,11 +193,14 @@ def register(sub) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing head of the same name and rev")
     p.add_argument("--clip", metavar="ID_OR_DIR", help="the CLIP to embed images with (default: model.clip_model, "
                                                        "else openai/clip-vit-large-patch14-336)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--dtype", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
-    p.add_argument("--offline", action="store_true")
-    p.add_argument("--report", metavar="FILE", type=output_file, help="write skipped images and why, as JSONL")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--device", default="auto", help="where to embed and train: auto (a GPU if there is one), cpu, "
+                                                    "cuda, cuda:1 ... (default: auto)")
+    p.add_argument("--dtype", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
+                   help="the CLIP's precision while embedding (heads always train in fp32; default: auto)")
+    p.add_argument("--offline", action="store_true", help="never download: a missing CLIP is an error that says "
+                                                          "what to fetch")
+    p.add_argument("--report", type=output_file, metavar="FILE", help="write skipped images and why, as JSONL")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("review", help="list the most confidently wrong images of a labelled folder (or a new one)",
@@ -201,7 +208,8 @@ def register(sub) -> None:
                                    "it gets most confidently wrong, highest loss first: candidates to move to the "
                                    "right folder before retraining. For a folder of new images, say what they "
                                    "should be with --expect.")
-    p.add_argument("paths", nargs="+", metavar="PATH")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="a labelled folder (category folders), or images "
+                                                           "with --expect")
     add_model_options(p)
     add_crop_options(p)
     p.add_argument("--expect", metavar="CLASS", help="what every image in PATH should be (a class name or number)")
@@ -209,19 +217,23 @@ def register(sub) -> None:
                                                  "embeddings.db): embed only what it lacks, keep the rest")
     p.add_argument("--top", type=COUNT, default=50, metavar="N", help="list at most N (default 50)")
     p.add_argument("--sheet", metavar="PNG", help="also write a contact sheet of them")
-    p.add_argument("--thumb", type=COUNT, default=200, metavar="PX")
-    p.add_argument("--format", choices=FORMATS, default="table")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--thumb", type=COUNT, default=200, metavar="PX", help="thumbnail size on the sheet (default 200)")
+    p.add_argument("--format", choices=FORMATS, default="table", help="table (default), jsonl or csv")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.set_defaults(func=cmd_review)
 
-    p = sub.add_parser("synth", help="make training images with compression or chromatic aberration from clean ones")
-    p.add_argument("clean", metavar="CLEAN_DIR")
-    p.add_argument("--out", required=True, metavar="DATA_DIR")
-    p.add_argument("--task", choices=("compression", "chromatic-aberration"), default="compression")
+    p = sub.add_parser("synth", help="make training images with compression or chromatic aberration from clean ones",
+                       description="Write a training dataset from clean images: lossless 0_clean copies and, per "
+                                   "task, 1_jpeg and 2_webp at random qualities or 1_chroma with the red and blue "
+                                   "channels shifted apart; plus a starting config.yaml. Reruns skip what exists.")
+    p.add_argument("clean", metavar="CLEAN_DIR", help="a folder of clean images (walked recursively)")
+    p.add_argument("--out", required=True, metavar="DATA_DIR", help="where the category folders are written")
+    p.add_argument("--task", choices=("compression", "chromatic-aberration"), default="compression",
+                   help="which artifacts to make (default: compression)")
     p.add_argument("--per-image", type=COUNT, default=1, metavar="N", help="variants per class per clean image")
     p.add_argument("--quality", default="10-60", metavar="LO-HI", help="JPEG/WEBP quality range (default 10-60)")
     p.add_argument("--shift", default="1-5", metavar="LO-HI", help="red/blue shift in pixels (default 1-5)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed: the same seed makes the same files (default 0)")
     p.add_argument("--generate", type=COUNT, metavar="N",
                    help="first draw N clean sample pictures into CLEAN_DIR (for trying it out without a dataset)")
     p.set_defaults(func=cmd_synth)

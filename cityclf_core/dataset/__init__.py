@@ -14,16 +14,54 @@ Each stage is a plain function over paths and a store (see store/protocol.py),
 so that a distributed engine can run the same stages over parts of a dataset.
 """
 
-from .actions import TagOutcome, TransferRequest, transfer, write_tags
-from .blocks import ScoreOptions, score_files
-from .embed import EmbedReport, clip_passes, embed_files, register_passes
-from .from_store import save_results, score_store, stored_results
-from .journal import MoveJournal, finish_interrupted_moves
-from .select import Bound, Selection, select
-from .shards import in_shard, parse_shard
-from .transfer import Transfer, copy_or_move, destination
+from __future__ import annotations
 
-__all__ = ["Bound", "EmbedReport", "MoveJournal", "ScoreOptions", "Selection", "TagOutcome", "Transfer",
-           "TransferRequest", "clip_passes", "copy_or_move", "destination", "embed_files", "finish_interrupted_moves",
-           "in_shard", "parse_shard", "register_passes", "save_results", "score_files", "score_store", "select",
-           "stored_results", "transfer", "write_tags"]
+import importlib
+
+#: where each name lives; imported on first use, so that parsing options (dataset.select) does not import the
+#: jobs, torch or the CLIP code
+_EXPORTS = {
+    "TagOutcome": "actions",
+    "TransferRequest": "actions",
+    "transfer": "actions",
+    "write_tags": "actions",
+    "ScoreOptions": "blocks",
+    "score_files": "blocks",
+    "EmbedReport": "embed",
+    "clip_passes": "embed",
+    "embed_files": "embed",
+    "register_passes": "embed",
+    "save_results": "from_store",
+    "score_store": "from_store",
+    "stored_results": "from_store",
+    "MoveJournal": "journal",
+    "finish_interrupted_moves": "journal",
+    "Bound": "select",
+    "Selection": "select",
+    "select": "select",
+    "in_shard": "shards",
+    "parse_shard": "shards",
+    "Transfer": "transfer",
+    "copy_or_move": "transfer",
+    "destination": "transfer",
+}
+
+__all__ = sorted(_EXPORTS)
+
+# two names are also submodules (transfer.py, select.py): bound now, or importing the submodule later would
+# shadow the function with the module (both are light: no torch)
+from .actions import transfer  # noqa: E402
+from .select import select  # noqa: E402
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted([*globals(), *_EXPORTS])

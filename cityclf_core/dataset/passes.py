@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from ..errors import CityClfError, ConfigError
 from ..numbers import check_tile_size
@@ -110,13 +110,17 @@ class JobModel:
         return [g.clip for g in self.groups]
 
 
-def choose_clips(store, spec: ModelSpec, paths: Sequence[str], device: str = "auto") -> JobModel:
+def choose_clips(store, spec: ModelSpec, paths: Sequence[str], device: str = "auto",
+                 on_load: Callable[[], None] | None = None) -> JobModel:
     """The store's CLIPs when every file in `paths` is unchanged and embedded for every pass (no CLIP loaded),
-    else the CLIPs loaded on `device`. The heads are read once either way."""
+    else the CLIPs loaded on `device` (`on_load()` is called first: loading takes seconds). The heads are read
+    once either way."""
     heads = spec.heads()
     stored = spec.stored(store, heads)  # no CLIP loaded: the store and the files' stats decide
     if stored is not None and nothing_to_embed(store, [g.clip for g in stored[1]], paths):
         return JobModel(*stored, loaded=False)
+    if on_load is not None:
+        on_load()
     return JobModel(*spec.load(device, heads), loaded=True)
 
 

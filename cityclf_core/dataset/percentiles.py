@@ -74,7 +74,7 @@ def parse_top(text: str) -> int | TopShare:
         return TopShare(p)
     n, why = COUNT.problem(text)  # the one rule for counts (numbers.py)
     if why:
-        raise ValueError(f"expected N, {COUNT.describe()}, or a share like 20%; got {text!r}")
+        raise ValueError(f"{text!r}: {why} (a number of images, or a share like 20%)")
     return n
 
 

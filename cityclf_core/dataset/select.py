@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from ..errors import ConfigError
 from ..numbers import THRESHOLD
-from ..scoring.pipeline import resolve_head_name
-from ..scoring.results import HeadResult
 from .percentiles import TopShare, parse_percentile
+
+if TYPE_CHECKING:
+    from ..scoring.results import HeadResult
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,8 @@ class Bound:
 
 
 def value_of(results: dict[str, HeadResult], head: str | None, label: str | None) -> float:
+    from ..scoring.pipeline import resolve_head_name  # here: parsing --min/--max must not import torch
+
     name = resolve_head_name(list(results), head)
     r = results[name]
     return r.value_of(label) if label else r.score

@@ -129,11 +129,12 @@ class HeadKind:
         return d
 
     def jsonl_fields(self, result) -> dict:
-        """The fields of `cityclf score --format jsonl` after path and model."""
+        """The fields of `cityclf score --format jsonl` after path and model: always the score (what --min,
+        --top and the CSV's score column use), and a classifier's label and probabilities."""
         probs = self.probs(result)
         if probs is None:
             return {"score": result.positive}
-        return {"probs": probs, "label": result.label}
+        return {"score": result.positive, "probs": probs, "label": result.label}
 
     def csv_columns(self, name: str, labels: list[str]) -> list[str]:
         return [f"{name}:label", f"{name}:score"] + [f"{name}:{label}" for label in labels]

@@ -192,7 +192,7 @@ def load_head_file(
 
 def save_head(net: nn.Module, config: HeadConfig, path: str | os.PathLike, overwrite: bool = False) -> Path:
     """Write `path` (.safetensors, released layout, float32, no metadata) and its config sidecar."""
-    from safetensors.torch import save_file
+    from ..filemode import save_safetensors
 
     path = Path(path)
     sidecar = config_path_for(path)
@@ -203,9 +203,7 @@ def save_head(net: nn.Module, config: HeadConfig, path: str | os.PathLike, overw
     tensors = {k: v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype).contiguous()
                for k, v in net.state_dict().items()}  # BatchNorm's step counter stays an integer
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp))
-    os.replace(tmp, path)
+    save_safetensors(tensors, path)
     sidecar.write_text(json.dumps(config.to_json_dict(), indent=2) + "\n", encoding="utf-8")
     return path
 

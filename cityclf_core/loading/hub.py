@@ -142,7 +142,7 @@ def vision_config(path: Path) -> dict:
 
 def convert_bin(bin_path: Path, folder: Path, config_files: list[Path], provenance: dict) -> Path:
     """Write `folder` (config files + model.safetensors of the vision tower) from a weights-only-loaded .bin."""
-    from safetensors.torch import save_file
+    from ..filemode import save_safetensors
 
     sd = read_bin(bin_path, f"{provenance.get('repo_id', bin_path)}: {bin_path.name}")
     kept = {k: v for k, v in sd.items() if k.startswith(KEEP_PREFIXES)} or sd
@@ -156,7 +156,7 @@ def convert_bin(bin_path: Path, folder: Path, config_files: list[Path], provenan
             (tmp / f.name).write_text(json.dumps(vision_config(f), indent=2) + "\n", encoding="utf-8")
         else:
             shutil.copyfile(f, tmp / f.name)
-    save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    save_safetensors(tensors, tmp / "model.safetensors", metadata={"format": "pt"})
     (tmp / "cityclf-source.json").write_text(json.dumps(provenance, indent=2) + "\n", encoding="utf-8")
     try:
         os.replace(tmp, folder)

@@ -275,6 +275,20 @@ def _crawl_time(text: str | None):
 
 def ingest(dataset: str | os.PathLike, require_images: bool = True,
            on_progress: Callable[[int], None] | None = None, crawled: str | None = None) -> IngestReport:
+    """Read the sidecars under `dataset` into its metadata database (see _ingest). Writing the database failing
+    (a full disk, say) is a ConfigError: what it held is kept, and a rerun adds the rest."""
+    try:
+        return _ingest(dataset, require_images, on_progress, crawled)
+    except sqlite3.Error as e:
+        full = "full" in str(e).lower()
+        raise ConfigError(f"{database_path(dataset)} could not be written ({e}): "
+                          + ("the disk is full: free some space" if full else "check the disk and its free space")
+                          + " and run ingest again; the rows written before are kept, and the rerun adds the rest"
+                          ) from None
+
+
+def _ingest(dataset: str | os.PathLike, require_images: bool = True,
+            on_progress: Callable[[int], None] | None = None, crawled: str | None = None) -> IngestReport:
     """Read the sidecars under `dataset` into its metadata database; see the module docstring.
     `crawled`: when the works were crawled, for sidecars whose mtime is their upload time."""
     dataset = Path(dataset)

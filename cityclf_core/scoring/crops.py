@@ -23,11 +23,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-
-import torch
-import torch.nn.functional as F
+from typing import TYPE_CHECKING
 
 from ..errors import ConfigError
+
+if TYPE_CHECKING:  # torch is imported where views are rendered: plans and policies need none
+    import torch
 
 #: The reference's limit: images with a longer side above this get their short side set to it.
 MAX_SIDE = 1536
@@ -135,6 +136,8 @@ def plan_crops(height: int, width: int, policy: CropPolicy, clip_size: int) -> C
 def _resize(x: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
     if tuple(x.shape[-2:]) == tuple(size):
         return x
+    import torch.nn.functional as F  # here, not at the top: crop plans and policies need no torch
+
     return F.interpolate(x, size=size, mode=mode, antialias=True, align_corners=False)
 
 
@@ -165,6 +168,8 @@ def render_views(images: torch.Tensor, plan: CropPlan, clip_size: int) -> torch.
 
     Values are clamped to [0, 1] and rounded to 8 bits.
     """
+    import torch
+
     if images.ndim != 4 or images.shape[1] != 3:
         raise ConfigError(f"expected images shaped [B, 3, H, W], got {tuple(images.shape)}")
     B, _, H, W = images.shape

@@ -30,12 +30,11 @@ import torch
 
 from ..errors import CityClfError, ImageError
 from .crops import MAX_SIDE
+from ..defaults import DEFAULT_MAX_PIXELS
 
 IMAGE_EXTENSIONS = frozenset(
     {".png", ".jpg", ".jpeg", ".jfif", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".avif", ".heic", ".jxl"}
 )
-#: Pillow's own decompression-bomb error threshold (2 x Image.MAX_IMAGE_PIXELS).
-DEFAULT_MAX_PIXELS = 178_956_970
 #: Images above this many pixels are reduced while decoding (short side kept >= MAX_SIDE).
 REDUCE_ABOVE_PIXELS = 40_000_000
 

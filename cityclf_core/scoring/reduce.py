@@ -10,9 +10,8 @@ from typing import Sequence
 
 import torch
 
+from ..defaults import COMBINES
 from ..errors import ConfigError
-
-COMBINES = ("mean", "median", "max", "min")
 
 
 def check_combine(how: str) -> str:

@@ -8,10 +8,30 @@
     lock.py            one embedding run per store at a time
 """
 
-from .protocol import Store
-from .rows import EncoderRow, FileRow, PolicyInfo, PruneReport, StoredScore
-from .sqlite import SCHEMA_VERSION, EmbeddingStore, ReadOnlyStore, merge_stores
-from .stored_encoder import StoredEncoder
+from __future__ import annotations
 
-__all__ = ["SCHEMA_VERSION", "EmbeddingStore", "EncoderRow", "FileRow", "PolicyInfo", "PruneReport", "ReadOnlyStore",
-           "Store", "StoredEncoder", "StoredScore", "merge_stores"]
+import importlib
+
+#: where each name lives; imported on first use, so that a command that only takes the store's lock (or reads
+#: its rows) does not import the SQLite backend, numpy or torch (StoredEncoder is a torch Encoder)
+_EXPORTS = {
+    "Store": "protocol",
+    "EncoderRow": "rows", "FileRow": "rows", "PolicyInfo": "rows", "PruneReport": "rows", "StoredScore": "rows",
+    "SCHEMA_VERSION": "sqlite", "EmbeddingStore": "sqlite", "ReadOnlyStore": "sqlite", "merge_stores": "sqlite",
+    "StoredEncoder": "stored_encoder",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted([*globals(), *_EXPORTS])

@@ -22,6 +22,8 @@ def save_checkpoint(path: Path, net, opt, sched, gen: torch.Generator, state: di
     name, synced and renamed over the old one: a kill leaves the old checkpoint or the new one."""
     from safetensors.torch import save_file
 
+    from ..filemode import umask_mode
+
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
     if best is not None:
         tensors.update({f"best.{k}": v.detach().cpu().contiguous() for k, v in best.items()})
@@ -39,6 +41,7 @@ def save_checkpoint(path: Path, net, opt, sched, gen: torch.Generator, state: di
             "param_groups": json.dumps(opt_state["param_groups"])}
     tmp = path.with_name(path.name + ".tmp")
     save_file(tensors, str(tmp), metadata=meta)
+    os.chmod(tmp, umask_mode())  # the user's umask, as open() would give (filemode.py)
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
     if pause:

@@ -39,7 +39,6 @@ def scan_folders(root: str | os.PathLike, kind: HeadKind | str, what: str) -> tu
         raise ConfigError(f"data folder {root} not found")
     exts = IMAGE_EXTENSIONS if what == "images" else {".npy"}
     examples: list[Example] = []
-    raw_values: dict[str, float] = {}
     for cat in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         prefix = cat.name.split("_", 1)[0]
         try:
@@ -162,14 +161,18 @@ def inference_policy(cfg: TrainConfig, clip_size: int) -> CropPolicy:
     return CropPolicy(tiling=tiles, tile_size=(cfg.tile_size or 2 * clip_size) if tiles else None)
 
 
-def load_image_dataset(cfg: TrainConfig, root: Path, store, encoder, on_file=None, report=None) -> Dataset:
+def load_image_dataset(cfg: TrainConfig, root: Path, store, encoder, on_file=None, report=None,
+                       on_total=None) -> Dataset:
     """Embed the images through the store (each image once), then assemble train/val views.
 
     Training views: heads whose kind tiles (classifiers) get `crops_per_image`
     seeded random tile crops of images large enough (the whole image otherwise);
     the others the whole image. Validation views: exactly what inference uses.
+    on_total(n) is told how many images will be reported to on_file, before the first.
     """
     examples, facts = scan_folders(root, cfg.kind, "images")
+    if on_total is not None:
+        on_total(len(examples))
     S = encoder.image_size
     if encoder.embed_dim != cfg.features:
         raise ConfigError(f"CLIP {encoder.name} gives {encoder.embed_dim}-d embeddings, but model.clip {cfg.clip} "

@@ -75,8 +75,8 @@ class Trainer:
                 train_log.close()
             if stop.requested and self.state["step"] < self.total and not self.stopped_early:
                 self._save_checkpoint()
-                raise Interrupted(f"interrupted at step {self.state['step']} of {self.total}; the checkpoint "
-                                  f"{self.checkpoint} keeps it: run the same command with --resume to continue")
+                raise Interrupted(f"checkpoint saved at step {self.state['step']} of {self.total} ({self.checkpoint}): "
+                                  "add --resume to the same command to continue")
             return self._finish()
 
     # ------------------------------------------------------------ the loop

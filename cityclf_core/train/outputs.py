@@ -80,4 +80,5 @@ def write_metrics(path: Path, metrics: dict) -> None:
 def draw_curves(path: Path, history: list, metric_name: str, title: str) -> None:
     line_chart({"train loss": [(h[0], h[1]) for h in history], "validation loss": [(h[0], h[2]) for h in history]},
                {f"validation {metric_name}": [(h[0], h[3]) for h in history]}, path,
-               title=f"{title}: loss and validation {metric_name} by optimizer step")
+               title=f"{title}: loss and validation {metric_name} by optimizer step",
+               x_title="optimizer step", y_titles=("loss", f"validation {metric_name}"))
