@@ -27,10 +27,10 @@ import traceback
 
 from .. import __version__
 from ..errors import CityClfError
-from . import info, pixiv, scoring, stored, training
+from . import curate, info, pixiv, scoring, stored, training
 
 #: each group of subcommands registers its own parsers
-GROUPS = (scoring, stored, training, info, pixiv)
+GROUPS = (scoring, stored, curate, training, info, pixiv)
 
 #: exit statuses
 OK, SKIPPED, USAGE, INTERNAL, INTERRUPTED = 0, 1, 2, 3, 130

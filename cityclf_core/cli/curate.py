@@ -1,0 +1,150 @@
+"""cityclf dedupe / report: near-duplicates and a browsable gallery, from what a store holds (no models)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+from ..errors import ConfigError
+from ..pathtext import shown
+from ..reduce import COMBINES
+from .common import Problems, finish_interrupted_moves, open_store, report_transfers
+
+
+def _threshold(text: str) -> float:
+    import argparse
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number; give a cosine similarity such as 0.95") from None
+    if math.isnan(value) or not -1.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is not a cosine similarity between -1 and 1 (e.g. 0.95)")
+    return value
+
+
+def _write_jsonl(path: str, rows: list[dict]) -> None:
+    """Write JSONL atomically: a temporary file beside `path`, then a rename (a kill leaves old or new)."""
+    from ..dataset.safe_files import fsync_folder, temp_name
+    from pathlib import Path
+
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temp = temp_name(target)
+    try:
+        with open(temp, "x", encoding="utf-8") as f:
+            for row in rows:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temp, target)
+        fsync_folder(target.parent)
+    finally:
+        if os.path.lexists(temp):
+            os.unlink(temp)
+
+
+def _check_outputs(args) -> None:
+    """Refuse unusable output names before any work."""
+    if args.sheet and not args.sheet.lower().endswith((".png", ".jpg", ".jpeg", ".webp")):
+        raise ConfigError(f"--sheet {args.sheet}: give a picture file name ending in .png, .jpg or .webp")
+    for option, name in (("--sheet", args.sheet), ("--out", args.out)):
+        if name and os.path.isdir(name):
+            raise ConfigError(f"{option} {name} is a folder; give a file name")
+        parent = os.path.dirname(os.path.abspath(name)) if name else None
+        if parent and os.path.exists(parent) and not os.path.isdir(parent):
+            raise ConfigError(f"{option} {name}: {parent} is not a folder")
+
+
+def cmd_dedupe(args) -> int:
+    from ..dataset import TransferRequest, transfer
+    from ..dataset.dedupe import find_duplicates, group_rows
+    from ..dataset.stored_select import common_folder
+
+    _check_outputs(args)
+    problems = Problems()
+    acting = bool(args.copy or args.move)
+    clip = None
+    if args.clip:
+        from ..loading import clip_identity
+
+        clip = clip_identity(args.clip)
+    with open_store(args.store, write=bool(args.move)) as store:
+        finish_interrupted_moves(store, problems, args.dry_run)
+        groups = find_duplicates(store, args.threshold, head=args.head, combine=args.combine, clip_identity=clip,
+                                 method=args.method, exists=os.path.exists)
+        rows = group_rows(groups)
+        for row in rows:
+            if args.format == "jsonl":
+                print(json.dumps(row, ensure_ascii=False))
+            else:
+                print(f"group {row['group']} (similarity >= {row['similarity']:.4f}): keep {shown(row['keep'])}")
+                for other in row["others"]:
+                    print(f"    {shown(other)}")
+        if args.out:
+            _write_jsonl(args.out, rows)
+            print(f"cityclf: wrote {args.out} ({len(rows)} group(s))", file=sys.stderr)
+        if args.sheet and groups:
+            from ..grid import contact_sheet
+
+            items = []
+            for k, g in enumerate(groups, 1):
+                for p in g.members:
+                    what = "keep" if p == g.keep else "duplicate"
+                    score = f", {args.head}: {g.scores[p]:.3f}" if p in g.scores else ""
+                    items.append((p, [f"group {k}: {what}{score}"]))
+            out = contact_sheet(items, args.sheet, thumb=args.thumb,
+                                title=f"{len(groups)} group(s) of near-duplicates, cosine >= {args.threshold}",
+                                columns=max(min(max(len(g.members) for g in groups), 8), 2))
+            print(f"cityclf: wrote {out}", file=sys.stderr)
+        others = [p for g in groups for p in g.others]
+        if acting:
+            dest = args.copy or args.move
+            request = TransferRequest(dest, move=bool(args.move), on_conflict=args.on_conflict, dry_run=args.dry_run)
+            chosen = [(p, {}) for p in others]
+            plan = transfer(chosen, chosen, common_folder(store, outside=dest), request, store)
+            report_transfers(plan, args.dry_run, problems, request.verb)
+    problems.write_report(getattr(args, "report", None))
+    kept = len(groups)
+    print(f"cityclf: {kept} group(s) of near-duplicates: {kept} image(s) kept, {len(others)} "
+          f"{'duplicate(s) ' + ('would be ' if args.dry_run else '') + ('moved' if args.move else 'copied') if acting else 'duplicate(s) found'}",
+          file=sys.stderr)
+    return 1 if len(problems) else 0
+
+
+def register(sub) -> None:
+    from ..dataset.dedupe import EXACT_UP_TO, METHODS
+    from .common import positive_int
+
+    p = sub.add_parser("dedupe", help="find near-duplicate images from stored embeddings; keep the best of each",
+                       description="Group images whose whole-image CLIP embeddings have cosine similarity >= "
+                                   "--threshold (pairs linked into groups), keep the best of each group (highest "
+                                   "--head score, else the largest file) and list, copy or move the rest. "
+                                   "Needs whole-image embeddings in the store (cityclf embed ... --no-tiling, or "
+                                   "scoring with a whole-image head). Loads no model.")
+    p.add_argument("--store", required=True, metavar="DB", help="the store with the embeddings")
+    p.add_argument("--threshold", required=True, type=_threshold, metavar="T",
+                   help="cosine similarity from which two images count as duplicates (e.g. 0.95; "
+                        "resized or re-encoded copies are usually above 0.95)")
+    p.add_argument("--head", metavar="NAME", help="keep the image with the highest stored score of this head "
+                                                  "(default: the largest file)")
+    p.add_argument("--combine", choices=COMBINES, default="mean", help="the tile combine of --head's scores")
+    p.add_argument("--clip", metavar="ID_OR_DIR", help="whose embeddings, when the store has several CLIPs")
+    p.add_argument("--method", choices=METHODS, default="auto",
+                   help=f"exact (blockwise, any size, O(N^2)), ann (faiss inverted file; needs the ann extra) or "
+                        f"auto: exact up to {EXACT_UP_TO:,} images, else ann when faiss is installed")
+    act = p.add_mutually_exclusive_group()
+    act.add_argument("--copy", metavar="DIR", help="copy the duplicates (not the kept images) here, keeping folders")
+    act.add_argument("--move", metavar="DIR", help="move the duplicates here (the store follows; kill-safe)")
+    p.add_argument("--on-conflict", choices=("rename", "skip", "error"), default="rename",
+                   help="when a destination name holds other content: rename (name-1.png), skip or error")
+    p.add_argument("--dry-run", action="store_true", help="print what would be copied or moved, change nothing")
+    p.add_argument("--sheet", metavar="PNG", help="draw the groups on a contact sheet, each image labelled with its group")
+    p.add_argument("--thumb", type=positive_int, default=192, metavar="PX", help="sheet thumbnail size (default 192)")
+    p.add_argument("--out", metavar="JSONL", help="write the groups as JSONL (keep, others, similarity, members)")
+    p.add_argument("--format", choices=("table", "jsonl"), default="table",
+                   help="how groups are printed on stdout: table (default) or jsonl")
+    p.add_argument("--report", metavar="FILE", help="write skipped files and why, as JSONL")
+    p.set_defaults(func=cmd_dedupe)
