@@ -133,7 +133,7 @@ def register(sub) -> None:
     p.add_argument("--combine", choices=COMBINES, default="mean", help="the tile combine of --head's scores")
     p.add_argument("--clip", metavar="ID_OR_DIR", help="whose embeddings, when the store has several CLIPs")
     p.add_argument("--method", choices=METHODS, default="auto",
-                   help=f"exact (blockwise, any size, O(N^2)), ann (faiss inverted file; needs the ann extra) or "
+                   help=f"exact (blockwise, any size, O(N^2)), ann (faiss inverted-file search; needs the ann extra) or "
                         f"auto: exact up to {EXACT_UP_TO:,} images, else ann when faiss is installed")
     act = p.add_mutually_exclusive_group()
     act.add_argument("--copy", metavar="DIR", help="copy the duplicates (not the kept images) here, keeping folders")

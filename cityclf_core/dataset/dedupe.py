@@ -8,9 +8,10 @@
                      score, else the largest file, then the first path
 
 Exact search costs N^2/2 dot products in blocks of rows (bounded memory); it is the
-default up to EXACT_UP_TO images. Above that, faiss (when installed) searches an
-inverted file: the same pairs except the rare one whose two images fall into
-different cells (recall is measured in benchmarks/bench_dedupe.py).
+default up to EXACT_UP_TO images. Above that, faiss (when installed) runs a
+range search over an inverted file (k-means cells): nearly the same pairs (recall
+against exact search is measured in benchmarks/bench_dedupe.py) at a fraction of
+the time.
 """
 
 from __future__ import annotations
@@ -56,21 +57,23 @@ def _whole_set(store, clip_identity: str | None):
         names = ", ".join(p.encoder.source for p in sets)
         raise ConfigError(f"store {store.path} holds whole-image embeddings of several CLIPs ({names}); "
                           "choose one with --clip")
-    return sets[0].encoder
+    return sets[0].encoder, sets[0].count
 
 
 def stored_vectors(store, clip_identity: str | None = None, block: int = 8192) -> tuple[list[str], np.ndarray]:
     """(paths, [N, D] float32 unit vectors) of every stored file with a whole-image embedding of one CLIP."""
-    encoder = _whole_set(store, clip_identity)
+    encoder, expected = _whole_set(store, clip_identity)
     paths: list[str] = []
-    parts: list[np.ndarray] = []
+    vectors = np.empty((expected, encoder.embed_dim), np.float32)  # filled in place: one copy in memory
     for chunk in store.file_paths(block):
         found, counts, stacked, _ = store.read_embeddings(chunk, encoder, WHOLE)
         if any(c != 1 for c in counts):  # one view per file for the whole image; anything else is not ours
             raise ConfigError(f"store {store.path}: whole-image embeddings with several views; it is damaged")
+        if len(paths) + len(found) > len(vectors):  # several paths share a content's embedding: grow
+            vectors = np.concatenate([vectors, np.empty((len(found), encoder.embed_dim), np.float32)])
+        vectors[len(paths):len(paths) + len(found)] = stacked
         paths += found
-        parts.append(stacked)
-    vectors = np.concatenate(parts) if parts else np.zeros((0, encoder.embed_dim), np.float32)
+    vectors = vectors[:len(paths)]
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
     vectors /= np.where(norms > 0, norms, 1)
     return paths, np.ascontiguousarray(vectors, dtype=np.float32)
@@ -88,24 +91,28 @@ def exact_pairs(vectors: np.ndarray, threshold: float, block: int = 2048) -> Ite
             yield start + int(i), start + int(j), float(sims[i, j])
 
 
-def ann_pairs(vectors: np.ndarray, threshold: float, nprobe: int = 8,
-              batch: int = 16384) -> Iterator[tuple[int, int, float]]:
-    """The pairs of exact_pairs from faiss's inverted-file range search (near-duplicates share a cell)."""
+def ann_pairs(vectors: np.ndarray, threshold: float, nprobe: int = 8, batch: int = 16384,
+              seed: int = 0) -> Iterator[tuple[int, int, float]]:
+    """The pairs of exact_pairs from faiss's inverted-file range search: vectors are split into about sqrt(N)
+    cells around k-means centroids and each is compared with the vectors of its `nprobe` nearest cells (near
+    copies nearly always share one)."""
     try:
         import faiss  # optional: `pip install -e ".[ann]"`
     except ImportError:
         raise ConfigError("--method ann needs faiss: pip install faiss-cpu (or the checkout's extra: "
                           "pip install -e \".[ann]\"); --method exact needs nothing") from None
     n, d = vectors.shape
-    nlist = max(1, min(int(4 * math.sqrt(n)), n // 39))  # faiss wants >= 39 training points per cell
-    quantizer = faiss.IndexFlatIP(d)
-    index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
-    rng = np.random.default_rng(0)
-    sample = vectors if n <= 256 * nlist else vectors[rng.choice(n, 256 * nlist, replace=False)]
+    if n < 2:
+        return
+    nlist = max(1, min(int(math.sqrt(n)), n // 39))  # faiss wants >= 39 training points per cell
+    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
+    index.cp.niter = 10
+    rng = np.random.default_rng(seed)
+    sample = vectors if n <= 64 * nlist else vectors[rng.choice(n, 64 * nlist, replace=False)]
     index.train(sample)
     index.add(vectors)
     index.nprobe = min(nprobe, nlist)
-    radius = float(np.nextafter(np.float32(threshold), np.float32(-1)))  # range_search keeps sim > radius
+    radius = float(np.nextafter(np.float32(threshold), np.float32(-2)))  # range_search keeps sim > radius
     for start in range(0, n, batch):
         lims, sims, ids = index.range_search(vectors[start:start + batch], radius)
         for q in range(len(lims) - 1):
