@@ -10,7 +10,8 @@ mid-work" no longer depends on the machine's speed.
 
 Two ways in:
 
-- in a forked child of the test process: ``install(spec)`` before running the command;
+- in a forked child of the test process: ``run_forked(call, spec)`` (or ``install(spec)`` in a child of
+  your own) before running the command;
 - as a launcher for a fresh interpreter: ``python tests/kill_points.py SPEC ARGS...`` runs
   ``python -m cityclf_core ARGS...`` with the points installed.
 
@@ -115,6 +116,40 @@ def write_counts(path: str | os.PathLike) -> None:
 
 
 # ---------------------------------------------------------------- the test's side
+
+
+def run_forked(call, spec: str | None = None) -> tuple[int | None, dict]:
+    """`call()` (returning an exit code) in a forked child, its output to /dev/null, kill points `spec` installed.
+
+    With ``any:N``-style specs the child is SIGKILLed where it stops. Returns (its exit code, or None when it
+    was killed; the kill points it reached when it ran to the end, e.g. with spec ``count``).
+    """
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: the command, then out without cleanup (as the process would end)
+        code = 99
+        try:
+            os.close(read_end)
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, 1)
+            os.dup2(null, 2)
+            if spec is not None:
+                install(spec)
+            code = call()
+            os.write(write_end, json.dumps(counts).encode())
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    status = wait_stopped_or_exited(pid) if spec not in (None, "count") else None
+    if status is None and spec not in (None, "count"):  # stopped at its kill point: kill it there
+        signal_stopped(pid, signal.SIGKILL)
+    with os.fdopen(read_end, "rb") as pipe:
+        reached = pipe.read()
+    if status is None:
+        _, status = os.waitpid(pid, 0)
+    if os.WIFSIGNALED(status):
+        return None, {}
+    return os.WEXITSTATUS(status), json.loads(reached) if reached else {}
 
 
 def wait_stopped_or_exited(pid: int) -> int | None:

@@ -89,35 +89,11 @@ def run_forked(argv: list[str], kill_at: str | None = None) -> int | None | dict
     kill_at: a kill point spec (``any:N``): the child stops there and is SIGKILLed; None if it was killed,
     its exit code if it finished first. ``"count"``: run whole and return how many kill points it reached.
     """
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: the command, then out without cleanup (as the process would end)
-        code = 99
-        try:
-            os.close(read_end)
-            null = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(null, 1)
-            os.dup2(null, 2)
-            if kill_at is not None:
-                kill_points.install(kill_at)
-            code = main(argv)
-            os.write(write_end, json.dumps(kill_points.counts).encode())
-        finally:
-            os._exit(code)
-    os.close(write_end)
-    status = kill_points.wait_stopped_or_exited(pid) if kill_at not in (None, "count") else None
-    if status is None and kill_at not in (None, "count"):  # stopped at its kill point: kill it there
-        kill_points.signal_stopped(pid, signal.SIGKILL)
-    with os.fdopen(read_end, "rb") as pipe:
-        reached = pipe.read()
-    if status is None:
-        _, status = os.waitpid(pid, 0)
-    if os.WIFSIGNALED(status):
-        return None
+    code, reached = kill_points.run_forked(lambda: main(argv), kill_at)
     if kill_at == "count":
-        assert os.WEXITSTATUS(status) == 0
-        return json.loads(reached)
-    return os.WEXITSTATUS(status)
+        assert code == 0
+        return reached
+    return code
 
 
 def store_state(db: Path) -> tuple[str, list[str], list[str], int]:

@@ -31,10 +31,10 @@ from pathlib import Path
 
 from .. import __version__
 from ..errors import CityClfError, file_system_error
-from . import completion, info, pixiv, scoring, stored, training
+from . import completion, curate, info, pixiv, scoring, stored, training
 
 #: each group of subcommands registers its own parsers
-GROUPS = (scoring, stored, training, info, pixiv, completion)
+GROUPS = (scoring, stored, curate, training, info, pixiv, completion)
 
 #: exit statuses (a command itself returns 1 when it skipped some of its inputs)
 OK, USAGE, INTERNAL, INTERRUPTED = 0, 2, 3, 130
