@@ -173,6 +173,20 @@ class Folder:
                 at["src_dir_fd"] = self.fd
         os.link(source if self.fd is not None or os.path.isabs(source) else self.join(source), self._name(name), **at)
 
+    def child(self, name: str, what: str = "") -> Folder:
+        """The subfolder `name`, opened relative to this folder's descriptor without following a link: Outside
+        when it is a link or not a folder (now: it may have been swapped since it was listed or checked)."""
+        if self.fd is None:
+            return Folder(None, self.join(name))
+        try:
+            fd = self.open(name, os.O_RDONLY | DIRECTORY)
+        except OSError as e:
+            if e.errno in SWAPPED:
+                raise Outside(f"{what or self.join(name)}: {name!r} in it is a link or not a folder (it changed "
+                              "while it was being opened); left untouched") from None
+            raise
+        return Folder(fd, self.join(name))
+
     def names(self) -> list[str]:
         """The names in this folder (listed through its descriptor where the system can)."""
         return os.listdir(self.fd if self.fd is not None else self.path)
@@ -302,7 +316,7 @@ class Area:
             return Folder(None, real)
         parts = [p for p in real[len(root):].split(os.sep) if p]
         try:
-            fd = self._root_fd(root)
+            folder = Folder(self._root_fd(root), root)
         except OSError as e:
             if e.errno in SWAPPED:
                 raise Outside(f"{what or path}: the folder {root} is a link now (it changed meanwhile); "
@@ -312,22 +326,16 @@ class Area:
             for part in parts:
                 if create:
                     try:
-                        os.mkdir(part, 0o777, dir_fd=fd)
+                        os.mkdir(part, 0o777, dir_fd=folder.fd)
                     except FileExistsError:
                         pass
-                try:
-                    nfd = os.open(part, os.O_RDONLY | DIRECTORY | NOFOLLOW | CLOEXEC, dir_fd=fd)
-                except OSError as e:
-                    if e.errno in SWAPPED:
-                        raise Outside(f"{what or path}: {part!r} in it is a link or not a folder (it changed "
-                                      "while it was being opened); left untouched") from None
-                    raise
-                os.close(fd)
-                fd = nfd
+                inner = folder.child(part, what=what or os.fspath(path))
+                folder.close()
+                folder = inner
         except BaseException:
-            os.close(fd)
+            folder.close()
             raise
-        return Folder(fd, real)
+        return folder
 
     def open_file(self, path: str | os.PathLike, what: str = ""):
         """`path` (a link to a file in the area is followed once resolved) opened for reading as a binary

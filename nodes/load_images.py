@@ -13,13 +13,13 @@ from pathlib import Path
 
 import torch
 
-from ..cityclf_core import ConfigError, find_images
+from ..cityclf_core import ConfigError
 from ..cityclf_core.confined import Area
 from ..cityclf_core.numbers import COUNT_OR_ZERO
-from ..cityclf_core.scoring.images import IMAGE_EXTENSIONS, iter_decoded
+from ..cityclf_core.scoring.images import iter_decoded, walk_images
 from . import comfy_bridge as bridge
 from .common import CATEGORY, Output, declare_outputs
-from .paths import allowed_roots, confine, is_allowed
+from .paths import allowed_roots, confine
 
 
 def resolve_folder(folder: str) -> str:
@@ -66,41 +66,41 @@ class CityClfLoadImages:
     def IS_CHANGED(cls, folder, recursive=False, limit=0, skip=0):
         """Re-run when files are added, removed or changed."""
         try:
-            files = cls._files(folder, recursive)
-        except ConfigError:
+            files = cls._listed(folder, recursive)[1]
+            return [(str(p), p.stat().st_mtime_ns, p.stat().st_size) for p in files]
+        except (ConfigError, OSError):
             return float("nan")
-        return [(str(p), p.stat().st_mtime_ns, p.stat().st_size) for p in files]
 
     @staticmethod
-    def _listed(folder, recursive) -> tuple[list[Path], list[str]]:
-        """(image files inside the allowed roots, [why each other one was left out])."""
-        root = Path(resolve_folder(folder))
-        if recursive:
-            found = find_images([root])[0]
-        else:
-            found = sorted(p for p in root.iterdir()
-                           if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
-                           and (p.is_file() or p.is_symlink()))
-        roots = allowed_roots()
-        files, outside = [], []
-        for p in found:
-            if is_allowed(p, roots):
-                files.append(p)
-            else:
-                outside.append(f"{p}: a link to a file outside the allowed folders; not read")
-        return files, outside
+    def _listed(folder, recursive) -> tuple[str, list[Path], list[str]]:
+        """(the folder, its image files inside the allowed roots, [why each other one was left out]).
 
-    @classmethod
-    def _files(cls, folder, recursive) -> list[Path]:
-        return cls._listed(folder, recursive)[0]
+        The folder is listed through a descriptor walked from its root without following links, and each
+        subfolder is opened relative to its parent's, so a folder swapped for a link to elsewhere while this
+        runs is refused or left out: no name from outside is ever listed."""
+        path = resolve_folder(folder)
+        area = Area(allowed_roots())
+        try:
+            with area, area.folder(path, what=f"folder {folder!r}") as opened:
+                found, problems = walk_images(opened, recursive)
+        except OSError as e:  # removed or made unreadable since it was checked
+            raise ConfigError(f"folder {folder!r} cannot be listed ({e.strerror or e}); check it and run again") \
+                from None
+        files, left_out = [], [f"{p}: {why}" for p, why in problems]
+        for p in found:
+            if os.path.islink(p) and not area.allows(p):  # a link in the folder, to a file elsewhere
+                left_out.append(f"{p}: a link to a file outside the allowed folders; not read")
+            else:
+                files.append(p)
+        return path, files, left_out
 
     def load(self, folder, recursive=False, limit=0, skip=0):
         skip, limit = COUNT_OR_ZERO.check(skip, "skip"), COUNT_OR_ZERO.check(limit, "limit")
-        files, outside = self._listed(folder, recursive)
+        where, files, left_out = self._listed(folder, recursive)
         files = files[skip:]
         if limit:
             files = files[:limit]
-        images, paths, problems = [], [], list(outside)
+        images, paths, problems = [], [], list(left_out)
         bar = bridge.progress_bar(len(files))
         area = Area(allowed_roots())  # each file is read through a walk from its root that follows no link
         for n, (path, decoded, error) in enumerate(iter_decoded(files, workers=2, opener=area.open_file), start=1):
@@ -112,7 +112,7 @@ class CityClfLoadImages:
             images.append((decoded.pixels.float() / 255.0).unsqueeze(0).to(torch.float32))
             paths.append(str(path))
         if not images:
-            raise ConfigError(f"no readable images in {resolve_folder(folder)}" +
+            raise ConfigError(f"no readable images in {where}" +
                               (f" ({len(problems)} skipped: {problems[0]})" if problems else ""))
         text = [f"loaded {len(images)} image(s)"] + [f"skipped {p}" for p in problems]
         return {"ui": {"text": text}, "result": (images, paths, len(images))}

@@ -154,27 +154,43 @@ def test_update_sidecars_never_writes_outside_under_a_sidecar_swap(world, tmp_pa
 
 @pytest.mark.parametrize("swap", ["folder", "file"])
 def test_load_images_never_returns_an_outside_image_under_a_swap(world, tmp_path, swap):
+    """Nor an outside name: the folder is listed (and its subfolders, recursively) through descriptors, so no
+    name from outside appears in the images' paths, the "skipped" text or a refusal."""
     from importlib import import_module
 
     load = import_module("cityclf_pack.nodes").CityClfLoadImages()
     data = world["input"] / "data"
+    (data / "sub").mkdir()
+    save(data / "sub" / "inner.png", 3)
+    (world["outside"] / "deep").mkdir()
+    save(world["outside"] / "deep" / "far-away.png", 8)
+    save(world["outside"] / "only-outside.png", 9)
+    os.symlink(world["outside"] / "gone.png", world["outside"] / "dangling-outside.png")
     secret = np.asarray(Image.open(world["outside"] / "img.png").convert("RGB"))
     if swap == "folder":
         a, b = data, world["input"] / "evil"
     else:
         os.symlink(world["outside"] / "img.png", data / "evil.png")
         a, b = data / "img.png", data / "evil.png"
+    outside_names = {"deep", "far-away", "only-outside", "dangling-outside", "gone.png", "img.txt"}
     counts = {"loaded": 0, "none": 0, "refused": 0}
+
+    def no_outside_name(text):
+        assert not [n for n in outside_names if n in text], f"an outside name in the node's output: {text}"
+
     with swapping(a, b, tmp_path):
-        for _ in range(1000):
+        for i in range(1000):
             try:
-                out = load.load(folder="data")
-            except CityClfError:
+                out = load.load(folder="data", recursive=bool(i % 2))
+            except CityClfError as e:
+                no_outside_name(str(e))
                 counts["refused"] += 1
                 continue
             for image in out["result"][0]:
                 pixels = (image[0].numpy() * 255).round().astype(np.uint8)
                 assert not np.array_equal(pixels, secret), "Load Images returned the outside image"
+            for text in [*out["result"][1], *out["ui"]["text"]]:
+                no_outside_name(text)
             counts["loaded"] += len(out["result"][0])
             counts["none"] += not out["result"][0]
     print(f"Load Images ({swap} swapped):", counts)

@@ -219,6 +219,70 @@ def _unusable(path: Path) -> str | None:
     return None
 
 
+def walk_images(folder, recursive: bool = False) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """The image files in `folder` (an open confined.Folder), sorted as find_images sorts them, and
+    [(path, why)] for the entries left out. Everything goes through descriptors: the folder is listed
+    through its own, each subfolder is opened relative to its parent's without following a link, so a
+    folder swapped for a link meanwhile is left out (with a reason), never listed. Hidden names are
+    skipped; a file reached twice (a link to a file listed already) is listed once."""
+    from ..confined import Outside
+
+    found: list[Path] = []
+    problems: list[tuple[Path, str]] = []
+    seen: set[tuple[int, int]] = set()
+
+    def walk(here) -> None:
+        subfolders = []
+        for name in sorted(here.names()):
+            if name.startswith("."):
+                continue
+            st = here.lstat(name)
+            if st is None:  # gone since it was listed
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                subfolders.append(name)
+                continue
+            if Path(name).suffix.lower() not in IMAGE_EXTENSIONS:
+                continue
+            path = Path(here.join(name))
+            if stat.S_ISLNK(st.st_mode):
+                why, st = _link_target(here, name)
+            else:
+                why = None if stat.S_ISREG(st.st_mode) else "not a regular file"
+            if why:
+                problems.append((path, why))
+            elif (st.st_dev, st.st_ino) not in seen:
+                seen.add((st.st_dev, st.st_ino))
+                found.append(path)
+        for name in subfolders if recursive else ():
+            try:
+                with here.child(name) as sub:
+                    walk(sub)
+            except Outside as e:
+                problems.append((Path(here.join(name)), f"not listed: {e}"))
+            except OSError as e:
+                problems.append((Path(here.join(name)), f"cannot list it ({e.strerror or e})"))
+
+    walk(folder)
+    return found, problems
+
+
+def _link_target(folder, name: str) -> tuple[str | None, os.stat_result | None]:
+    """(why the link `name` in `folder` cannot be read as a file, or None; the file it leads to)."""
+    try:
+        st = os.stat(name, dir_fd=folder.fd) if folder.fd is not None else os.stat(folder.join(name))
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return "a symbolic link loop (it never reaches a file)", None
+        if e.errno == errno.ENOENT:
+            try:
+                return f"a symbolic link to {folder.readlink(name)!r}, which does not exist", None
+            except OSError:
+                return "gone while it was being listed", None
+        return f"cannot read it ({e.strerror or e})", None
+    return (None if stat.S_ISREG(st.st_mode) else "not a regular file"), st
+
+
 def find_images(paths: Iterable[str | os.PathLike]) -> tuple[list[Path], list[tuple[Path, str]]]:
     """Expand files and folders (recursively, sorted) into image files.
 
@@ -319,4 +383,5 @@ __all__ = [
     "iter_decoded",
     "ordered_map",
     "reason_for",
+    "walk_images",
 ]
