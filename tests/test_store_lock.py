@@ -133,3 +133,35 @@ def test_a_writer_is_refused_after_its_wait_naming_the_holder_and_readers_never_
     with store_writer(db, wait=0):
         assert main(["prune", "--store", db]) == 2
         assert "CITYCLF_LOCK_WAIT 'soon'" in capsys.readouterr().err
+
+
+def test_a_reader_takes_the_lock_only_to_finish_an_interrupted_move(tmp_path, tiny_clip_dir, score_head_path,
+                                                                     monkeypatch, capsys):
+    """`query` and `dedupe` without --move finish a move a killed run left in the journal: that step writes, so
+    it takes the store's lock like any writer; with nothing to finish they never wait."""
+    from cityclf_core.store import EmbeddingStore
+
+    data = images(tmp_path / "data", 2, 5)
+    db = tmp_path / "S.db"
+    assert main(["score", str(data), "--store", str(db), "-m", str(score_head_path), "--clip", str(tiny_clip_dir),
+                 "--no-progress"]) == 0
+    readers = (["query", "--store", str(db), "--min", "0", "--format", "csv"],
+               ["dedupe", "--store", str(db), "--threshold", "0.999"])
+    dest = tmp_path / "moved"
+    dest.mkdir()
+    monkeypatch.setenv("CITYCLF_LOCK_WAIT", "0")
+    capsys.readouterr()
+    with store_writer(db):  # another writer holds the store
+        for argv in readers:  # nothing to finish: readers do not wait
+            assert main(argv) == 0, capsys.readouterr().err
+        with EmbeddingStore(db) as store:  # as a kill right after the journal's commit leaves it
+            store.plan_moves([(str(data / "im0.png"), str(dest / "im0.png"), True)])
+        for argv in readers:  # a move to finish: refused like a writer, nothing moved
+            assert main(argv) == 2
+            err = capsys.readouterr().err
+            assert f"is in use: process {os.getpid()}" in err, err
+            assert (data / "im0.png").exists() and not (dest / "im0.png").exists()
+    assert main(readers[0]) == 0
+    assert "finished an interrupted move: 1 file(s)" in capsys.readouterr().err
+    assert (dest / "im0.png").exists() and not (data / "im0.png").exists()
+    assert files_in(db) == {"moved/im0.png", "data/im1.png"}

@@ -477,9 +477,12 @@ def open_store(path, write: bool = True, create: bool = False):
         return EmbeddingStore(path, create=False, readonly=True)
 
 
-def finish_interrupted_moves(store, problems: Problems, dry_run: bool = False) -> None:
-    """Complete a move that a killed run left unfinished (the store's journal says which files)."""
+def finish_interrupted_moves(store, problems: Problems, dry_run: bool = False, locked: bool = True) -> None:
+    """Complete a move that a killed run left unfinished (the store's journal says which files). A command that
+    does not hold the store's lock (`locked` False: it only reads the store) takes it for this step alone, and
+    only when there is a move to finish, so readers never wait otherwise."""
     from ..dataset import finish_interrupted_moves as finish_moves
+    from ..store.lock import store_writer
 
     if store.readonly or dry_run:
         pending = store.pending_moves()
@@ -488,6 +491,11 @@ def finish_interrupted_moves(store, problems: Problems, dry_run: bool = False) -
             how = "run the command without --dry-run" if dry_run else "make the store writable and run any query"
             print(f"cityclf: note: an interrupted move of {len(pending)} file(s) is unfinished in {store.path} "
                   f"and {why}, so some paths may be stale; {how} to finish it.", file=sys.stderr)
+        return
+    if not locked:
+        if store.pending_moves():  # a writer's step: it waits for (or is refused by) another writer, as they do
+            with store_writer(store.path):
+                finish_interrupted_moves(store, problems)
         return
     done, failed = finish_moves(store)
     if done:

@@ -46,7 +46,7 @@ def cmd_dedupe(args) -> int:
         clip = clip_identity(args.clip)
     with open_store(args.store, write=bool(args.move)) as store, \
             (store_writer(store.path) if args.move else contextlib.nullcontext()):  # one writer per store
-        finish_interrupted_moves(store, problems, args.dry_run)
+        finish_interrupted_moves(store, problems, args.dry_run, locked=bool(args.move))
         groups = find_duplicates(store, args.threshold, head=args.head, combine=args.combine, clip_identity=clip,
                                  method=args.method, exists=os.path.exists)
         rows = group_rows(groups)

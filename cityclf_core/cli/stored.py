@@ -69,7 +69,7 @@ def cmd_query(args) -> int:
     problems = Problems()
     with open_store(args.store, write=bool(args.move)) as store, \
             (store_writer(store.path) if args.move else contextlib.nullcontext()):
-        finish_interrupted_moves(store, problems, args.dry_run)
+        finish_interrupted_moves(store, problems, args.dry_run, locked=bool(args.move))
         stored = store.scored_heads(args.combine)
         if args.head and not any(h in stored for h in args.head):
             stored = []
