@@ -196,3 +196,34 @@ def test_output_files_are_checked_before_any_work(tmp_path, tiny_clip_dir, score
     code, err = run(["export", "--store", tmp_path / "missing.db", "--out", out], capsys)
     assert code == 2 and "missing.db" in err  # the store's error, not the output's: its folder was made
     assert out.parent.is_dir()
+
+
+@pytest.mark.parametrize("command", [["train", "--data", "DATA"], ["pixiv", "train"], ["pixiv", "eval"]])
+def test_output_folders_are_made_or_refused_before_any_work(tmp_path, capsys, monkeypatch, command):
+    """train's and pixiv train/eval's --out: made when missing, refused (exit 2, naming --out) when no file can be
+    written in it, before the config is even read."""
+    import cityclf_core.pixiv.config
+    import cityclf_core.train
+
+    from cityclf_core.errors import ConfigError
+
+    def work(*a, **kw):
+        raise ConfigError("the work started")
+
+    monkeypatch.setattr(cityclf_core.train, "load_config", work)
+    monkeypatch.setattr(cityclf_core.pixiv.config, "load_settings", work)
+    (tmp_path / "a-file").write_text("x")
+    argv = [str(tmp_path / "data") if a == "DATA" else a for a in command] + ["--config", str(tmp_path / "c.yaml")]
+    for out, why in (("/proc/x", "no file can be written there"),
+                     (tmp_path / "a-file", "is a file, not a folder"),
+                     (tmp_path / "a-file" / "deeper", "not a folder"),
+                     (tmp_path / ("o" * 300), "too long"),
+                     ("bad\0name", "NUL byte")):
+        with pytest.raises(SystemExit) as e:
+            main([*argv, "--out", str(out)])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and why in err and "--out" in err and "work started" not in err, err
+    out = tmp_path / "new" / "deeper"
+    code, err = run([*argv, "--out", out], capsys)
+    assert code == 2 and "the work started" in err  # the folder was made first
+    assert out.is_dir() and os.listdir(out) == []

@@ -248,8 +248,7 @@ def add_selection_options(p: argparse.ArgumentParser) -> None:
 def output_file(text: str) -> str:
     """An argparse type for a file a command will write: checked when the options are read, before any work.
     Its folder is made if missing, and a file must be creatable there; else the option is refused (exit 2)."""
-    from ..confined import NAME_MAX, temp_name
-    from ..errors import file_system_error
+    from ..confined import NAME_MAX
 
     path = os.path.abspath(os.path.expanduser(text))
     if "\0" in text:
@@ -258,10 +257,31 @@ def output_file(text: str) -> str:
         raise argparse.ArgumentTypeError(f"{text} is a folder; give a file name in it")
     if len(os.fsencode(os.path.basename(path))) > NAME_MAX:
         raise argparse.ArgumentTypeError(f"{text}: the file name is longer than {NAME_MAX} bytes; give a shorter one")
-    folder = os.path.dirname(path)
+    _writable_folder(text, os.path.dirname(path), os.path.basename(path))
+    return text
+
+
+def output_folder(text: str) -> str:
+    """An argparse type for a folder a command will write into: checked when the options are read, before any
+    work. It is made if missing, and a file must be creatable in it; else the option is refused (exit 2)."""
+    path = os.path.abspath(os.path.expanduser(text))
+    if "\0" in text:
+        raise argparse.ArgumentTypeError(f"{text!r} contains a NUL byte; give a folder")
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise argparse.ArgumentTypeError(f"{text} is a file, not a folder; give a folder (it is made if missing)")
+    _writable_folder(text, path, "cityclf")
+    return text
+
+
+def _writable_folder(text: str, folder: str, name: str) -> None:
+    """Make `folder` if missing and create (then remove) a temporary for `name` in it; an ArgumentTypeError
+    naming the option's value `text` when either fails."""
+    from ..confined import temp_name
+    from ..errors import file_system_error
+
     try:
         os.makedirs(folder, exist_ok=True)
-        probe = os.path.join(folder, temp_name(os.path.basename(path), ".cityclf-tmp"))
+        probe = os.path.join(folder, temp_name(name, ".cityclf-tmp"))
         os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         os.unlink(probe)
     except FileExistsError:  # from makedirs: a file stands where a folder should be
@@ -269,7 +289,6 @@ def output_file(text: str) -> str:
     except OSError as e:
         why = file_system_error(e)
         raise argparse.ArgumentTypeError(f"{text}: no file can be written there ({why or e.strerror or e})") from None
-    return text
 
 
 def add_output_options(p: argparse.ArgumentParser) -> None:

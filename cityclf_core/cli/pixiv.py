@@ -10,7 +10,7 @@ from pathlib import Path
 from ..errors import ConfigError
 from ..numbers import COUNT, PIXELS
 from ..progress import ProgressBar
-from .common import Problems, output_file, progress_enabled
+from .common import Problems, output_file, output_folder, progress_enabled
 
 
 def cmd_ingest(args) -> int:
@@ -157,8 +157,8 @@ def register(sub) -> None:
         q = sp.add_parser(name, help=what)
         q.add_argument("--config", required=True, metavar="YAML", help="the pixiv config (data, target, model, "
                                                                         "train, eval sections)")
-        q.add_argument("--out", default="pixiv-models" if name == "train" else "pixiv-eval", metavar="DIR",
-                       help="where the results go (default: %(default)s)")
+        q.add_argument("--out", default="pixiv-models" if name == "train" else "pixiv-eval", type=output_folder,
+                       metavar="DIR", help="where the results go (made if missing; default: %(default)s)")
         q.add_argument("--overwrite", action="store_true", help="replace earlier results of the same name")
         q.add_argument("--verbose", action="store_true", help="list every work left out and why")
         q.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")

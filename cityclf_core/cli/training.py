@@ -13,6 +13,7 @@ from ..progress import ProgressBar
 from ..numbers import COUNT
 from .common import (
     output_file,
+    output_folder,
     FORMATS,
     Problems,
     add_crop_options,
@@ -186,7 +187,8 @@ def register(sub) -> None:
                    help="the training config: model, train and labels sections (cityclf synth writes a starting one)")
     p.add_argument("--data", required=True, metavar="DIR",
                    help="one folder per category (0_clean, 1_jpeg ... or 0..10 for scores), or .npy embeddings")
-    p.add_argument("--out", default="models", metavar="DIR", help="where the head and its logs go (default: models)")
+    p.add_argument("--out", default="models", type=output_folder, metavar="DIR",
+                   help="where the head and its logs go (made if missing; default: models)")
     p.add_argument("--store", metavar="DB", help="embedding store (default: OUT/<base>.embeddings.db)")
     p.add_argument("--resume", nargs="?", const="auto", metavar="CHECKPOINT",
                    help="continue an interrupted run (default: OUT/<name>.checkpoint.safetensors)")
