@@ -20,25 +20,35 @@ from PIL import Image
 from cityclf_core.cli import main
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], capture_output=True, text=True)
+def mounted(folder, size):
+    """`folder`, a tmpfs of `size` mounted there (as root); the test is skipped, saying why, where it cannot be."""
+    folder.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True,
+                       text=True)
     if r.returncode:
         pytest.skip(f"cannot mount a small tmpfs to fill ({r.stderr.strip() or 'mount failed'}); needs root")
-    yield disk
-    subprocess.run(["umount", "-l", str(disk)], check=False)
+    return folder
 
 
-def fill(disk):
-    """Fill the disk: a file grows until the system says ENOSPC. Returns a function that frees it again."""
+@pytest.fixture
+def small_disk(tmp_path):
+    yield mounted(tmp_path / "disk", "1m")
+    subprocess.run(["umount", "-l", str(tmp_path / "disk")], check=False)
+
+
+def fill(disk, leave=0):
+    """Fill the disk: a file grows until the system says ENOSPC, then gives back `leave` bytes. Returns a
+    function that frees it again."""
     fd = os.open(disk / "filler", os.O_WRONLY | os.O_CREAT)
     try:
-        while True:
-            os.write(fd, b"\0" * 4096)
-    except OSError as e:
-        assert e.errno == errno.ENOSPC
+        for block in (1 << 20, 4096):
+            try:
+                while True:
+                    os.write(fd, b"\0" * block)
+            except OSError as e:
+                assert e.errno == errno.ENOSPC
+        if leave:
+            os.ftruncate(fd, os.fstat(fd).st_size - leave)
     finally:
         os.close(fd)
     return lambda: os.unlink(disk / "filler")
@@ -227,3 +237,163 @@ def test_output_folders_are_made_or_refused_before_any_work(tmp_path, capsys, mo
     code, err = run([*argv, "--out", out], capsys)
     assert code == 2 and "the work started" in err  # the folder was made first
     assert out.is_dir() and os.listdir(out) == []
+
+
+@pytest.fixture(scope="module")
+def npy_run(tmp_path_factory):
+    """Embeddings in the reference's .npy layout and a config: 6 optimizer steps, an evaluation and a checkpoint
+    every 2."""
+    import numpy as np
+    import yaml
+
+    folder = tmp_path_factory.mktemp("npy-run")
+    rng = np.random.default_rng(0)
+    for label, shift in (("0_cool", -0.3), ("1_warm", 0.3)):
+        (folder / "data" / "CLIP" / label).mkdir(parents=True)
+        for i in range(12):
+            np.save(folder / "data" / "CLIP" / label / f"{i:03d}.npy",
+                    (rng.standard_normal((1, 768)) * 0.5 + shift).astype(np.float32))
+    config = {"model": {"base": "Cut", "rev": "v1", "arch": "class"},
+              "train": {"lr": 3e-3, "steps": 48, "batch": 8, "val_fraction": 0.25, "seed": 3, "eval_every": 2},
+              "labels": {0: {"name": "Cool"}, 1: {"name": "Warm"}}}
+    (folder / "config.yaml").write_text(yaml.safe_dump(config))
+    return folder
+
+
+@pytest.fixture
+def train_disk(tmp_path):
+    """A tmpfs big enough for a class head (16 MB) and two checkpoints (65 MB each, old and new), to be filled."""
+    yield mounted(tmp_path / "disk", "192m")
+    subprocess.run(["umount", "-l", str(tmp_path / "disk")], check=False)
+
+
+def filling(disk, real, freed, when=1, leave=0):
+    """`real`, wrapped: its `when`-th call first fills `disk` (leaving `leave` bytes); `freed` gets the freeing."""
+    calls = [0]
+
+    def wrapped(*a, **kw):
+        calls[0] += 1
+        if calls[0] == when:
+            freed.append(fill(disk, leave))
+        return real(*a, **kw)
+    return wrapped
+
+
+def digest(path):
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None
+
+
+def train_argv(npy_run, out):
+    return ["train", "--config", npy_run / "config.yaml", "--data", npy_run / "data", "--out", out, "--no-progress"]
+
+
+def full_disk_error(err, name):
+    assert "disk is full" in err and name in err and "free some space" in err and "bug" not in err, err
+
+
+def no_train_temporaries(out):
+    return not [p for p in os.listdir(out) if p.endswith(".tmp") or "cityclf" in p]
+
+
+@pytest.mark.parametrize("where", ["checkpoint", "log"])
+def test_train_on_a_full_disk_mid_run_is_a_clear_error_and_resumes(npy_run, train_disk, monkeypatch, capsys, where):
+    """The disk fills just before train's second checkpoint, or before its log's first line: exit 2 naming that
+    file; the first checkpoint kept byte for byte (a log cut back to its whole rows); no temporary; once space
+    is freed, the same command (--resume after a checkpoint) finishes."""
+    from cityclf_core.train import loop
+
+    out = train_disk / "out"
+    argv, freed, kept = train_argv(npy_run, out), [], {}
+    if where == "checkpoint":
+        real_save = loop.save_checkpoint
+
+        def save_and_remember(path, *a, **kw):
+            real_save(path, *a, **kw)
+            kept[path] = digest(path)
+        monkeypatch.setattr(loop, "save_checkpoint", filling(train_disk, save_and_remember, freed, when=2))
+        name, rerun = "Cut-v1.checkpoint.safetensors", ["--resume"]
+    else:
+        monkeypatch.setattr(loop, "TrainLog", filling(train_disk, loop.TrainLog, freed))
+        name, rerun = "Cut-v1.csv", []  # killed before its first checkpoint: simply run again
+    code, err = run(argv, capsys)
+    assert freed and code == 2, err
+    full_disk_error(err, name)
+    if where == "checkpoint":
+        assert [digest(p) for p in kept] == list(kept.values())
+    else:
+        assert (out / name).read_bytes() == b"" and not (out / "Cut-v1.safetensors").exists()
+    assert no_train_temporaries(out), os.listdir(out)
+    freed[0]()
+    code, err = run(argv + rerun, capsys)
+    assert code == 0, err
+    assert (out / "Cut-v1.safetensors").stat().st_size > 1 << 20
+    assert not (out / "Cut-v1.checkpoint.safetensors").exists()
+
+
+def test_train_on_a_full_disk_at_the_end_keeps_the_earlier_files_and_resumes(npy_run, train_disk, monkeypatch,
+                                                                             capsys):
+    """An earlier head, sidecar, metrics and curves are replaced (--overwrite) while the disk fills just before
+    the head (with room for the sidecar, not the weights), the sidecar, the metrics, the curves: each time exit 2
+    naming that file, the files not yet written byte for byte as before (head and sidecar together), no
+    temporary, the checkpoint kept; --resume after freeing space goes on to the next, then finishes."""
+    from cityclf_core.train import loop
+
+    out = train_disk / "out"
+    out.mkdir()
+    names = ["Cut-v1.safetensors", "Cut-v1.config.json", "Cut-v1.metrics.json", "Cut-v1.png"]
+    for old in names:
+        (out / old).write_bytes(f"an earlier run's {old}".encode())
+    before = {old: digest(out / old) for old in names}
+    argv = train_argv(npy_run, out) + ["--overwrite"]
+    steps = [("save_head", 64 << 10, "Cut-v1.safetensors", names),
+             ("save_head", 0, "Cut-v1.config.json", names),
+             ("write_metrics", 0, "Cut-v1.metrics.json", names[2:]),
+             ("draw_curves", 0, "Cut-v1.png", names[3:])]
+    for function, leave, name, untouched in steps:
+        freed = []
+        with monkeypatch.context() as m:
+            m.setattr(loop, function, filling(train_disk, getattr(loop, function), freed, leave=leave))
+            code, err = run(argv, capsys)
+        assert freed and code == 2, err
+        full_disk_error(err, name)
+        assert {old: digest(out / old) for old in untouched} == {old: before[old] for old in untouched}
+        assert no_train_temporaries(out) and (out / "Cut-v1.checkpoint.safetensors").exists(), os.listdir(out)
+        freed[0]()
+        argv = train_argv(npy_run, out) + ["--overwrite", "--resume"]
+    code, err = run(argv, capsys)
+    assert code == 0, err
+    assert all(digest(out / old) != before[old] for old in names)
+    assert not (out / "Cut-v1.checkpoint.safetensors").exists()
+
+
+def test_a_ray_shard_on_a_full_disk_is_a_clear_error_and_leaves_no_temporary(small_disk):
+    """The Ray engine's driver writes each shard with write_shard: on a full disk an OSError naming the shard
+    (the command maps it to exit 2, as for every writer), no temporary, the shards before it kept."""
+    pytest.importorskip("pyarrow")
+    from cityclf_core.engines import parquet
+    from cityclf_core.errors import file_system_error
+
+    encoders = [{"identity": "clip-a", "name": "a", "source": "/clips/a", "image_size": 32, "embed_dim": 256}]
+
+    def rows(n):
+        import numpy as np
+
+        emb = np.random.default_rng(n).standard_normal((2, 256)).astype(np.float32)
+        return [{"path": f"/d/{n}-{i}.png", "size": 10, "mtime_ns": 5, "content": f"c{n}{i}", "width": 3,
+                 "height": 2, "status": "ok", "error": None, "notes": [],
+                 "embeddings": [parquet.embedding_cell("clip-a", "tiles:64:1536:up", emb)], "scores": []}
+                for i in range(40)]
+
+    shards = small_disk / "shards"
+    first = parquet.write_shard(shards, "shard-1", rows(1), encoders)
+    before = first.read_bytes()
+    free = fill(small_disk)
+    with pytest.raises(OSError) as e:
+        parquet.write_shard(shards, "shard-2", rows(2), encoders)
+    error = file_system_error(e.value)
+    assert error is not None and "shard-2.parquet" in str(error) and "disk is full" in str(error), e.value
+    assert os.listdir(shards) == ["shard-1.parquet"] and first.read_bytes() == before
+    free()
+    assert parquet.write_shard(shards, "shard-2", rows(2), encoders).exists()

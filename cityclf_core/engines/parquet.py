@@ -25,6 +25,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from ..confined import naming
 from ..errors import StoreError
 from ..store import Store, StoredScore
 
@@ -78,7 +79,7 @@ def write_shard(folder: str | os.PathLike, name: str, rows: list[dict], encoders
     final = folder / f"{name}{SUFFIX}"
     tmp = folder / f"{TEMP_PREFIX}{name}.{os.getpid()}.tmp"  # never *.parquet until whole
     try:
-        with open(tmp, "wb") as f:
+        with naming(final), open(tmp, "wb") as f:  # a full disk: an OSError naming the shard
             pq.write_table(table, f, compression="zstd")
             f.flush()
             os.fsync(f.fileno())

@@ -192,6 +192,7 @@ def load_head_file(
 
 def save_head(net: nn.Module, config: HeadConfig, path: str | os.PathLike, overwrite: bool = False) -> Path:
     """Write `path` (.safetensors, released layout, float32, no metadata) and its config sidecar."""
+    from ..confined import replacing
     from ..filemode import save_safetensors
 
     path = Path(path)
@@ -203,8 +204,9 @@ def save_head(net: nn.Module, config: HeadConfig, path: str | os.PathLike, overw
     tensors = {k: v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype).contiguous()
                for k, v in net.state_dict().items()}  # BatchNorm's step counter stays an integer
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_safetensors(tensors, path)
-    sidecar.write_text(json.dumps(config.to_json_dict(), indent=2) + "\n", encoding="utf-8")
+    with replacing(sidecar) as tmp:  # both written before either is renamed: a failure leaves both as they were
+        tmp.write_text(json.dumps(config.to_json_dict(), indent=2) + "\n", encoding="utf-8")
+        save_safetensors(tensors, path)
     return path
 
 

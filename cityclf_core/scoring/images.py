@@ -225,8 +225,6 @@ def walk_images(folder, recursive: bool = False) -> tuple[list[Path], list[tuple
     through its own, each subfolder is opened relative to its parent's without following a link, so a
     folder swapped for a link meanwhile is left out (with a reason), never listed. Hidden names are
     skipped; a file reached twice (a link to a file listed already) is listed once."""
-    from ..confined import Outside
-
     found: list[Path] = []
     problems: list[tuple[Path, str]] = []
     seen: set[tuple[int, int]] = set()
@@ -258,7 +256,7 @@ def walk_images(folder, recursive: bool = False) -> tuple[list[Path], list[tuple
             try:
                 with here.child(name) as sub:
                     walk(sub)
-            except Outside as e:
+            except CityClfError as e:  # confined.Outside: swapped for a link or a file meanwhile
                 problems.append((Path(here.join(name)), f"not listed: {e}"))
             except OSError as e:
                 problems.append((Path(here.join(name)), f"cannot list it ({e.strerror or e})"))

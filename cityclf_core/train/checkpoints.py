@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch
@@ -20,9 +19,7 @@ def save_checkpoint(path: Path, net, opt, sched, gen: torch.Generator, state: di
                     pause=None) -> None:
     """Everything to resume, as safetensors (tensors) + JSON metadata: no pickles. Written to a temporary
     name, synced and renamed over the old one: a kill leaves the old checkpoint or the new one."""
-    from safetensors.torch import save_file
-
-    from ..filemode import umask_mode
+    from ..filemode import save_safetensors
 
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
     if best is not None:
@@ -39,14 +36,7 @@ def save_checkpoint(path: Path, net, opt, sched, gen: torch.Generator, state: di
         tensors["rng.cuda"] = torch.cuda.get_rng_state(device)
     meta = {"state": json.dumps(state), "scheduler": json.dumps(sched.state_dict(), default=float),
             "param_groups": json.dumps(opt_state["param_groups"])}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=meta)
-    os.chmod(tmp, umask_mode())  # the user's umask, as open() would give (filemode.py)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    if pause:
-        pause()  # a test stops the process here (pause_points.py)
-    os.replace(tmp, path)
+    save_safetensors(tensors, path, metadata=meta, before_rename=pause)  # pause: a test stops the process there
 
 
 def load_checkpoint(path: Path, net, opt, sched, gen: torch.Generator) -> tuple[dict, dict | None]:

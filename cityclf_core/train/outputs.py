@@ -9,10 +9,13 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..confined import atomic_write, naming
 from ..errors import ConfigError
 from ..grid import line_chart
 
@@ -54,27 +57,44 @@ class OutputFiles:
 
 
 class TrainLog:
-    """The CSV log, one row per evaluation; appended to when a run resumes."""
+    """The CSV log, one row per evaluation; appended to when a run resumes. Each row is written whole or not at
+    all (a full disk cuts the file back to its last whole row and raises an OSError naming it)."""
 
     HEADER = ["step", "samples", "lr", "train_loss", "val_loss", "val_metric"]
 
     def __init__(self, path: Path, append: bool):
+        self.path = path
         append = append and path.exists()
-        self._file = open(path, "a" if append else "w", newline="")
-        self._writer = csv.writer(self._file)
+        with naming(path):
+            self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | (0 if append else os.O_TRUNC), 0o666)
         if not append:
-            self._writer.writerow(self.HEADER)
+            self._write(self.HEADER)
 
     def row(self, step: int, samples: int, lr: float, train_loss: float, val_loss: float, metric: float) -> None:
-        self._writer.writerow([step, samples, f"{lr:.6g}", f"{train_loss:.6g}", f"{val_loss:.6g}", f"{metric:.6g}"])
-        self._file.flush()
+        self._write([step, samples, f"{lr:.6g}", f"{train_loss:.6g}", f"{val_loss:.6g}", f"{metric:.6g}"])
+
+    def _write(self, fields: list) -> None:
+        text = io.StringIO()
+        csv.writer(text).writerow(fields)
+        data = memoryview(text.getvalue().encode("utf-8"))
+        whole = os.fstat(self._fd).st_size
+        try:
+            with naming(self.path):
+                while data:
+                    data = data[os.write(self._fd, data):]
+        except OSError:
+            try:
+                os.ftruncate(self._fd, whole)
+            except OSError:
+                pass
+            raise
 
     def close(self) -> None:
-        self._file.close()
+        os.close(self._fd)
 
 
 def write_metrics(path: Path, metrics: dict) -> None:
-    path.write_text(json.dumps(metrics, indent=2, default=float) + "\n", encoding="utf-8")
+    atomic_write(path, (json.dumps(metrics, indent=2, default=float) + "\n").encode("utf-8"))
 
 
 def draw_curves(path: Path, history: list, metric_name: str, title: str) -> None:
