@@ -141,6 +141,8 @@ def test_load_images_skips_file_links_out_of_the_roots(world, load_images, monke
     inside_image(data, "ok.png")
     os.symlink(world["outside"] / "secret.png", data / "secret.png")
     os.symlink(world["outside"], data / "sub", target_is_directory=True)
+    os.symlink(data / "loop-b.png", data / "loop-a.png")  # a loop: skipped and reported, like the CLI's walk
+    os.symlink(data / "loop-a.png", data / "loop-b.png")
     opened = []
     real_open = Image.open
 
@@ -170,6 +172,7 @@ def test_load_images_skips_file_links_out_of_the_roots(world, load_images, monke
         out = load_images.load(folder="data", recursive=recursive)
         assert [os.path.basename(p) for p in out["result"][1]] == ["ok.png"]
         assert any("secret.png" in line and "outside the allowed folders" in line for line in out["ui"]["text"])
+        assert any("loop-a.png" in line and "symbolic link loop" in line for line in out["ui"]["text"])
     outside = os.path.realpath(world["outside"])
     assert not [p for p in opened + touched if isinstance(p, str) and p.startswith(outside)]
     assert json.dumps(out["ui"])  # the report is plain text
