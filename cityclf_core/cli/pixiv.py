@@ -99,9 +99,7 @@ def cmd_eval(args) -> int:
               + (f" [95% CI {ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
               + f", within artists {m['spearman_within_artist']:.3f}, between artists "
               f"{m['spearman_between_artist']:.3f}, top-10% precision {m['top10_precision']:.2f}")
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        path = out / f"{Path(args.head).stem}.eval.json"
+        path = Path(args.out) / f"{Path(args.head).stem}.eval.json"  # --out was made when it was parsed
         write_json(path, m)
         print(f"cityclf: wrote {path}", file=sys.stderr)
         return 0
