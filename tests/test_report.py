@@ -154,6 +154,36 @@ def test_a_store_without_scores_is_a_clear_error(tmp_path, capsys):
     assert not (tmp_path / "r").exists()
 
 
+def test_gone_and_unreadable_files_are_reported_and_the_rest_written(tmp_path, capsys):
+    from PIL import Image
+
+    good, bad, gone = (str(tmp_path / n) for n in ("good.png", "bad.png", "gone.png"))
+    Image.new("RGB", (20, 20), (200, 10, 10)).save(good)
+    Path(bad).write_bytes(b"not a picture")
+    with EmbeddingStore(tmp_path / "s.db") as store, store.transaction():
+        for path in (good, bad, gone):
+            data = Path(path).read_bytes() if os.path.exists(path) else b"x"
+            store.put_file(path, len(data), 0, hashlib.sha256(data).hexdigest())
+            store.put_scores([(path, AES, "mean", StoredScore(0.5, "50%", None, "score"))])
+    out = tmp_path / "rep"
+    capsys.readouterr()
+    assert main(["report", "--store", str(tmp_path / "s.db"), "--out", str(out), "--report",
+                 str(tmp_path / "skipped.jsonl")]) == 1
+    err = capsys.readouterr().err
+    assert "gone.png" in err and "bad.png" in err and "no thumbnail" in err
+    meta, (chunk,) = read_data(out)
+    assert chunk["path"] == [bad, good] and chunk["thumb"][0] is None and chunk["thumb"][1]
+    skipped = [json.loads(line) for line in (tmp_path / "skipped.jsonl").read_text().splitlines()]
+    assert len(skipped) == 2
+
+
+def test_out_that_is_a_file_is_refused(data, tmp_path, capsys):
+    base, _ = data
+    (tmp_path / "r").write_text("mine")
+    assert main(["report", "--store", str(base / "s.db"), "--out", str(tmp_path / "r")]) == 2
+    assert "is not a folder" in capsys.readouterr().err and (tmp_path / "r").read_text() == "mine"
+
+
 def _chromium():
     if not os.path.exists(CHROMIUM):
         pytest.skip(f"no Chromium at {CHROMIUM} (set CHROMIUM=... to run the page test)")
@@ -172,6 +202,7 @@ CASES = [
     ({f"{AES}": "0.2", f"{CLS}": "0.25"}, {f"{AES}": "0.8"}, "", "desc", "", ["--min", f"{AES}=0.2", "--min",
                                                                             f"{CLS}=0.25", "--max", f"{AES}=0.8"]),
     ({}, {}, AES, "asc", "25", ["--head", AES, "--head", CLS, "--sort-by", AES, "--bottom", "25"]),
+    ({f"{CLS}:Pass": "0.4"}, {}, CLS, "desc", "", ["--min", f"{CLS}:Pass=0.4", "--sort-by", CLS, "--top", "100%"]),
 ]
 
 
