@@ -12,8 +12,8 @@ from ..errors import ConfigError
 from ..numbers import COUNT, real
 from ..pathtext import shown
 from ..store.lock import store_writer
-from .common import (Problems, bound_spec, finish_interrupted_moves, open_store, output_file,
-                     report_transfers, resolved_selection, top_count)
+from .common import (Problems, add_choice_options, finish_interrupted_moves, open_store, output_file,
+                     report_transfers)
 
 #: a cosine similarity (numbers.py: NaN, infinities and words are refused while the options are read)
 COSINE = real(-1.0, 1.0)
@@ -90,24 +90,12 @@ def cmd_dedupe(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from ..dataset.percentiles import store_distribution
     from ..dataset.report import write_report
-    from .stored import no_scores_message, ordered_heads
+    from .stored import stored_choice
 
     problems = Problems()
     with open_store(args.store, write=False) as store:
-        stored = store.scored_heads(args.combine)
-        if args.head and not any(h in stored for h in args.head):
-            stored = []
-        if not stored:
-            raise ConfigError(no_scores_message(store, args))
-        heads = ordered_heads(args, stored)
-        total = store.count_scores(heads[0], args.combine)
-        chosen_by = resolved_selection(args, heads, lambda: store_distribution(store, args.combine), total)
-
-        def skipped(path, why):
-            problems.add(path, why.replace("--store DB", f"--store {args.store}"))
-
+        heads, total, chosen_by, skipped = stored_choice(store, args, problems)
         summary = write_report(store, heads, args.combine, chosen_by, args.out, thumb=args.thumb,
                                workers=args.workers, on_skip=skipped)
     problems.write_report(args.report)
@@ -166,14 +154,7 @@ def register(sub) -> None:
                    help="the report folder: new, empty, or a previous report (anything else is refused)")
     p.add_argument("--head", action="append", metavar="NAME", help="only these heads (default: all)")
     p.add_argument("--combine", choices=COMBINES, default="mean", help="the tile combine the scores were made with")
-    p.add_argument("--min", action="append", default=[], metavar="SPEC", type=bound_spec("min"),
-                   help="only images scoring at least this, as for query (HEAD=0.6, HEAD:CLASS=0.6, HEAD=p80)")
-    p.add_argument("--max", action="append", default=[], metavar="SPEC", type=bound_spec("max"),
-                   help="only images scoring at most this, as for query")
-    p.add_argument("--reference", metavar="DB_OR_JSON", help="where HEAD=pNN percentiles come from, as for query")
-    p.add_argument("--top", type=top_count, metavar="N", help="only the N (or a share, e.g. 20%%) highest by --sort-by, as for query")
-    p.add_argument("--bottom", type=top_count, metavar="N", help="only the N (or a share) lowest by --sort-by")
-    p.add_argument("--sort-by", metavar="HEAD[:CLASS]", help="the head (or class) --top/--bottom use")
+    add_choice_options(p.add_argument_group("which images go in (as for query; default: all)"))
     p.add_argument("--thumb", type=COUNT, default=192, metavar="PX", help="thumbnail size in pixels (default 192)")
     p.add_argument("--workers", type=COUNT, default=min(4, os.cpu_count() or 1), metavar="N",
                    help="threads making thumbnails (default: up to 4)")
