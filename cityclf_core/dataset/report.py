@@ -19,7 +19,6 @@ not a report is refused; so is a report holding files it did not write.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import secrets
@@ -31,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from ..errors import ConfigError, ImageError
+from ..errors import CityClfError, ConfigError, ImageError
 from .select import Selection
 from .stored_select import select_stored
 
@@ -147,14 +146,6 @@ def _make_thumb(path: str, target: Path, px: int) -> None:
     os.replace(tmp, target)
 
 
-def _file_hash(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def make_thumbs(items: dict[str, str], new: Path, old: Path | None, px: int, workers: int,
                 on_bad: Callable[[str, str], None]) -> tuple[int, int]:
     """Thumbnails of {content: a path with that content} under `new`, hard-linked from `old` (a previous
@@ -196,18 +187,29 @@ def make_thumbs(items: dict[str, str], new: Path, old: Path | None, px: int, wor
 # ---------------------------------------------------------------- the rows
 
 
-def _caption(path: str) -> str:
-    """The caption sidecar's text (image.txt), '' when there is none or it cannot be read as text."""
-    from ..sidecars import sidecar_path
+def _captions(paths: list[str]) -> dict[str, str]:
+    """{path: its caption sidecar's text (image.txt)} for the images that have one, read as the Tag node reads
+    them (never following a link, never blocking on a FIFO); an unreadable one counts as none."""
+    from ..confined import Area
+    from ..sidecars import read_regular, sidecar_path
 
-    side = sidecar_path(path)
-    try:
-        if not side.is_file():
-            return ""
-        with open(side, "rb") as f:
-            return f.read(64 * 1024).decode("utf-8", "replace").lstrip("\ufeff").strip()
-    except OSError:
-        return ""
+    by_folder: dict[str, list[str]] = {}
+    for p in paths:
+        by_folder.setdefault(os.path.dirname(p), []).append(p)
+    out = {}
+    for parent, members in by_folder.items():
+        try:
+            with Area([parent]) as area, area.folder(parent) as folder:
+                for p in members:
+                    try:
+                        found = read_regular(folder, sidecar_path(p).name)
+                    except (CityClfError, OSError):
+                        continue
+                    if found:
+                        out[p] = found[0][:64 * 1024].decode("utf-8", "replace").lstrip("\ufeff").strip()
+        except (CityClfError, OSError):
+            continue
+    return out
 
 
 def _columns(rows) -> list[dict]:
@@ -254,6 +256,7 @@ def write_report(store, heads: Sequence[str], combine: str, selection: Selection
                  title: str | None = None) -> ReportSummary:
     """Write the report of `store`'s scores (the rows `selection` picks, as `cityclf query` would) to `out`."""
     from ..pathtext import shown
+    from .reader import read_and_hash
     from .report_page import PAGE
 
     started = time.perf_counter()
@@ -281,9 +284,12 @@ def write_report(store, heads: Sequence[str], combine: str, selection: Selection
         keys: dict[str, str] = {}
         for p, _ in rows:
             content = contents.get(p)
-            if not content:
+            if not content:  # a file the store holds no content hash of: hashed here
                 try:
-                    content = _file_hash(p)
+                    content, _ = read_and_hash(p, None)
+                except ImageError as e:
+                    bad[p] = str(e)
+                    continue
                 except OSError as e:
                     bad[p] = f"cannot read it ({e.strerror or e})"
                     continue
@@ -294,6 +300,7 @@ def write_report(store, heads: Sequence[str], combine: str, selection: Selection
         made, reused = make_thumbs(firsts, new, out if had_old else None, thumb, workers,
                                    lambda p, why: bad.__setitem__(p, why))
         bad_contents = {keys[p] for p in bad if p in keys}
+        captions = _captions([p for p, _ in rows])
         cols = _columns(rows)
         heads_meta = []
         for h in heads:
@@ -311,7 +318,7 @@ def write_report(store, heads: Sequence[str], combine: str, selection: Selection
                 "href": [Path(p).as_uri() for p, _ in part],
                 "thumb": [None if p not in keys or keys[p] in bad_contents else _thumb_name(keys[p], thumb)
                           for p, _ in part],
-                "tags": [_caption(p) for p, _ in part],
+                "tags": [captions.get(p, "") for p, _ in part],
                 "label": {h: [res[h].label if h in res else None for _, res in part] for h in heads},
                 "values": [[_value(res, c) for _, res in part] for c in cols],
             }
