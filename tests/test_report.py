@@ -182,6 +182,8 @@ def test_out_that_is_a_file_is_refused(data, tmp_path, capsys):
     (tmp_path / "r").write_text("mine")
     assert main(["report", "--store", str(base / "s.db"), "--out", str(tmp_path / "r")]) == 2
     assert "is not a folder" in capsys.readouterr().err and (tmp_path / "r").read_text() == "mine"
+    assert main(["report", "--store", str(base / "s.db"), "--out", str(tmp_path / "r" / "sub")]) == 2
+    assert "cannot be made" in capsys.readouterr().err and (tmp_path / "r").read_text() == "mine"
 
 
 def _chromium():
@@ -237,3 +239,36 @@ def test_the_page_shows_what_query_gives(data, capsys):
             assert not errors
         finally:
             browser.close()
+
+
+@pytest.mark.parametrize("exchange", [True, False], ids=["exchange", "two-renames"])
+def test_a_rerun_killed_at_any_point_leaves_the_old_report_or_the_new_one(data, tmp_path, monkeypatch, exchange):
+    from kill_points import run_forked
+
+    from cityclf_core.dataset import report
+
+    if not exchange:  # as where the system cannot swap two names in one step
+        monkeypatch.setattr(report, "_exchange", lambda a, b: False)
+    base, _ = data
+    out = tmp_path / "rep"
+    shutil.copytree(base / "rep", out)
+    old_rows = read_data(out)[0]["rows"]
+    argv = ["report", "--store", str(base / "s.db"), "--out", str(out), "--min", f"{AES}=0.5", "--workers", "1"]
+    code, reached = run_forked(lambda: main(argv), "count")
+    assert code == 0
+    new_rows = read_data(out)[0]["rows"]
+    assert new_rows < old_rows
+    for n in range(1, reached["fs"] + 1):
+        assert main(["report", "--store", str(base / "s.db"), "--out", str(out)]) == 0  # the old one again
+        code, _ = run_forked(lambda: main(argv), f"fs:{n}")
+        assert code is None, n  # killed at its n-th file-system operation
+        if not exchange and not out.exists():  # between the two renames: the old one is beside it, whole
+            (old,) = [p for p in tmp_path.iterdir() if p.name.startswith(".rep.cityclf-old-")]
+            assert read_data(old)[0]["rows"] == old_rows
+            continue
+        meta, chunks = read_data(out)  # a whole report: the old or the new
+        assert meta["rows"] in (old_rows, new_rows), n
+        assert all((out / t).is_file() for c in chunks for t in c["thumb"])
+    assert main(argv) == 0  # a rerun finishes the job and clears what the kill left beside it
+    assert read_data(out)[0]["rows"] == new_rows
+    assert sorted(os.listdir(tmp_path)) == ["rep"]

@@ -11,9 +11,11 @@ Data files are scripts, not JSON, because a page opened from file:// may load
 breaks ties by row number exactly as `cityclf query` breaks them by path.
 
 A rerun into the same DIR writes the new report beside it, reusing the old
-thumbnails of unchanged contents (hard links), then swaps the two folders
-(atomically where the system can exchange two names) and removes the old one:
-a kill leaves the old report or the new one. A folder that is not empty and is
+thumbnails of unchanged contents (hard links), then swaps the two folders and
+removes the old one: a kill leaves the old report or the new one. Where the
+system cannot exchange two names in one step (Linux can), the swap is two
+renames; a kill between them leaves the old report beside DIR, and the next run
+puts it back first. A folder that is not empty and is
 not a report is refused; so is a report holding files it did not write.
 """
 
@@ -53,16 +55,28 @@ class ReportSummary:
 # ---------------------------------------------------------------- the output folder
 
 
-def _expected(rel: str) -> bool:
-    """Whether a file (relative path, '/'-separated) is one a report writes."""
+def _expected(rel: str, partial: bool = False) -> bool:
+    """Whether a file (relative path, '/'-separated) is one a report writes (`partial`: or a thumbnail being
+    written, as a killed run leaves it)."""
     parts = rel.split("/")
     if len(parts) == 1:
         return parts[0] in ("index.html", MARKER)
     if parts[0] == "data":
         return len(parts) == 2 and parts[1].endswith(".js")
     if parts[0] == "thumbs":
-        return len(parts) == 3 and parts[2].endswith("." + THUMB_FORMAT)
+        return len(parts) == 3 and parts[2].endswith(("." + THUMB_FORMAT,) + ((".part",) if partial else ()))
     return False
+
+
+def _stranger(folder: Path, partial: bool = False) -> str | None:
+    """The first file or link under `folder` that a report does not write (relative), None when all are ours."""
+    for root, dirs, files in os.walk(folder):
+        for name in files + [d for d in dirs if os.path.islink(os.path.join(root, d))]:
+            rel = os.path.relpath(os.path.join(root, name), folder).replace(os.sep, "/")
+            if not _expected(rel, partial) or os.path.islink(os.path.join(root, name)):
+                return rel
+        dirs[:] = [d for d in dirs if not os.path.islink(os.path.join(root, d))]
+    return None
 
 
 def check_out_dir(out: Path) -> bool:
@@ -77,22 +91,24 @@ def check_out_dir(out: Path) -> bool:
     if MARKER not in names:
         raise ConfigError(f"--out {out}: the folder is not empty and is not a cityclf report; give a new or empty "
                           "folder (the report never writes over other files)")
-    for root, dirs, files in os.walk(out):
-        for name in files + [d for d in dirs if os.path.islink(os.path.join(root, d))]:
-            rel = os.path.relpath(os.path.join(root, name), out).replace(os.sep, "/")
-            if not _expected(rel) or os.path.islink(os.path.join(root, name)):
-                raise ConfigError(f"--out {out}: it holds {rel}, which the report did not write; move it out "
-                                  "first (a report folder is replaced whole)")
+    stranger = _stranger(out)
+    if stranger:
+        raise ConfigError(f"--out {out}: it holds {stranger}, which the report did not write; move it out "
+                          "first (a report folder is replaced whole)")
     return True
 
 
 def _sweep(out: Path) -> None:
-    """Remove the half-written or old reports a killed run left beside `out` (only folders with our marker)."""
+    """Remove the half-written or old reports a killed run left beside `out`: folders under our temporary names
+    holding nothing but report files."""
     prefix = f".{out.name}.{_NEW}-", f".{out.name}.{_OLD}-"
-    for name in os.listdir(out.parent):
+    for name in sorted(os.listdir(out.parent)):
         side = out.parent / name
-        if name.startswith(prefix) and side.is_dir() and not side.is_symlink() and (side / MARKER).is_file():
-            shutil.rmtree(side, ignore_errors=True)
+        if name.startswith(prefix) and side.is_dir() and not side.is_symlink() and not _stranger(side, True):
+            if name.startswith(prefix[1]) and not out.exists() and (side / MARKER).is_file():
+                os.rename(side, out)  # killed between the two renames of a swap: the old report goes back
+            else:
+                shutil.rmtree(side, ignore_errors=True)
 
 
 def _exchange(a: Path, b: Path) -> bool:
@@ -261,9 +277,13 @@ def write_report(store, heads: Sequence[str], combine: str, selection: Selection
 
     started = time.perf_counter()
     out = Path(os.path.abspath(out))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"--out {out}: its folder {out.parent} cannot be made ({e.strerror or e}); "
+                          "give a folder that can be written") from None
+    _sweep(out)  # first: it may put back the old report a killed swap left beside `out`
     had_old = check_out_dir(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    _sweep(out)
     skip = on_skip or (lambda p, why: None)
 
     rows = list(select_stored(store, heads, combine, selection, on_skip=skip))
