@@ -272,3 +272,21 @@ def test_a_rerun_killed_at_any_point_leaves_the_old_report_or_the_new_one(data, 
     assert main(argv) == 0  # a rerun finishes the job and clears what the kill left beside it
     assert read_data(out)[0]["rows"] == new_rows
     assert sorted(os.listdir(tmp_path)) == ["rep"]
+
+
+def test_a_folder_another_run_is_writing_is_left_alone(data, tmp_path):
+    from cityclf_core.dataset import report
+
+    base, _ = data
+    busy = tmp_path / ".rep.cityclf-new-0000beef"
+    (busy / "data").mkdir(parents=True)
+    (busy / MARKER).write_text("{}")
+    argv = ["report", "--store", str(base / "s.db"), "--out", str(tmp_path / "rep")]
+    held = report._hold(busy)  # as the run writing it holds it
+    try:
+        assert main(argv) == 0
+        assert busy.is_dir()
+    finally:
+        os.close(held)
+    assert main(argv) == 0
+    assert sorted(os.listdir(tmp_path)) == ["rep"]

@@ -21,6 +21,7 @@ not a report is refused; so is a report holding files it did not write.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -30,7 +31,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None
 
 from ..errors import CityClfError, ConfigError, ImageError
 from .select import Selection
@@ -104,11 +110,53 @@ def _sweep(out: Path) -> None:
     prefix = f".{out.name}.{_NEW}-", f".{out.name}.{_OLD}-"
     for name in sorted(os.listdir(out.parent)):
         side = out.parent / name
-        if name.startswith(prefix) and side.is_dir() and not side.is_symlink() and not _stranger(side, True):
+        if name.startswith(prefix) and side.is_dir() and not side.is_symlink() and not _in_use(side) \
+                and not _stranger(side, True):
             if name.startswith(prefix[1]) and not out.exists() and (side / MARKER).is_file():
                 os.rename(side, out)  # killed between the two renames of a swap: the old report goes back
             else:
                 shutil.rmtree(side, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _beside(out: Path) -> Iterator[None]:
+    """One report run at a time looks at and swaps the folders beside `out` (an advisory lock on its parent;
+    the system drops it however the run ends)."""
+    if fcntl is None:  # Windows: runs into one folder are not serialised
+        yield
+        return
+    fd = os.open(out.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _hold(folder: Path) -> int:
+    """A shared lock on a folder being written, kept until the descriptor is closed (-1 where there is no flock)."""
+    if fcntl is None:
+        return os.open(os.devnull, os.O_RDONLY)
+    fd = os.open(folder, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_SH)
+    return fd
+
+
+def _in_use(folder: Path) -> bool:
+    """Whether another run is writing `folder` (it holds the lock _hold took)."""
+    if fcntl is None:
+        return False
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
 
 
 def _exchange(a: Path, b: Path) -> bool:
@@ -282,8 +330,12 @@ def write_report(store, heads: Sequence[str], combine: str, selection: Selection
     except OSError as e:
         raise ConfigError(f"--out {out}: its folder {out.parent} cannot be made ({e.strerror or e}); "
                           "give a folder that can be written") from None
-    _sweep(out)  # first: it may put back the old report a killed swap left beside `out`
-    had_old = check_out_dir(out)
+    with _beside(out):
+        _sweep(out)  # first: it may put back the old report a killed swap left beside `out`
+        had_old = check_out_dir(out)
+        new = out.parent / f".{out.name}.{_NEW}-{secrets.token_hex(4)}"
+        new.mkdir()
+        held = _hold(new)  # ours while this run lives: another run's sweep leaves it alone
     skip = on_skip or (lambda p, why: None)
 
     rows = list(select_stored(store, heads, combine, selection, on_skip=skip))
@@ -296,8 +348,6 @@ def write_report(store, heads: Sequence[str], combine: str, selection: Selection
     rows.sort(key=lambda row: rank[row[0]])
     contents = {f.path: f.content for f in store.files([p for p, _ in rows])}
 
-    new = out.parent / f".{out.name}.{_NEW}-{secrets.token_hex(4)}"
-    new.mkdir()
     try:
         _write(new / MARKER, json.dumps({"report": 1}).encode())
         bad: dict[str, str] = {}
@@ -349,12 +399,13 @@ def write_report(store, heads: Sequence[str], combine: str, selection: Selection
                 "made": time.strftime("%Y-%m-%d %H:%M:%S")}
         _write(new / "data" / "meta.js", _js("meta", meta))
         _write(new / "index.html", PAGE.encode("utf-8"))
-        if had_old:
-            check_out_dir(out)  # still only report files: nothing of the user's is removed with it
-        _swap_in(new, out, had_old)
+        with _beside(out):  # another run may have swapped its report in meanwhile: looked at again
+            _swap_in(new, out, check_out_dir(out))  # (only report files: nothing of the user's goes with it)
     except BaseException:
         shutil.rmtree(new, ignore_errors=True)
         raise
+    finally:
+        os.close(held)
     for p, why in sorted(bad.items()):
         skip(p, f"no thumbnail: {why}")
     return ReportSummary(out, len(rows), made, reused, sorted(bad.items()), time.perf_counter() - started)
