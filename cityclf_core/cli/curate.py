@@ -99,8 +99,6 @@ def cmd_report(args) -> int:
         summary = write_report(store, heads, args.combine, chosen_by, args.out, thumb=args.thumb,
                                workers=args.workers, on_skip=skipped)
     problems.write_report(args.report)
-    for path, why in summary.unreadable:
-        print(f"cityclf: skipped {shown(path)}: {why}", file=sys.stderr)
     index = os.path.join(str(summary.out), "index.html")
     print(f"cityclf: wrote {shown(index)}: {summary.rows} of {total} image(s), {summary.thumbs_made} thumbnail(s) "
           f"made, {summary.thumbs_reused} reused, in {summary.seconds:.1f} s", file=sys.stderr)

@@ -337,19 +337,17 @@ def write_report(store, heads: Sequence[str], combine: str, selection: Selection
         new.mkdir()
         held = _hold(new)  # ours while this run lives: another run's sweep leaves it alone
     skip = on_skip or (lambda p, why: None)
-
-    rows = list(select_stored(store, heads, combine, selection, on_skip=skip))
-    chosen = {p for p, _ in rows}
-    rank = {}
-    for block in store.select_paths(combine, heads[0], None):  # the store's path order: query's ties
-        for p in block:
-            if p in chosen:
-                rank[p] = len(rank)
-    rows.sort(key=lambda row: rank[row[0]])
-    contents = {f.path: f.content for f in store.files([p for p, _ in rows])}
-
     try:
         _write(new / MARKER, json.dumps({"report": 1}).encode())
+        rows = list(select_stored(store, heads, combine, selection, on_skip=skip))
+        chosen = {p for p, _ in rows}
+        rank = {}
+        for block in store.select_paths(combine, heads[0], None):  # the store's path order: query's ties
+            for p in block:
+                if p in chosen:
+                    rank[p] = len(rank)
+        rows.sort(key=lambda row: rank[row[0]])
+        contents = {f.path: f.content for f in store.files([p for p, _ in rows])}
         bad: dict[str, str] = {}
         keys: dict[str, str] = {}
         for p, _ in rows:
