@@ -132,3 +132,20 @@ def test_a_store_made_under_the_old_identity_is_renamed_on_first_use(two_clips, 
     # a record made by the old code (a head's, naming the old identity) still finds the renamed row
     with EmbeddingStore(db) as store:
         assert store.find_encoder(old, clips.source_name(a)).identity == new
+
+
+def test_a_head_trained_under_the_old_identity_still_finds_and_accepts_its_clip(two_clips, caplog):
+    from types import SimpleNamespace
+
+    from cityclf_core.loading.clip_records import ClipRecord, check_clip
+
+    a, b = two_clips
+    rec = ClipRecord(source=str(a), identity=fingerprints.legacy_fingerprint(a), folder=a.name)
+    head = SimpleNamespace(name="Old", config=SimpleNamespace(extra={"clip": rec.to_dict()}))
+    assert clips.find_recorded_clip(head, rec, [a.parent]) == str(a)
+    encoder = clips.load_encoder(str(a), "cpu", "fp32")
+    with caplog.at_level("WARNING", logger="cityclf"):
+        check_clip(head, encoder)
+        assert not caplog.records
+        check_clip(head, SimpleNamespace(identity="0" * 16, source=str(b), name="other"))
+        assert "may mean nothing" in caplog.text
