@@ -8,7 +8,6 @@ import shutil
 import sqlite3
 
 import pytest
-import torch
 from conftest import illustration
 from PIL import Image
 from safetensors.torch import load_file, save_file
