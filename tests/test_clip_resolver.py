@@ -1,9 +1,13 @@
 """One CLIP resolver for every entry point, and CLIP records that travel with a trained head.
 
 Every way in -- the library (`load_encoder`, `TransformersClipEncoder.load`, `load_scoring_model`), the
-`cityclf` command (score, embed + score --store, train), the Loader node -- gets the same CLIP from one
-local stand-in for the hub (tests/fake_hub.py): a repo with only pytorch_model.bin, one with
+`cityclf` command (score, embed + score --store, train), the Loader node, the Ray workers -- gets the same
+CLIP from one local stand-in for the hub (tests/fake_hub.py): a repo with only pytorch_model.bin, one with
 model.safetensors, and one whose .bin holds a pickled callable (refused the same way everywhere).
+
+A trained head (an image head, a popularity head) whose config named its CLIP by a relative path scores the
+same from another folder, by `cityclf score` and by the Loader node in a ComfyUI-style tree, wherever its
+CLIP is among the folders searched; a folder of its name with other weights is refused.
 """
 
 from __future__ import annotations
@@ -358,3 +362,38 @@ def test_a_popularity_head_trained_with_a_relative_data_clip_scores_from_anywher
     first = _score_both_ways(head, image, comfy_tree, capsys)
     same(first, first)
     _moves_and_refusal(head, image, a / "tiny-clip", comfy_tree, capsys, first, same)
+
+
+# ---------------------------------------------------------------- the Ray workers
+
+
+def test_ray_workers_get_the_same_clip_from_the_hub(hub, labelled, tmp_path, capsys):
+    """`cityclf embed --engine ray` (its own local Ray, in a child process pointed at the fake hub) embeds a
+    .bin-only repo's CLIP as the local engine does: the workers resolve it through the same resolver."""
+    pytest.importorskip("ray.data")
+    import subprocess
+    import sys
+
+    import numpy as np
+    from conftest import ROOT
+
+    repo, images = "fake/bin-clip", labelled / "1_bright"
+    code, _, err = run(["embed", images, "--store", tmp_path / "local.db", "--clip", repo, "--no-progress"], capsys)
+    assert code == 0, err
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HOME": str(tmp_path / "hf-home"),  # nothing fetched or
+           "HF_HUB_CACHE": str(tmp_path / "ray-hf-cache"), "CITYCLF_CACHE": str(tmp_path / "ray-cache")}  # converted
+    out = subprocess.run([sys.executable, "-m", "cityclf_core", "embed", str(images), "--store",
+                          str(tmp_path / "ray.db"), "--clip", repo, "--engine", "ray", "--no-progress"],
+                         env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert any((tmp_path / "ray-hf-cache").rglob("pytorch_model.bin")) and (tmp_path / "ray-cache" / "clip").is_dir()
+    exported = {}
+    for name in ("local", "ray"):
+        code, _, err = run(["export", "--store", tmp_path / f"{name}.db", "--out", tmp_path / f"{name}.npz",
+                            "--policy", "whole"], capsys)
+        assert code == 0, err
+        exported[name] = np.load(tmp_path / f"{name}.npz")
+    a, b = exported["local"], exported["ray"]
+    assert list(a["paths"]) == list(b["paths"]) and len(a["paths"]) == 4
+    assert str(a["clip_identity"]) == str(b["clip_identity"])
+    np.testing.assert_allclose(a["embeddings"], b["embeddings"], rtol=1e-5, atol=1e-6)
