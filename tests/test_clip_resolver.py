@@ -1,9 +1,13 @@
 """One CLIP resolver for every entry point, and CLIP records that travel with a trained head.
 
 Every way in -- the library (`load_encoder`, `TransformersClipEncoder.load`, `load_scoring_model`), the
-`cityclf` command (score, embed + score --store, train), the Loader node -- gets the same CLIP from one
-local stand-in for the hub (tests/fake_hub.py): a repo with only pytorch_model.bin, one with
+`cityclf` command (score, embed + score --store, train), the Loader node, the Ray workers -- gets the same
+CLIP from one local stand-in for the hub (tests/fake_hub.py): a repo with only pytorch_model.bin, one with
 model.safetensors, and one whose .bin holds a pickled callable (refused the same way everywhere).
+
+A trained head (an image head, a popularity head) whose config named its CLIP by a relative path scores the
+same from another folder, by `cityclf score` and by the Loader node in a ComfyUI-style tree, wherever its
+CLIP is among the folders searched; a folder of its name with other weights is refused.
 """
 
 from __future__ import annotations
@@ -236,3 +240,160 @@ def test_a_head_recording_an_old_style_path_still_loads(trained_elsewhere, label
                           "--offline", "--format", "jsonl", "--no-progress"], capsys)
     assert code == 0, err
     assert json.loads(out)["probs"] == pytest.approx(probs)
+
+
+# ---------------------------------------------------------------- a config naming its CLIP by a relative path
+
+
+def _score_both_ways(head_path, image, heads, capsys):
+    """`cityclf score` without --clip and the Loader node with clip = auto (the head found in `heads`, as
+    ComfyUI's models/cityclassifiers): (what score printed, what the node gave); both must succeed."""
+    forget_encoders()
+    code, out, err = run(["score", image, "-m", head_path, "--offline", "--format", "jsonl", "--no-progress"],
+                         capsys)
+    assert code == 0, err
+    loader = import_module("cityclf_pack.nodes.loader")
+    forget_encoders()
+    model = loader.CityClfLoader().load(head=head_path.name, clip=loader.AUTO_CLIP,
+                                        download_missing=False)["result"][0]
+    return json.loads(out), model.score([str(image)])[0][head_path.stem]
+
+
+def _refusals(head_path, image, capsys) -> tuple[str, str]:
+    """The error `cityclf score` (exit 2) and the Loader node give when the head's CLIP is not found."""
+    forget_encoders()
+    code, _, err = run(["score", image, "-m", head_path, "--offline", "--no-progress"], capsys)
+    assert code == 2, err
+    loader = import_module("cityclf_pack.nodes.loader")
+    with pytest.raises(WeightsError) as node:
+        loader.CityClfLoader().load(head=head_path.name, clip=loader.AUTO_CLIP, download_missing=False)
+    return err, str(node.value)
+
+
+@pytest.fixture
+def comfy_tree(tmp_path, monkeypatch, pack):
+    """A ComfyUI-style models folder (models/cityclassifiers holds the heads), the Loader's CITYCLF_MODELS."""
+    heads = tmp_path / "comfy" / "models" / "cityclassifiers"
+    heads.mkdir(parents=True)
+    monkeypatch.setenv("CITYCLF_MODELS", str(heads))
+    monkeypatch.setenv("CITYCLF_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("CITYCLF_CLIP_DIRS", raising=False)
+    return heads
+
+
+def _moves_and_refusal(head_path, image, clip, heads, capsys, first, same):
+    """The CLIP moved to each searched place keeps both ways working with the same scores; a folder of its
+    name with other weights is refused by both, naming the fingerprint and the folders searched."""
+    identity = json.loads(head_path.with_name(head_path.stem + ".config.json").read_text())["clip"]["identity"]
+    models = heads.parent
+    for place in (heads / clip.name, heads / "clip" / clip.name, models / "clip_vision" / clip.name):
+        place.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(clip), str(place))
+        clip = place
+        same(first, _score_both_ways(head_path, image, heads, capsys))
+    from cityclf_core.samples import build_tiny_clip
+
+    shutil.move(str(clip), str(heads.parent.parent / "parked"))
+    build_tiny_clip(heads / "clip" / clip.name, image_size=32, patch_size=8, seed=5)  # its name, other weights
+    for err in _refusals(head_path, image, capsys):
+        assert identity in err and "fingerprint" in err, err
+        for searched in (heads, heads / "clip", models / "clip_vision"):
+            assert str(searched) in err, (searched, err)
+        assert "--clip" in err
+
+
+def test_an_image_head_trained_with_a_relative_model_clip_scores_from_anywhere(tmp_path, labelled, tiny_clip_dir,
+                                                                                 comfy_tree, monkeypatch, capsys):
+    a, b = tmp_path / "A", tmp_path / "B"
+    shutil.copytree(tiny_clip_dir, a / "clips" / "my-clip")
+    b.mkdir()
+    (a / "cfg.yaml").write_text(TRAIN_CONFIG.replace("arch: class}", "arch: class, clip_model: clips/my-clip}"))
+    monkeypatch.chdir(a)
+    code, _, err = run(["train", "--config", "cfg.yaml", "--data", labelled, "--out", "out", "--no-progress"],
+                       capsys)
+    assert code == 0, err
+    for f in (a / "out").glob("Bright-v1.*"):
+        shutil.copy(f, comfy_tree / f.name)
+    head = comfy_tree / "Bright-v1.safetensors"
+    image = labelled / "1_bright" / "0.png"
+    monkeypatch.chdir(b)  # ComfyUI runs from its own root, not the training folder
+
+    def same(first, now):
+        assert now[0]["probs"] == pytest.approx(first[0]["probs"], abs=1e-6)
+        assert now[1].probs == pytest.approx(first[0]["probs"], abs=1e-5)
+
+    first = _score_both_ways(head, image, comfy_tree, capsys)  # the CLIP where it was trained
+    same(first, first)
+    _moves_and_refusal(head, image, a / "clips" / "my-clip", comfy_tree, capsys, first, same)
+
+
+def test_a_popularity_head_trained_with_a_relative_data_clip_scores_from_anywhere(tmp_path, tiny_clip_dir,
+                                                                                   comfy_tree, monkeypatch, capsys):
+    import yaml
+
+    a, b = tmp_path / "A", tmp_path / "B"
+    shutil.copytree(tiny_clip_dir, a / "tiny-clip")
+    b.mkdir()
+    monkeypatch.chdir(a)  # the docs' pixiv example: everything relative to the folder it runs in
+    for argv in (["pixiv", "synth", "pixiv-data", "--works", "40", "--artists", "8", "--size", "48"],
+                 ["pixiv", "ingest", "pixiv-data"],
+                 ["embed", "pixiv-data", "--store", "pixiv.db", "--clip", "tiny-clip", "--no-progress"]):
+        code, _, err = run(argv, capsys)
+        assert code == 0, (argv, err)
+    (a / "pixiv.yaml").write_text(yaml.safe_dump({
+        "data": {"dataset": "pixiv-data", "store": "pixiv.db", "clip": "tiny-clip", "split": "artist",
+                 "test_fraction": 0.3},
+        "model": {"base": "PixivPop", "rev": "v1", "arch": "popularity", "width": 16},
+        "train": {"lr": 0.002, "steps": 64, "batch": 16, "seed": 0}}))
+    code, _, err = run(["pixiv", "train", "--config", "pixiv.yaml", "--out", "models", "--no-progress"], capsys)
+    assert code == 0, err
+    record = json.loads((a / "models" / "PixivPop-v1.config.json").read_text())["clip"]
+    assert record["folder"] == "tiny-clip" and record["identity"]
+    for f in (a / "models").glob("PixivPop-v1.*"):
+        shutil.copy(f, comfy_tree / f.name)
+    head = comfy_tree / "PixivPop-v1.safetensors"
+    image = sorted((a / "pixiv-data").glob("*/*_p0.png"))[0]
+    monkeypatch.chdir(b)
+
+    def same(first, now):
+        assert now[0]["score"] == pytest.approx(first[0]["score"], abs=1e-6)
+        assert now[1].score == pytest.approx(first[0]["score"], abs=1e-5)
+
+    first = _score_both_ways(head, image, comfy_tree, capsys)
+    same(first, first)
+    _moves_and_refusal(head, image, a / "tiny-clip", comfy_tree, capsys, first, same)
+
+
+# ---------------------------------------------------------------- the Ray workers
+
+
+def test_ray_workers_get_the_same_clip_from_the_hub(hub, labelled, tmp_path, capsys):
+    """`cityclf embed --engine ray` (its own local Ray, in a child process pointed at the fake hub) embeds a
+    .bin-only repo's CLIP as the local engine does: the workers resolve it through the same resolver."""
+    pytest.importorskip("ray.data")
+    import subprocess
+    import sys
+
+    import numpy as np
+    from conftest import ROOT
+
+    repo, images = "fake/bin-clip", labelled / "1_bright"
+    code, _, err = run(["embed", images, "--store", tmp_path / "local.db", "--clip", repo, "--no-progress"], capsys)
+    assert code == 0, err
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HOME": str(tmp_path / "hf-home"),  # nothing fetched or
+           "HF_HUB_CACHE": str(tmp_path / "ray-hf-cache"), "CITYCLF_CACHE": str(tmp_path / "ray-cache")}  # converted
+    out = subprocess.run([sys.executable, "-m", "cityclf_core", "embed", str(images), "--store",
+                          str(tmp_path / "ray.db"), "--clip", repo, "--engine", "ray", "--no-progress"],
+                         env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert any((tmp_path / "ray-hf-cache").rglob("pytorch_model.bin")) and (tmp_path / "ray-cache" / "clip").is_dir()
+    exported = {}
+    for name in ("local", "ray"):
+        code, _, err = run(["export", "--store", tmp_path / f"{name}.db", "--out", tmp_path / f"{name}.npz",
+                            "--policy", "whole"], capsys)
+        assert code == 0, err
+        exported[name] = np.load(tmp_path / f"{name}.npz")
+    a, b = exported["local"], exported["ray"]
+    assert list(a["paths"]) == list(b["paths"]) and len(a["paths"]) == 4
+    assert str(a["clip_identity"]) == str(b["clip_identity"])
+    np.testing.assert_allclose(a["embeddings"], b["embeddings"], rtol=1e-5, atol=1e-6)

@@ -153,3 +153,28 @@ def test_choose_clips_takes_the_stored_clip_when_nothing_needs_embedding_and_rea
         os.utime(paths[0], ns=(1, 1))  # changed since: the CLIP is loaded, the head still read once
         changed = choose_clips(store, spec, paths, "cpu")
         assert changed.loaded and (len(heads), len(loaded)) == (1, 1)
+
+
+def test_embed_then_score_embeds_what_the_store_lacks_under_its_lock(tmp_path, files, encoder, score_head,
+                                                                     monkeypatch):
+    from cityclf_core.dataset import embed_then_score
+    from cityclf_core.errors import StoreError
+    from cityclf_core.store.lock import store_writer
+
+    model = ScoringModel().add(score_head, encoder)
+    db, options = tmp_path / "s.db", ScoreOptions(tiling="off")
+    direct = dict(score_files(model, files[:2], options, lambda p, e: None))
+    for run, embedded in ((1, 2), (2, 0)):  # the second time nothing is embedded
+        told, reports, absent = [], [], []
+        rows = embed_then_score(db, model, [os.path.relpath(p) for p in files], options,
+                                on_file=lambda p, e: told.append((p, e)), on_embedded=reports.append,
+                                on_absent=lambda p, why: absent.append(p))
+        assert [r.embedded for r in reports] == [embedded], run
+        assert [p for p, _ in rows] == files[:2]  # absolute, in order; the broken file not scored
+        assert [p for p, e in told if e] == [files[2]] and absent == []  # failed: told once, not again as absent
+        for path, result in rows:
+            assert result[score_head.name].score == pytest.approx(direct[path][score_head.name].score, abs=1e-5)
+    monkeypatch.setenv("CITYCLF_LOCK_WAIT", "0")
+    with store_writer(db):  # another writer holds the store: refused, nothing done
+        with pytest.raises(StoreError, match="is in use"):
+            embed_then_score(db, model, files, options)

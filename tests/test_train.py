@@ -420,3 +420,57 @@ def test_training_leaves_the_callers_config_unchanged(colour_dataset, tmp_path):
     result = train(cfg, colour_dataset, tmp_path, log=lambda *a: None)
     assert repr(cfg) == before  # the labels the data filled in went into the run's own copy
     assert load_head(result.weights).labels == ["0", "1"]
+
+
+# ---------------------------------------------------------------- the CLIP a run embeds with, and its store
+
+
+def config_dict() -> dict:
+    return {"train": {"steps": 8, "batch": 4, "val_fraction": 0.3, "seed": 0},
+            "labels": {0: {"name": "Cool", "loss": 1.0}, 1: {"name": "Warm", "loss": 1.0}}}
+
+
+def test_training_clip_is_the_option_else_the_config_else_the_reference():
+    from cityclf_core.train.embedding import training_clip
+
+    cfg = config()
+    assert training_clip(cfg) == "openai/clip-vit-large-patch14-336"
+    cfg.clip_model = "clips/mine"
+    assert training_clip(cfg) == "clips/mine" and training_clip(cfg, "other/clip") == "other/clip"
+    meta = parse_config({**config_dict(), "model": {"base": "M", "arch": "class", "clip": "META"}})
+    with pytest.raises(ConfigError, match="model.clip META has no CLIP to embed images with"):
+        training_clip(meta)
+
+
+def test_embed_training_images_once_through_a_locked_store(tiny_clip_dir, tmp_path, monkeypatch):
+    from cityclf_core.errors import StoreError
+    from cityclf_core.store.lock import store_writer
+    from cityclf_core.train.embedding import embed_training_images, load_training_clip
+
+    data = tmp_path / "data"
+    for folder, warm in (("0_cool", False), ("1_warm", True)):
+        (data / folder).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(tinted(60, 50, 700 + i + 10 * warm, warm)).save(data / folder / f"{i}.png")
+    cfg = config()
+    encoder = load_training_clip(cfg, tiny_clip_dir, "cpu", "fp32")
+    assert cfg.clip_record["folder"] == tiny_clip_dir.name and cfg.clip_record["identity"] == encoder.identity
+    out = tmp_path / "out"  # made for the default store, OUT/<base>.embeddings.db
+    totals, told = [], []
+    first = embed_training_images(cfg, data, encoder, out, on_total=totals.append,
+                                  on_file=lambda p, e: told.append(e))
+    assert first.store == out / "Colour.embeddings.db" and first.store.is_file()
+    assert (first.embedded, first.reused, totals, told) == (6, 0, [6], [None] * 6)
+    assert first.data.n_train + len(first.data.val_counts) == 6
+    again = embed_training_images(cfg, data, encoder, out)
+    assert (again.embedded, again.reused) == (0, 6)  # each image embedded once
+    monkeypatch.setenv("CITYCLF_LOCK_WAIT", "0")
+    with store_writer(first.store):  # another writer holds the store: refused, nothing done
+        with pytest.raises(StoreError, match="is in use"):
+            embed_training_images(cfg, data, encoder, out)
+
+    def ctrl_c(path, error):
+        raise KeyboardInterrupt
+
+    with pytest.raises(Interrupted, match="keeps the embeddings made so far: rerun to continue"):
+        embed_training_images(cfg, data, encoder, out, store=tmp_path / "other.db", on_file=ctrl_c)

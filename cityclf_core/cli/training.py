@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from ..errors import ConfigError, interrupted_hint
+from ..errors import ConfigError
 from ..progress import ProgressBar
 from ..numbers import COUNT
 from .common import (
@@ -26,52 +26,37 @@ from .common import (
 
 
 def cmd_train(args) -> int:
-    from ..loading.clip_records import record_for
-    from ..loading.clips import load_encoder, source_name
-    from ..store import EmbeddingStore
-    from ..store.lock import store_writer
-    from ..train.data import inference_policy
-    from ..train import (REFERENCE_CLIPS, data_kind, format_metrics, load_config, load_image_dataset,
-                        load_npy_dataset, train)
+    from ..train import data_kind, format_metrics, load_config, load_npy_dataset, train
+    from ..train.embedding import embed_training_images, load_training_clip, training_clip
+    from ..train.outputs import OutputFiles
 
     cfg = load_config(args.config, overrides={"device": args.device if args.device != "auto" else None})
     root, kind = data_kind(args.data, cfg.clip)
-    out = Path(args.out)
     if not args.overwrite and not args.resume:  # before any data is loaded or embedded
-        from ..train.outputs import OutputFiles
-
-        OutputFiles.for_run(out, cfg.name).refuse_existing()
+        OutputFiles.for_run(Path(args.out), cfg.name).refuse_existing()
     problems = Problems()
     if kind == "npy":
         print(f"cityclf: training on .npy embeddings in {root}", file=sys.stderr)
         data = load_npy_dataset(cfg, root)
     else:
-        source = args.clip or cfg.clip_model or REFERENCE_CLIPS[cfg.clip]["clip_model"]
-        if source is None:
-            raise ConfigError(f"model.clip {cfg.clip} has no CLIP to embed images with here; give --clip, "
-                              "set model.clip_model, or train from ..npy embeddings")
+        source = training_clip(cfg, args.clip)
         say_loading(f"CLIP {source}", args)
-        encoder = load_encoder(source, args.device, args.dtype, allow_download=not args.offline)
-        cfg.clip_record = record_for(encoder, source_name(source), inference_policy(cfg, encoder.image_size)).to_dict()
-        store_path = Path(args.store) if args.store else out / f"{cfg.base}.embeddings.db"
-        out.mkdir(parents=True, exist_ok=True)
-        reports: list = []
-        with EmbeddingStore(store_path) as store, store_writer(store.path):  # one writer per store
-            bar = ProgressBar(0, "img", enabled=progress_enabled(args), label="embedding")
-            problems.bar = bar
-            with bar, interrupted_hint(f"{store_path} keeps the embeddings made so far: rerun to continue"):
-                data = load_image_dataset(cfg, root, store, encoder, report=reports,
-                                          on_total=lambda n: setattr(bar, "total", float(n)),
-                                          on_file=lambda p, e: (problems.add(p, e) if e else None, bar.update(1)))
-            problems.bar = None
-        embedded = sum(r.embedded for r in reports)
-        print(f"cityclf: embeddings in {store_path}: {embedded} image(s) embedded now, "
-              f"{sum(r.reused for r in reports)} reused", file=sys.stderr)
+        encoder = load_training_clip(cfg, source, args.device, args.dtype, allow_download=not args.offline)
+        bar = ProgressBar(0, "img", enabled=progress_enabled(args), label="embedding")
+        problems.bar = bar
+        with bar:
+            embedded = embed_training_images(cfg, root, encoder, args.out, args.store,
+                                             on_total=lambda n: setattr(bar, "total", float(n)),
+                                             on_file=lambda p, e: (problems.add(p, e) if e else None, bar.update(1)))
+        problems.bar = None
+        data = embedded.data
+        print(f"cityclf: embeddings in {embedded.store}: {embedded.embedded} image(s) embedded now, "
+              f"{embedded.reused} reused", file=sys.stderr)
     print(f"cityclf: {data.n_train} training and {len(data.val_counts)} validation images; "
           f"{cfg.optimizer_steps} optimizer steps of batch {cfg.batch}", file=sys.stderr)
     bar = ProgressBar(cfg.optimizer_steps, "step", enabled=progress_enabled(args), label="training")
     with bar:
-        result = train(cfg, data, out, resume=args.resume, overwrite=args.overwrite, log=bar.write,
+        result = train(cfg, data, args.out, resume=args.resume, overwrite=args.overwrite, log=bar.write,
                        progress=lambda step, total: bar.set(step))
         if result.steps_done < bar.total:
             bar.finish_at(result.steps_done)
@@ -133,24 +118,13 @@ def cmd_review(args) -> int:
 
 def _review_rows_from_store(args, model, files, problems, bar) -> list:
     """Embed only what the store lacks (nothing, the second time), then score from the stored embeddings."""
-    from ..dataset import clip_passes, embed_files, score_store
-    from ..store import EmbeddingStore
-    from ..store.lock import store_writer
+    from ..dataset import embed_then_score
 
-    paths = [os.path.abspath(p) for p in files]
-    rows = []
-    with EmbeddingStore(args.store) as store, store_writer(store.path):
-        report = embed_files(store, clip_passes(model, args.tiling, args.upscale), paths,
-                             batch_size=args.batch_size, workers=args.workers, max_pixels=args.max_pixels,
-                             on_file=lambda p, e: (problems.add(p, e) if e else None, bar.update(1)))
-        bar.write(f"cityclf: {report.summary()} ({args.store})")
-        failed = {p for p, _ in report.failed}
-        for results, absent in score_store(store, model, [p for p in paths if p not in failed], args.combine,
-                                           args.tiling, args.upscale):
-            for path, why in absent:
-                problems.add(path, why)
-            rows += [(path, res[model.names[0]]) for path, res in results]
-    return rows
+    rows = embed_then_score(args.store, model, files, score_options(args),
+                            on_file=lambda p, e: (problems.add(p, e) if e else None, bar.update(1)),
+                            on_embedded=lambda report: bar.write(f"cityclf: {report.summary()} ({args.store})"),
+                            on_absent=problems.add)
+    return [(path, res[model.names[0]]) for path, res in rows]
 
 
 def cmd_synth(args) -> int:

@@ -1,7 +1,9 @@
-"""Results from a store: heads on stored embeddings (no CLIP loaded), stored scores back as results, and saving them."""
+"""Results from a store: heads on stored embeddings (no CLIP loaded), stored scores back as results, and saving them;
+and images embedded into a store first (only what it lacks), then scored from it."""
 
 from __future__ import annotations
 
+import os
 from typing import Callable, Iterator, Sequence
 
 import torch
@@ -10,6 +12,9 @@ from ..kinds import get_kind
 from ..scoring.pipeline import Group, ScoringModel, head_scores
 from ..scoring.results import HeadResult
 from ..store import StoredScore
+from ..store.lock import store_writer
+from .blocks import ScoreOptions
+from .embed import EmbedReport, clip_passes, embed_files
 from .finite import OUTPUT, STORED, STORED_SCORE, finite_array, finite_results, finite_views
 
 Rows = list[tuple[str, dict[str, HeadResult]]]
@@ -68,6 +73,42 @@ def score_store(
             else:
                 missing[p] = OUTPUT
         yield results, sorted(missing.items())
+
+
+def embed_then_score(
+    store_path: str | os.PathLike,
+    model: ScoringModel,
+    paths: Sequence[str | os.PathLike],
+    options: ScoreOptions,
+    on_file: Callable[[str, str | None], None] | None = None,
+    on_embedded: Callable[[EmbedReport], None] | None = None,
+    on_absent: Callable[[str, str], None] | None = None,
+) -> Rows:
+    """Embed into the store at `store_path` what it lacks of `paths` for `model`'s CLIP passes (nothing, the
+    second time), then score them from the stored embeddings: [(absolute path, results)] in path order.
+
+    The store's writer lock is held throughout. `on_file(path, error)` is told each file as embed_files tells
+    it; `on_embedded(report)` once embedding is done; `on_absent(path, why)` each file that could not be scored
+    (files that failed to embed are not scored, and not told again).
+    """
+    from ..store import EmbeddingStore  # the SQLite backend: only jobs that open a store load it, not the nodes
+
+    absolute = [os.path.abspath(p) for p in paths]
+    rows: Rows = []
+    with EmbeddingStore(store_path) as store, store_writer(store.path):
+        report = embed_files(store, clip_passes(model, options.tiling, options.upscale), absolute,
+                             batch_size=options.batch_size, workers=options.workers, max_pixels=options.max_pixels,
+                             on_file=on_file)
+        if on_embedded is not None:
+            on_embedded(report)
+        failed = {p for p, _ in report.failed}
+        for results, absent in score_store(store, model, [p for p in absolute if p not in failed], options.combine,
+                                           options.tiling, options.upscale):
+            for path, why in absent:
+                if on_absent is not None:
+                    on_absent(path, why)
+            rows += results
+    return rows
 
 
 def save_results(store, rows: Rows, combine: str) -> None:

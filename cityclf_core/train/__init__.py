@@ -2,6 +2,7 @@
 
     config.py       YAML (the reference's keys + a few of ours) -> TrainConfig, validated
     data.py         category folders -> examples; seeded stratified split; embeddings via the store or .npy
+    embedding.py    the CLIP a run embeds with (loaded and recorded), its images embedded through a locked store
     evaluate.py     validation as inference does it (views reduced per image), metrics from the head's kind
     schedule.py     cosine / warm-up learning-rate schedules
     checkpoints.py  resume bit for bit: safetensors + JSON, no pickles
