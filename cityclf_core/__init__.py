@@ -51,7 +51,7 @@ _EXPORTS = {
     "paired_clip": "loading.catalogue",
     "resolve_head": "loading.catalogue",
     "TransformersClipEncoder": "loading.clips",
-    "HeadConfig": "loading.head_files",
+    "HeadConfig": "loading.head_config",
     "load_head_file": "loading.head_files",
     "save_head": "loading.head_files",
     "FIVE_CROP": "scoring.crops",

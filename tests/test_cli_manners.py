@@ -230,3 +230,39 @@ def test_help_and_the_parser_import_neither_torch_nor_transformers():
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT,
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert done.returncode == 0 and done.stderr.strip() == "[]"
+
+
+#: runs one command as `cityclf` would, then names the heavy modules it imported and its exit code
+NO_MODEL_PROBE = ("import sys\nfrom cityclf_core.cli import main\n"
+                  "try:\n    code = main(sys.argv[1:])\nexcept SystemExit as e:\n    code = e.code\n"
+                  "print('HEAVY', [m for m in ('torch', 'transformers') if m in sys.modules], code, file=sys.stderr)\n")
+
+
+@pytest.fixture(scope="module")
+def scored_store(images, tiny_clip_dir, score_head_path, class_head_path, tmp_path_factory):
+    """A small store with a score head's and a classifier's scores (made in this process, which loads torch)."""
+    db = tmp_path_factory.mktemp("light") / "s.db"
+    code = main([str(a) for a in ["score", images, "-m", score_head_path, "-m", class_head_path, "--clip",
+                                   tiny_clip_dir, "--store", db, "--format", "csv", "-q"]])
+    assert code == 0
+    return db
+
+
+@pytest.mark.parametrize("argv", [
+    ["query", "--store", "{db}", "--min", "TestCompression:Pass=0", "--top", "2", "--sort-by", "TestAesthetics",
+     "--format", "csv"],
+    ["query", "--store", "{db}", "--format", "jsonl"],
+    ["store-info", "--store", "{db}", "--json"],
+    ["export", "--store", "{db}", "--out", "{tmp}/e.npz"],
+    ["prune", "--store", "{db}", "--dry-run"],
+    ["models", "--models-dir", "{tmp}"],
+    ["models", "--json", "--models-dir", "{tmp}"],
+], ids=["query-csv", "query-jsonl", "store-info", "export", "prune", "models", "models-json"])
+def test_commands_that_need_no_model_import_neither_torch_nor_transformers(argv, scored_store, tmp_path):
+    args = [a.format(db=scored_store, tmp=tmp_path) for a in argv]
+    done = subprocess.run([sys.executable, "-c", NO_MODEL_PROBE, *args], capture_output=True, text=True, cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    heavy = [line for line in done.stderr.splitlines() if line.startswith("HEAVY ")]
+    assert done.returncode == 0 and heavy == ["HEAVY [] 0"], done.stderr
+    if argv[0] == "query":  # it answered, with both kinds' stored results
+        assert "TestAesthetics" in done.stdout and "TestCompression" in done.stdout

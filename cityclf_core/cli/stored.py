@@ -9,6 +9,7 @@ from ..errors import ConfigError
 from ..pathtext import shown
 from ..defaults import COMBINES
 from ..numbers import COUNT
+from ..scoring.results import resolve_head_name
 from ..store.lock import store_writer
 from .common import (
     output_file,
@@ -133,7 +134,6 @@ def cmd_grid(args) -> int:
     chosen = Selection(chosen_by.bounds, top, args.bottom, args.sort_by).apply(rows)
     if args.out:
         from ..dataset.select import value_of
-        from ..scoring.pipeline import resolve_head_name
 
         head, _, label = (args.sort_by or "").partition(":")
         key = resolve_head_name(list(rows[0][1]), head or None)
@@ -156,12 +156,15 @@ def cmd_grid(args) -> int:
 
 def cmd_export(args) -> int:
     from ..confined import replacing
-    from ..loading.clips import clip_identity, source_name
 
     with open_store(args.store, write=False) as store:
         if not store.encoders():
             raise ConfigError(f"store {args.store} holds no embeddings yet")
-        rows = [store.find_encoder(clip_identity(args.clip), source_name(args.clip))] if args.clip else None
+        rows = None
+        if args.clip:
+            from ..loading.clips import clip_identity, source_name  # the CLIP's fingerprint reads its weights
+
+            rows = [store.find_encoder(clip_identity(args.clip), source_name(args.clip))]
         sets = [(p.encoder, p.policy) for p in store.policies()
                 if rows is None or p.encoder.id == rows[0].id]
         if args.policy:

@@ -3,8 +3,9 @@
     passes.py      what a job runs: the heads and their CLIP passes, the store's CLIPs when nothing needs
                    embedding (plan.py: decided from the store and the files' stats), else loaded
     embed.py       embed_files: reader (reader.py) -> chunked CLIP (embedding.py) -> writer (writer.py)
-    from_store.py  heads on stored embeddings; stored scores back as results; saving results; embedding
-                   what a store lacks, then scoring from it
+    from_store.py  heads on stored embeddings; saving results; embedding what a store lacks, then scoring
+                   from it
+    stored_rows.py stored scores back as results (no model, no torch)
     blocks.py      scoring files in blocks, a bad image never costing the others
     select.py      bands and top/bottom N
     actions.py     copy / move (transfer.py: planning, safe_files.py: kill-safe file operations,
@@ -36,7 +37,7 @@ _EXPORTS = {
     "embed_then_score": "from_store",
     "save_results": "from_store",
     "score_store": "from_store",
-    "stored_results": "from_store",
+    "stored_results": "stored_rows",
     "MoveJournal": "journal",
     "finish_interrupted_moves": "journal",
     "Bound": "select",

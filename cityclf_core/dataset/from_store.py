@@ -1,5 +1,5 @@
-"""Results from a store: heads on stored embeddings (no CLIP loaded), stored scores back as results, and saving them;
-and images embedded into a store first (only what it lacks), then scored from it."""
+"""Results from a store: heads on stored embeddings (no CLIP loaded), and saving them; images embedded into a store
+first (only what it lacks), then scored from it. Stored scores back as results: stored_rows.py, which needs no torch."""
 
 from __future__ import annotations
 
@@ -8,16 +8,14 @@ from typing import Callable, Iterator, Sequence
 
 import torch
 
-from ..kinds import get_kind
 from ..scoring.pipeline import Group, ScoringModel, head_scores
 from ..scoring.results import HeadResult
 from ..store import StoredScore
 from ..store.lock import store_writer
 from .blocks import ScoreOptions
 from .embed import EmbedReport, clip_passes, embed_files
-from .finite import OUTPUT, STORED, STORED_SCORE, finite_array, finite_results, finite_views
-
-Rows = list[tuple[str, dict[str, HeadResult]]]
+from .finite import OUTPUT, STORED, finite_results, finite_views
+from .stored_rows import Rows, stored_results, stored_row
 
 
 def score_store(
@@ -116,33 +114,6 @@ def save_results(store, rows: Rows, combine: str) -> None:
     with store.transaction():
         store.put_scores((path, name, combine, StoredScore(*r.kind.to_stored(r), r.arch))
                          for path, res in rows for name, r in res.items())
-
-
-def stored_results(store, heads: list[str] | None, combine: str,
-                   on_skip: Callable[[str, str], None] | None = None) -> Rows:
-    """The stored scores as results, per path: each rebuilt by its head's kind.
-
-    A path whose stored numbers are not finite (a damaged store) is left out and passed to `on_skip`.
-    """
-    rows = []
-    for path, per_head in store.scores(heads, combine).items():
-        results = stored_row(per_head)
-        if results is None:
-            if on_skip:
-                on_skip(path, STORED_SCORE)
-            continue
-        rows.append((path, results))
-    return rows
-
-
-def stored_row(per_head: dict) -> dict[str, HeadResult] | None:
-    """One path's stored scores ({head: StoredScore}) as results, each rebuilt by its head's kind; None when a
-    stored number is not finite (a damaged store: never shown, sorted or acted on)."""
-    numbers = [s.score for s in per_head.values()] + [v for s in per_head.values() if isinstance(s.extra, dict)
-                                                      for v in s.extra.values() if isinstance(v, (int, float))]
-    if not finite_array(numbers):
-        return None
-    return {name: get_kind(s.kind).from_stored(name, s.score, s.label, s.extra) for name, s in per_head.items()}
 
 
 __all__ = ["Rows", "save_results", "score_store", "stored_results", "stored_row"]

@@ -24,6 +24,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..numbers import COUNT
+from ..scoring.results import resolve_head_name
 
 STEPS = 1000  # a reference file holds percentiles 0, 0.1, ..., 100
 FORMAT = "cityclf-percentiles"
@@ -204,8 +205,6 @@ def reference_table(values: Callable[[str, str | None], np.ndarray], heads: Sequ
 def resolve(selection, heads: Sequence[str], distribution: Distribution | None, total: int | None):
     """`selection` with each percentile bound turned into its score in `distribution`, and a `--top 20%` into a
     count of `total` (None: left for select() to count the rows it gets)."""
-    from ..scoring.pipeline import resolve_head_name
-
     bounds = []
     for b in selection.bounds:
         if b.percentile is not None:

@@ -10,6 +10,8 @@ from ..errors import ConfigError
 from ..numbers import THRESHOLD
 from .percentiles import TopShare, parse_percentile
 
+from ..scoring.results import resolve_head_name
+
 if TYPE_CHECKING:
     from ..scoring.results import HeadResult
 
@@ -44,8 +46,6 @@ class Bound:
 
 
 def value_of(results: dict[str, HeadResult], head: str | None, label: str | None) -> float:
-    from ..scoring.pipeline import resolve_head_name  # here: parsing --min/--max must not import torch
-
     name = resolve_head_name(list(results), head)
     r = results[name]
     return r.value_of(label) if label else r.score

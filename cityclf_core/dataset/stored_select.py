@@ -12,10 +12,9 @@ from __future__ import annotations
 import os
 from typing import Callable, Iterator, Sequence
 
-from ..scoring.pipeline import resolve_head_name
-from ..scoring.results import HeadResult
+from ..scoring.results import HeadResult, resolve_head_name
 from .finite import STORED_SCORE
-from .from_store import stored_row
+from .stored_rows import stored_row
 from .select import Selection
 
 GONE = "the file is gone (renamed or deleted outside cityclf); `cityclf prune --store DB` forgets it"

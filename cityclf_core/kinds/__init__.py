@@ -12,7 +12,10 @@ is asked of the kind, never decided by a branch elsewhere::
     kind = get_kind(head.config.arch)
 
 Adding a kind is one module with a `HeadKind` subclass and one
-`register_kind(...)` call (see score.py and classes.py).
+`register_kind(...)` call (see score.py and classes.py). A kind imports torch
+only in the methods that build, run or train its network (the networks live in
+released.py, rating_nets.py, popularity_nets.py): listing the kinds and
+reading stored results load no torch.
 """
 
 from __future__ import annotations

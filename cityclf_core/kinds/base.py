@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-
-import numpy as np
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from ..errors import ConfigError
 from ..scoring.results import HeadResult
 from .registry import get_kind
-from .released import HeadNet, validate_state_dict
+
+if TYPE_CHECKING:  # torch is imported where a network is built, run or trained: reading results needs none
+    import numpy as np
+    import torch
+    from torch import nn
 
 
 @dataclass
@@ -79,10 +80,14 @@ class HeadKind:
 
     def build_net(self, config) -> nn.Module:
         """An untrained network for `config`; it must have `logits(x)` ([n, F] -> [n, outputs])."""
+        from .released import HeadNet  # the network's module imports torch: only when a head is built
+
         return HeadNet(config.features, config.hidden, config.outputs)
 
     def read_layout(self, state_dict: dict, source: str) -> tuple[int, int, int]:
         """Check a state dict's layout; (features, hidden, outputs) read from its shapes."""
+        from .released import validate_state_dict  # beside the network, which imports torch
+
         return validate_state_dict(state_dict, source)
 
     def recognises(self, state_dict: dict) -> bool:

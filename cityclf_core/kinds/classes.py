@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
-
-import torch
+from typing import TYPE_CHECKING
 
 from ..errors import ConfigError, WeightsError
 from ..metrics import class_metrics
 from ..scoring.results import HeadResult
 from .base import HeadKind, ReviewItem, TrainingTargets
+
+if TYPE_CHECKING:  # the tensors come from the caller; torch's losses are imported for training only
+    import torch
 
 
 class ClassKind(HeadKind):
@@ -26,7 +28,7 @@ class ClassKind(HeadKind):
             raise WeightsError(f"head {config.name!r}: a class head needs at least 2 outputs, not {config.outputs}")
 
     def activate(self, logits: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(logits, dim=-1)
+        return logits.softmax(dim=-1)
 
     def positive(self, values: torch.Tensor) -> torch.Tensor:
         return 1.0 - values[:, :1]
@@ -109,12 +111,16 @@ class ClassKind(HeadKind):
 
     @staticmethod
     def class_weights(cfg) -> torch.Tensor:
+        import torch  # training only: scoring and reading results need no torch here
+
         return torch.tensor([cfg.labels[i][1] for i in range(len(cfg.labels))], dtype=torch.float32)
 
     def train_loss(self, net, logits, targets, cfg):
+        from torch.nn.functional import cross_entropy  # training only, as class_weights
+
         # cross-entropy on LOGITS (the reference applied it to softmax outputs)
         weights = self.class_weights(cfg).to(logits.device)
-        return torch.nn.functional.cross_entropy(logits, targets.long(), weight=weights)
+        return cross_entropy(logits, targets.long(), weight=weights)
 
     def eval_loss(self, values, targets, cfg):
         probs = values.clamp_min(1e-7)

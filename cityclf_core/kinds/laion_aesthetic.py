@@ -8,9 +8,12 @@ rating.py). State-dict keys `layers.{0,2,4,6,7}.{weight,bias}`.
 
 from __future__ import annotations
 
-from torch import nn
+from typing import TYPE_CHECKING
 
 from .rating import RatingKind
+
+if TYPE_CHECKING:
+    from torch import nn
 
 
 class LaionAestheticKind(RatingKind):
@@ -20,6 +23,8 @@ class LaionAestheticKind(RatingKind):
     width = 1024
 
     def net_layers(self, features: int) -> list[nn.Module]:
+        from torch import nn  # only when a head is built: reading results needs no torch
+
         return [nn.Linear(features, 1024), nn.Dropout(0.2), nn.Linear(1024, 128), nn.Dropout(0.2),
                 nn.Linear(128, 64), nn.Dropout(0.1), nn.Linear(64, 16), nn.Linear(16, 1)]
 

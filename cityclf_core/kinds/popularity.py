@@ -39,17 +39,19 @@ the popularity MSE, or 1 - Spearman for the pairwise loss.
 from __future__ import annotations
 
 import math
-
-import numpy as np
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from ..errors import ConfigError, WeightsError
 from ..metrics import score_metrics, spearman
 from ..scoring.results import HeadResult
 from .base import HeadKind
-from .popularity_nets import AI, NETS, OUTPUT_NAMES, SANITY
+from .popularity_outputs import AI, OUTPUT_NAMES, SANITY
 from .score import ScoreKind
+
+if TYPE_CHECKING:  # torch is imported where the networks (popularity_nets.py) are built, run or trained
+    import numpy as np
+    import torch
+    from torch import nn
 
 PERCENTILE = "percentile"
 LOSSES = ("mse", "pairwise")
@@ -67,17 +69,21 @@ def _popularity_targets(targets: torch.Tensor) -> torch.Tensor:
 
 def pairwise_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean log(1 + exp(-(l_i - l_j))) over the pairs of the batch with s_i > s_j (0 when all s are equal)."""
+    from torch.nn.functional import softplus  # training only: reading results needs no torch
+
     diff = logits[:, None] - logits[None, :]
     better = targets[:, None] > targets[None, :]
     if not bool(better.any()):
         return logits.sum() * 0.0
-    return nn.functional.softplus(-diff[better]).mean()
+    return softplus(-diff[better]).mean()
 
 
 def popularity_loss(logit: torch.Tensor, target: torch.Tensor, cfg) -> torch.Tensor:
+    from torch.nn.functional import mse_loss  # training only, as pairwise_loss
+
     if getattr(cfg, "loss", None) == "pairwise":
         return pairwise_loss(logit, target)
-    return nn.functional.mse_loss(torch.sigmoid(logit), target)
+    return mse_loss(logit.sigmoid(), target)
 
 
 class PopularityKind(HeadKind):
@@ -99,11 +105,15 @@ class PopularityKind(HeadKind):
         return [*OUTPUT_NAMES[: self.outputs], PERCENTILE]
 
     def build_net(self, config) -> nn.Module:
+        from .popularity_nets import NETS  # imports torch: only when a head is built
+
         net = NETS[self.name](config.features, config.hidden)
         net.set_quantiles((config.extra or {}).get("quantiles"))
         return net
 
     def read_layout(self, state_dict: dict, source: str) -> tuple[int, int, int]:
+        from .popularity_nets import NETS  # a weights file is being read: torch is loaded already
+
         try:
             hidden, features = (int(n) for n in state_dict["trunk.0.weight"].shape)
         except (KeyError, ValueError, TypeError):
@@ -118,14 +128,16 @@ class PopularityKind(HeadKind):
                                f"missing {missing[:4]}, unexpected {unexpected[:4]}, wrong shapes {wrong[:4]}; "
                                "check the config sidecar's arch")
         for k, v in state_dict.items():
-            if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            if v.is_floating_point() and not bool(v.isfinite().all()):
                 raise WeightsError(f"{source}: tensor {k} holds NaN or infinite values; the file is damaged")
         return features, hidden, self.outputs
 
     # ------------------------------------------------------------ inference
 
     def activate(self, logits: torch.Tensor) -> torch.Tensor:
-        return torch.cat([torch.sigmoid(logits[:, :1]), logits[:, -1:]], dim=1)
+        import torch  # a head is running: torch is loaded already (reading results needs none)
+
+        return torch.cat([logits[:, :1].sigmoid(), logits[:, -1:]], dim=1)
 
     def percentile(self, result) -> float | None:
         if PERCENTILE not in result.labels:
@@ -213,7 +225,9 @@ class PopularityKind(HeadKind):
         y = _popularity_targets(targets)
         if getattr(cfg, "loss", None) == "pairwise":
             return 1.0 - spearman(values[:, 0].numpy(), y.numpy()) if len(y) > 1 else float("nan")
-        return float(nn.functional.mse_loss(values[:, 0], y))
+        from torch.nn.functional import mse_loss  # training only: reading results needs no torch
+
+        return float(mse_loss(values[:, 0], y))
 
     def metrics(self, values, targets, cfg):
         return score_metrics(values[:, 0].numpy(), _popularity_targets(targets).numpy())
@@ -235,7 +249,9 @@ class PopularityMultiKind(PopularityKind):
     outputs = len(OUTPUT_NAMES)
 
     def activate(self, logits):
-        return torch.cat([torch.sigmoid(logits[:, :1]), logits[:, SANITY].softmax(-1), logits[:, AI].softmax(-1),
+        import torch  # a head is running: torch is loaded already (reading results needs none)
+
+        return torch.cat([logits[:, :1].sigmoid(), logits[:, SANITY].softmax(-1), logits[:, AI].softmax(-1),
                           logits[:, -1:]], dim=1)
 
     def probs(self, result):
@@ -248,10 +264,12 @@ class PopularityMultiKind(PopularityKind):
                 f"AI {v['ai:ai']:.2f}")
 
     def train_loss(self, net, logits, targets, cfg):
+        import torch  # training only: reading results needs no torch
+
         z = net.log_vars
         pop = popularity_loss(logits[:, 0], targets[:, 0], cfg)
-        ce_sanity = nn.functional.cross_entropy(logits[:, SANITY], targets[:, 1].long())
-        ce_ai = nn.functional.cross_entropy(logits[:, AI], targets[:, 2].long())
+        ce_sanity = torch.nn.functional.cross_entropy(logits[:, SANITY], targets[:, 1].long())
+        ce_ai = torch.nn.functional.cross_entropy(logits[:, AI], targets[:, 2].long())
         losses = [float(pop.detach()), float(ce_sanity.detach()), float(ce_ai.detach())]
         if net.training:
             if not net.log_vars_ready:  # start at each term's minimum for the first batch's losses

@@ -27,9 +27,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-OUTPUT_NAMES = ("popularity", "sanity:general", "sanity:sensitive", "sanity:explicit", "ai:human", "ai:ai")
-SANITY = slice(1, 4)
-AI = slice(4, 6)
+from .popularity_outputs import AI, OUTPUT_NAMES, SANITY
+
 DROPOUT = 0.1
 
 

@@ -24,29 +24,17 @@ the loss is MSE on the raw output, as both projects trained.
 
 from __future__ import annotations
 
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from ..errors import ConfigError, WeightsError
 from .score import ScoreKind
 
+if TYPE_CHECKING:  # torch is imported where the network (rating_nets.py) is built or trained
+    import torch
+    from torch import nn
+
 SCALE = 10.0
 RATING_LOSSES = ("mse", "l1")
-
-
-class RatingNet(nn.Module):
-    """`layers` (the published layout) on the L2-normalised embedding."""
-
-    def __init__(self, layers: list[nn.Module]):
-        super().__init__()
-        self.layers = nn.Sequential(*layers)
-
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
-        """The raw rating [n, 1] of [n, F] embeddings (normalised here: a zero vector stays zero)."""
-        return self.layers(nn.functional.normalize(x, dim=-1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.logits(x)
 
 
 class RatingKind(ScoreKind):
@@ -65,17 +53,25 @@ class RatingKind(ScoreKind):
     # ------------------------------------------------------------ files
 
     def build_net(self, config) -> nn.Module:
+        from .rating_nets import RatingNet  # imports torch: only when a head is built
+
         return RatingNet(self.net_layers(config.features))
 
     def label_names(self, config) -> list[str]:
         return ["rating"]
 
     def _shapes(self, features: int) -> dict[str, tuple[int, ...]]:
+        import torch  # a weights file is being read: torch is loaded already
+
+        from .rating_nets import RatingNet
+
         with torch.device("meta"):
             net = RatingNet(self.net_layers(features))
         return {k: tuple(v.shape) for k, v in net.state_dict().items()}
 
     def recognises(self, state_dict: dict) -> bool:
+        import torch  # a weights file is being read: torch is loaded already
+
         first = state_dict.get("layers.0.weight")
         if not isinstance(first, torch.Tensor) or first.ndim != 2:
             return False
@@ -100,7 +96,7 @@ class RatingKind(ScoreKind):
             if tuple(t.shape) != shape:
                 raise WeightsError(f"{source}: tensor {key} has shape {tuple(t.shape)}, expected {shape} for a "
                                    f"{self.name} head on {features}-d embeddings")
-            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            if t.is_floating_point() and not bool(t.isfinite().all()):
                 raise WeightsError(f"{source}: tensor {key} holds NaN or infinite values; the file is damaged")
         return features, self.width, 1
 
@@ -175,10 +171,12 @@ class RatingKind(ScoreKind):
         return self.width
 
     def _loss_fn(self, cfg):
+        from torch import nn  # training only: scoring and reading results need no torch here
+
         return {"mse": nn.MSELoss(), "l1": nn.L1Loss()}[cfg.loss or "mse"]
 
     def train_loss(self, net, logits, targets, cfg):
         return self._loss_fn(cfg)(logits[:, 0], targets)
 
 
-__all__ = ["RATING_LOSSES", "SCALE", "RatingKind", "RatingNet"]
+__all__ = ["RATING_LOSSES", "SCALE", "RatingKind"]

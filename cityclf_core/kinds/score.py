@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-import numpy as np
-import torch
+from typing import TYPE_CHECKING
 
 from ..errors import ConfigError, WeightsError
 from ..metrics import score_metrics
 from .base import HeadKind, ReviewItem, TrainingTargets
+
+if TYPE_CHECKING:  # the tensors come from the caller; torch's losses are imported for training only
+    import numpy as np
+    import torch
 
 SCORE_LOSSES = ("l1", "mse", "huber")
 
@@ -28,7 +31,7 @@ class ScoreKind(HeadKind):
         return ["score"]
 
     def activate(self, logits: torch.Tensor) -> torch.Tensor:
-        return (torch.tanh(logits) + 1.0) / 2.0
+        return (logits.tanh() + 1.0) / 2.0
 
     def label(self, result) -> str:
         return f"{int(result.positive * 100)}%"
@@ -94,6 +97,8 @@ class ScoreKind(HeadKind):
         return None
 
     def _loss_fn(self, cfg):
+        import torch  # training only: scoring and reading results need no torch here
+
         return {"l1": torch.nn.L1Loss(), "mse": torch.nn.MSELoss(),
                 "huber": torch.nn.HuberLoss(delta=0.1)}[cfg.loss or "l1"]
 

@@ -10,11 +10,14 @@ statistics, which scoring needs: the network runs in eval mode).
 
 from __future__ import annotations
 
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from ..errors import ConfigError
 from .rating import RatingKind
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 BLOCKS = ((2048, 0.3), (512, 0.3), (256, 0.2), (128, 0.1))
 
@@ -26,6 +29,8 @@ class WaifuScorerKind(RatingKind):
     width = 2048
 
     def net_layers(self, features: int) -> list[nn.Module]:
+        from torch import nn  # only when a head is built: reading results needs no torch
+
         layers: list[nn.Module] = []
         for width, dropout in BLOCKS:
             layers += [nn.Linear(features, width), nn.ReLU(), nn.BatchNorm1d(width), nn.Dropout(dropout)]

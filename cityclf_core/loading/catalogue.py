@@ -20,15 +20,18 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import DownloadError, WeightsError
 from ..kinds import get_kind
 from ..notices import warn
 from ..scoring.crops import CropPolicy
-from ..scoring.heads import Head
-from .head_files import HeadConfig, config_path_for, load_head_file
+from .head_config import HeadConfig, config_path_for
 from .hub import offline
 from .weights import file_sha256
+
+if TYPE_CHECKING:  # heads load torch; the catalogue itself (cityclf models) needs none
+    from ..scoring.heads import Head
 
 
 @dataclass(frozen=True)
@@ -206,6 +209,7 @@ def load_head(
     A PyTorch file (.pth ...) is read through its safetensors copy (torch_heads.py);
     one whose published checksum the catalogue knows gets that head's name.
     """
+    from .head_files import load_head_file  # builds the network: imports torch
     from .torch_heads import conversion_record, is_torch_file, safetensors_copy
 
     if is_torch_file(path):
@@ -281,6 +285,8 @@ def resolve_head(
 ) -> Head:
     """A head from a file path, a file in `search_dirs`, or a catalogue name (downloaded if needed); a head
     already loaded is returned as it is (a job that reads its heads once)."""
+    from ..scoring.heads import Head  # a head is being loaded: torch is needed anyway
+
     if isinstance(name_or_path, Head):
         return name_or_path
     text = str(name_or_path)

@@ -13,10 +13,12 @@ import json
 import os
 import threading
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from ..errors import WeightsError
+
+if TYPE_CHECKING:  # safetensors.torch brings torch when weights are read: checks and checksums need none
+    import torch
 
 _SNIFF_BYTES = 1024
 _MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit on the JSON header

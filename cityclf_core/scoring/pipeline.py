@@ -29,7 +29,7 @@ from .encoders import Encoder
 from .heads import Head, default_policy
 from .images import _to_rgb_array, decode_image
 from .reduce import reduce_segments
-from .results import HeadResult
+from .results import HeadResult, resolve_head_name
 
 TILING_MODES = ("auto", "on", "off")
 ProgressFn = Callable[[int, int], None]
@@ -132,18 +132,6 @@ class ScoringModel:
 
     def score(self, images, **kwargs) -> list[dict[str, HeadResult]]:
         return score_images(self, images, **kwargs)
-
-
-def resolve_head_name(names: list[str], head: str | None) -> str:
-    """`head` as given, or the one name it starts (case-insensitively); None or '' gives the first."""
-    if not head:
-        return names[0]
-    if head in names:
-        return head
-    matches = [n for n in names if n.lower().startswith(head.lower())]
-    if len(matches) == 1:
-        return matches[0]
-    raise ConfigError(f"no head {head!r}; the heads are: {', '.join(names)}")
 
 
 def effective_policy(policy: CropPolicy, tiling: str, upscale: bool) -> CropPolicy:

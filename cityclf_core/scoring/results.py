@@ -1,9 +1,12 @@
-"""`HeadResult`: one head's verdict on one image. What its numbers mean is its kind's, carried as an object."""
+"""`HeadResult`: one head's verdict on one image. What its numbers mean is its kind's, carried as an object.
+`resolve_head_name`: a head named in a selection, among the heads of a set of results."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
+
+from ..errors import ConfigError
 
 
 @dataclass
@@ -46,4 +49,16 @@ class HeadResult:
         return self.kind.summary(self)
 
 
-__all__ = ["HeadResult"]
+def resolve_head_name(names: list[str], head: str | None) -> str:
+    """`head` as given, or the one name it starts (case-insensitively); None or '' gives the first."""
+    if not head:
+        return names[0]
+    if head in names:
+        return head
+    matches = [n for n in names if n.lower().startswith(head.lower())]
+    if len(matches) == 1:
+        return matches[0]
+    raise ConfigError(f"no head {head!r}; the heads are: {', '.join(names)}")
+
+
+__all__ = ["HeadResult", "resolve_head_name"]
