@@ -432,6 +432,7 @@ def test_worker_failures_become_one_line_naming_the_node():
     clear = cluster_error(RuntimeError("wrapper")) or cluster_error(died)
     assert isinstance(clear, ClusterError) and str(clear).startswith("Ray node n1 (10.0.0.2): the CLIP")
     assert cluster_error(ValueError("something else")) is None
+    assert "install cityclf" in str(cluster_error(RuntimeError("System error: No module named 'cityclf_core'")))
 
 
 def test_a_file_missing_on_a_node_stops_the_run_naming_node_and_path(tmp_path):

@@ -243,6 +243,10 @@ def cluster_error(e: BaseException) -> CityClfError | None:
             kind, message = found[-1]
             return _KINDS.get(kind, ClusterError)(message.strip())
     for x in _chain(e):
+        missing = re.search(r"No module named '([\w.]+)'", str(x))
+        if missing:
+            return ClusterError(f"a Ray worker cannot import {missing.group(1)}: install cityclf (with the same "
+                                "extras) in the Python that Ray runs on every node")
         name = type(x).__name__
         if name == "OutOfMemoryError":
             return ClusterError(f"Ray killed a worker for memory ({_first_line(x)}); lower --batch-size or "
