@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -445,10 +446,11 @@ def test_a_file_missing_on_a_node_stops_the_run_naming_node_and_path(tmp_path):
     batch = pa.table({"path": [gone], "shard": pa.array([0], pa.int32()), "seen": [True]})
     with pytest.raises(ClusterError, match=r"Ray node .*on-the-driver-only\.png is not there.*same path on every"):
         prepare_batch(batch, [(CropPolicy(), 32)], [known_array(set())], 10**8)
-    # a file the driver could not stat either: a failed row, as in a local run
-    batch = pa.table({"path": [gone], "shard": pa.array([0], pa.int32()), "seen": [False]})
-    out = prepare_batch(batch, [(CropPolicy(), 32)], [known_array(set())], 10**8)
-    assert out.column("error").to_pylist()[0]
+    # a file the driver could not stat either, or one gone on the driver's own machine: a failed row, as locally
+    for seen, host in ((False, None), (True, socket.gethostname())):
+        batch = pa.table({"path": [gone], "shard": pa.array([0], pa.int32()), "seen": [seen]})
+        out = prepare_batch(batch, [(CropPolicy(), 32)], [known_array(set())], 10**8, driver_host=host)
+        assert "No such file" in out.column("error").to_pylist()[0]
 
 
 def test_known_contents_are_one_sorted_array():

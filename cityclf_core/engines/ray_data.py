@@ -30,6 +30,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import socket
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -206,7 +207,7 @@ def _stream(spec: ModelSpec, targets: list[Group], known: list[set[str]], shards
         ds = ds.map_batches(prepare_batch, batch_format="pyarrow", batch_size=PREPARE_BATCH, num_cpus=1,
                             memory=DECODE_MEMORY, fn_kwargs={"views": [(t.policy, t.encoder.image_size) for t in targets],
                                        "known_ref": ray.put([known_array(k) for k in known]),
-                                       "max_pixels": options.max_pixels})
+                                       "max_pixels": options.max_pixels, "driver_host": socket.gethostname()})
         ds = ds.map_batches(ClipWorker, batch_format="pyarrow", batch_size=ACTOR_BATCH,
                             compute=ray.data.ActorPoolStrategy(min_size=pool.min_size, max_size=pool.max_size),
                             num_gpus=pool.gpus or None, num_cpus=pool.cpus,
@@ -304,16 +305,18 @@ def missing_on_node(path: str) -> ClusterError:
                         "be at the same path on every node (a shared or identically mounted file system)")
 
 
-def prepare_batch(batch, views: list[tuple[CropPolicy, int]], known_ref, max_pixels: int):
+def prepare_batch(batch, views: list[tuple[CropPolicy, int]], known_ref, max_pixels: int,
+                  driver_host: str | None = None):
     """CPU stage: per file, stat, hash and (for the targets lacking its content) decoded uint8 views. A file the
-    driver saw and this node does not: a ClusterError (the node lacks the shared file system), not a failed row."""
+    driver saw and a node on another machine does not: a ClusterError (that node lacks the shared file system),
+    not a failed row; on the driver's machine it is a failed row, as in a local run (removed meanwhile)."""
     import pyarrow as pa
 
     known = _known(known_ref)
     planners = [(functools.partial(_plan, policy=p, clip_size=s), s, "") for p, s in views]
     out: dict[str, list] = defaultdict(list)
     for path, shard, seen in zip(*(batch.column(c).to_pylist() for c in ("path", "shard", "seen"))):
-        if seen and not os.path.lexists(path):
+        if seen and socket.gethostname() != driver_host and not os.path.lexists(path):
             raise missing_on_node(path)
         item = read_file(Prepared(0, path), planners, lambda c: [i for i, k in enumerate(known)
                                                                  if not has_content(k, c)],
