@@ -140,6 +140,7 @@ def run_job(
     shards = {parquet.shard_name(signature, work[i:i + n]): [p for p, _, _ in work[i:i + n]]
               for i in range(0, len(work), n)}
     seen = [size is not None for _, size, _ in work]  # stat'ed by the driver: a node must see it too
+    del work  # a tuple per file: not kept through the run
     encoders = list({t.encoder.identity: encoder_meta(t.encoder) for t in targets}.values())
 
     def finish(name: str, got: list[dict]) -> None:
