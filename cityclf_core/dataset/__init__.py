@@ -16,7 +16,7 @@ so that a distributed engine can run the same stages over parts of a dataset.
 
 from __future__ import annotations
 
-import importlib
+from ..lazy import lazy_exports
 
 #: where each name lives; imported on first use, so that parsing options (dataset.select) does not import the
 #: jobs, torch or the CLIP code
@@ -47,21 +47,10 @@ _EXPORTS = {
 }
 
 __all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 # two names are also submodules (transfer.py, select.py): bound now, or importing the submodule later would
 # shadow the function with the module (both are light: no torch)
 from .actions import transfer  # noqa: E402
 from .select import select  # noqa: E402
 
-
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted([*globals(), *_EXPORTS])

@@ -10,7 +10,7 @@
 
 from __future__ import annotations
 
-import importlib
+from ..lazy import lazy_exports
 
 #: where each name lives; imported on first use, so that a command that only takes the store's lock (or reads
 #: its rows) does not import the SQLite backend, numpy or torch (StoredEncoder is a torch Encoder)
@@ -24,14 +24,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted([*globals(), *_EXPORTS])
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
