@@ -27,6 +27,7 @@ line (ray_cluster.py).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -34,7 +35,7 @@ import socket
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -43,7 +44,7 @@ from ..dataset.embed import EmbedReport, register_passes
 from ..dataset.passes import ModelSpec, choose_clips
 from ..dataset.plan import files_to_embed
 from ..dataset.reader import Prepared, read_file
-from ..errors import ConfigError, StoreError
+from ..errors import CityClfError, ConfigError, StoreError
 from ..scoring.crops import CropPolicy, plan_crops
 from ..scoring.embedding import ChunkedEncoder, default_batch_size
 from ..scoring.encoders import Encoder, TimedEncoder
@@ -196,8 +197,6 @@ def _stream(spec: ModelSpec, targets: list[Group], known: list[set[str]], shards
         for flag in ("enable_progress_bars", "enable_operator_progress_bars", "print_on_execution_start"):
             if hasattr(ctx, flag):
                 setattr(ctx, flag, False)
-        if hasattr(ctx, "max_consecutive_actor_init_deaths"):
-            ctx.max_consecutive_actor_init_deaths = 0  # an actor that cannot start (no CUDA, another CLIP): stop
         pool = actor_pool(ray, options.workers, options.num_gpus_per_worker)
         device = options.device if options.device != "auto" else ("cuda" if pool.gpus else "cpu")
         names = list(shards)
@@ -215,21 +214,21 @@ def _stream(spec: ModelSpec, targets: list[Group], known: list[set[str]], shards
                             fn_constructor_kwargs={"spec": spec, "device": device, "batch_size": options.batch_size,
                                                    "expected": [(t.encoder.identity, t.clip.key) for t in targets]})
         waiting: dict[int, list[dict]] = defaultdict(list)
-        quiet = _quiet_ray_data()
         try:
-            for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-                for r in batch.to_pylist():
-                    got = waiting[r["shard"]]
-                    got.append(r)
-                    if len(got) == len(shards[names[r["shard"]]]):
-                        finish(names[r["shard"]], waiting.pop(r["shard"]))
+            with _quiet_ray_data():
+                for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+                    for r in batch.to_pylist():
+                        got = waiting[r["shard"]]
+                        got.append(r)
+                        if len(got) == len(shards[names[r["shard"]]]):
+                            finish(names[r["shard"]], waiting.pop(r["shard"]))
+        except CityClfError:  # the driver's own (the store, a shard): as it is
+            raise
         except Exception as e:  # noqa: BLE001  (Ray's errors: the one line they stand for, if they carry one)
             clear = cluster_error(e)
             if clear is None:
                 raise
             raise clear from None
-        finally:
-            quiet()
         if waiting:
             raise StoreError(f"internal: {len(waiting)} shard(s) came back incomplete from Ray; rerun to finish them")
         return pool
@@ -238,9 +237,10 @@ def _stream(spec: ModelSpec, targets: list[Group], known: list[set[str]], shards
             ray.shutdown()
 
 
-def _quiet_ray_data() -> Callable[[], None]:
-    """Ray Data's progress lines off, and its traceback of a failed run (the driver says it in one line);
-    returns what puts the loggers back."""
+@contextlib.contextmanager
+def _quiet_ray_data() -> Iterator[None]:
+    """Within it, Ray Data's progress lines are off, and its traceback of a failed run (the driver says it in
+    one line)."""
     import logging
 
     levels = {"ray.data": logging.WARNING, "ray.data._internal.progress": logging.ERROR,
@@ -249,7 +249,11 @@ def _quiet_ray_data() -> Callable[[], None]:
     old = {name: logging.getLogger(name).level for name in levels}
     for name, level in levels.items():
         logging.getLogger(name).setLevel(level)
-    return lambda: [logging.getLogger(name).setLevel(level) for name, level in old.items()] and None
+    try:
+        yield
+    finally:
+        for name, level in old.items():
+            logging.getLogger(name).setLevel(level)
 
 
 def file_blocks(shards: dict[str, list[str]], seen: list[bool]) -> list:
