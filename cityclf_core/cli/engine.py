@@ -80,9 +80,8 @@ def run_engine(args, command: str, shard: str | None = None) -> int | None:
         store = stack.enter_context(EmbeddingStore(db))
         stack.enter_context(store_writer(db))  # the shards are imported into it
         with file_progress(args, problems, len(paths)) as on_file:
-            report = run_job(store, spec, paths, f"{db}.shards", options, on_file)
-        if report.pool_note:
-            print(f"cityclf: note: {report.pool_note}", file=sys.stderr)
+            report = run_job(store, spec, paths, f"{db}.shards", options, on_file,
+                             on_note=lambda text: print(f"cityclf: note: {text}", file=sys.stderr, flush=True))
         if report.resumed:
             print(f"cityclf: imported {report.resumed} shard(s) an interrupted run had written", file=sys.stderr)
         for path, note in report.notes:

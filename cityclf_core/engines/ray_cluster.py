@@ -121,7 +121,7 @@ class Pool:
     max_size: int | None  # None: as many as the cluster can place (Ray Data grows the pool as nodes join)
     gpus: float  # per worker (0: CPU workers)
     cpus: float  # per worker
-    clamped: str | None = None  # why the pool is smaller than asked, for a note
+    note: str | None = None  # for the user: why the pool is smaller than asked, or what it waits for
 
 
 def node_types() -> dict[str, float]:
@@ -146,7 +146,7 @@ def actor_pool(ray, workers: int | tuple[int, int | None] | None, gpus_per_worke
     """The CLIP workers: `workers` N (exactly N), (MIN, MAX) or (MIN, None) (MAX: as many as fit), None: (1,
     as many as fit). GPU workers when told (--num-gpus-per-worker G > 0) or when the cluster has or can start
     GPU nodes; the GPUs are asked of Ray, not checked against what is present now (an autoscaler starts the
-    nodes). CPU workers on a CPU-only cluster leave decoding at least one CPU."""
+    nodes; the note says when none is there now). CPU workers on a CPU-only cluster leave decoding at least one CPU."""
     lo, hi = (1, None) if workers is None else (workers, workers) if isinstance(workers, int) else workers
     if lo < 1 or (hi is not None and hi < lo):
         raise ConfigError(f"--workers {lo}:{hi}: need at least one CLIP worker, and MIN at most MAX")
@@ -156,22 +156,23 @@ def actor_pool(ray, workers: int | tuple[int, int | None] | None, gpus_per_worke
     if gpus_per_worker is None:
         gpus_per_worker = 1.0 if most.get("GPU", 0) > 0 else 0.0
     if gpus_per_worker > 0:
-        if most.get("GPU", 0) < gpus_per_worker:  # no node has or can get them: Ray would wait forever
-            raise ConfigError(f"--num-gpus-per-worker {gpus_per_worker:g}: no node of this Ray cluster has that "
-                              f"many GPUs, and none of its node types does ({most.get('GPU', 0):g} at most); "
-                              "use --num-gpus-per-worker 0 for CPU workers, or add GPU nodes")
-        return Pool(lo, hi, gpus_per_worker, 1.0)
+        note = None
+        if most.get("GPU", 0) < gpus_per_worker:  # asked of Ray all the same: an autoscaler may start them
+            note = (f"--num-gpus-per-worker {gpus_per_worker:g}: no node of this Ray cluster has that many GPUs "
+                    f"now ({most.get('GPU', 0):g} in all); the CLIP workers wait for an autoscaler to start GPU "
+                    "nodes (Ctrl-C to stop; --num-gpus-per-worker 0 for CPU workers)")
+        return Pool(lo, hi, gpus_per_worker, 1.0, note)
     cpus = most.get("CPU", 1.0)
     if cpus < 2:  # one CPU in all: the worker shares it with decoding
         return Pool(1, 1, 0.0, 0.0, f"the Ray cluster has {cpus:g} CPU" if (hi or 1) > 1 else None)
     room = int(cpus) - 1  # one CPU, at least, for decoding
-    clamped = None
+    note = None
     if hi is None or hi > room:
         if hi is not None:
-            clamped = f"--workers {lo}:{hi} asks for {hi} CPU workers; the Ray cluster has {cpus:g} CPUs, one " \
+            note = f"--workers {lo}:{hi} asks for {hi} CPU workers; the Ray cluster has {cpus:g} CPUs, one " \
                       f"kept for decoding: {min(lo, room)}:{room}"
         hi = room
-    return Pool(min(lo, room), hi, 0.0, 1.0, clamped)
+    return Pool(min(lo, room), hi, 0.0, 1.0, note)
 
 
 # ---------------------------------------------------------------- failures

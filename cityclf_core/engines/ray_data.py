@@ -52,7 +52,7 @@ from ..scoring.images import DEFAULT_MAX_PIXELS
 from ..scoring.pipeline import Group, ScoringModel, head_scores
 from ..store import Store
 from . import parquet, require_ray
-from .ray_cluster import ClusterError, Pool, actor_pool, cluster_error, connect, node_name, worker_errors
+from .ray_cluster import ClusterError, actor_pool, cluster_error, connect, node_name, worker_errors
 
 #: files per CPU task call, and per CLIP actor call
 PREPARE_BATCH = 4
@@ -90,7 +90,6 @@ class RayReport(EmbedReport):
     scored: set[str] = field(default_factory=set)  # files whose heads ran in the actors this run
     model: ScoringModel | None = None  # the driver's copy of the heads (for scoring what was not computed)
     first_embedding_s: float | None = None  # from the call to the first embedding in the store
-    pool_note: str | None = None  # why the CLIP workers are fewer than --workers asked
 
 
 # ---------------------------------------------------------------- the job
@@ -103,6 +102,7 @@ def run_job(
     shard_dir: str | os.PathLike,
     options: RayOptions = RayOptions(),
     on_file: Callable[[str, str | None], None] | None = None,
+    on_note: Callable[[str], None] | None = None,
 ) -> RayReport:
     """Make sure every file has stored embeddings (and, with spec.score, fresh scores) using Ray Data."""
     start = time.perf_counter()
@@ -167,7 +167,7 @@ def run_job(
             if on_file:
                 on_file(r["path"], r["error"])
 
-    report.pool_note = _stream(spec, targets, known, shards, seen, options, finish).clamped
+    _stream(spec, targets, known, shards, seen, options, finish, on_note)
     return report
 
 
@@ -185,9 +185,11 @@ def _shard_row(r: dict, targets: list[Group], combine: str) -> dict:
 
 
 def _stream(spec: ModelSpec, targets: list[Group], known: list[set[str]], shards: dict[str, list[str]],
-            seen: list[bool], options: RayOptions, finish: Callable[[str, list[dict]], None]) -> Pool:
-    """Run the Ray Data pipeline over the shards' files; `finish(shard, rows)` as each shard completes. A
-    failure in a worker or node raises its one-line CityClfError (ray_cluster.cluster_error)."""
+            seen: list[bool], options: RayOptions, finish: Callable[[str, list[dict]], None],
+            on_note: Callable[[str], None] | None = None) -> None:
+    """Run the Ray Data pipeline over the shards' files; `finish(shard, rows)` as each shard completes,
+    `on_note(text)` on what the user should know before it (the worker pool). A failure in a worker or node
+    raises its one-line CityClfError (ray_cluster.cluster_error)."""
     ray = require_ray()
     import ray.data
 
@@ -198,6 +200,8 @@ def _stream(spec: ModelSpec, targets: list[Group], known: list[set[str]], shards
             if hasattr(ctx, flag):
                 setattr(ctx, flag, False)
         pool = actor_pool(ray, options.workers, options.num_gpus_per_worker)
+        if pool.note and on_note:
+            on_note(pool.note)
         device = options.device if options.device != "auto" else ("cuda" if pool.gpus else "cpu")
         names = list(shards)
         ds = ray.data.from_arrow(file_blocks(shards, seen))
@@ -231,7 +235,6 @@ def _stream(spec: ModelSpec, targets: list[Group], known: list[set[str]], shards
             raise clear from None
         if waiting:
             raise StoreError(f"internal: {len(waiting)} shard(s) came back incomplete from Ray; rerun to finish them")
-        return pool
     finally:
         if started:
             ray.shutdown()
