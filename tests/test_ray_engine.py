@@ -465,3 +465,29 @@ def test_known_contents_are_one_sorted_array():
     blocks = file_blocks(shards, [True] * 13)
     assert sum(b.num_rows for b in blocks) == 13 and all(b.num_rows <= 4 for b in blocks)
     assert [s for b in blocks for s in b.column("shard").to_pylist()] == [0] * 10 + [1] * 3
+
+
+def test_a_file_a_node_cannot_see_stops_the_run_and_stores_no_failure(ray_address, tmp_path, tiny_clip_dir,
+                                                                      monkeypatch):
+    # the driver "sees" ghost.png and runs on another host; the Ray workers (this machine) do not find it
+    from types import SimpleNamespace
+
+    from cityclf_core.dataset.passes import ModelSpec
+    from cityclf_core.engines import ray_data
+    from cityclf_core.engines.ray_cluster import ClusterError
+
+    real, ghost = str(tmp_path / "real.png"), str(tmp_path / "ghost.png")
+    Image.fromarray(illustration(40, 30, 1)).save(real)
+    planned = ray_data.files_to_embed
+
+    def driver_view(store, known, paths):
+        for path, size, mtime, needed in planned(store, known, paths):
+            yield (path, 123, 456, True) if path == ghost else (path, size, mtime, needed)
+
+    monkeypatch.setattr(ray_data, "files_to_embed", driver_view)
+    monkeypatch.setattr(ray_data, "socket", SimpleNamespace(gethostname=lambda: "the-driver-elsewhere"))
+    with EmbeddingStore(tmp_path / "g.db") as store:
+        with pytest.raises(ClusterError, match=r"^Ray node .*ghost\.png is not there.*same path on every node"):
+            ray_data.run_job(store, ModelSpec(clip=str(tiny_clip_dir), dtype="fp32"), [real, ghost],
+                             tmp_path / "g.db.shards", ray_data.RayOptions(files_per_shard=1, device="cpu"))
+        assert store.file(ghost) is None and store.stats()["failed"] == 0  # no failed row for it
