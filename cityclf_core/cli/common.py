@@ -209,6 +209,12 @@ def add_crop_options(p: argparse.ArgumentParser) -> None:
 
 def add_selection_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("selecting and acting on images")
+    add_choice_options(g)
+    add_action_options(g)
+
+
+def add_choice_options(g) -> None:
+    """--min/--max/--reference/--top/--bottom/--sort-by: which stored or scored images a command takes."""
     g.add_argument("--min", action="append", default=[], metavar="SPEC", type=bound_spec("min"),
                    help="keep images scoring at least this: 0.6 (the first head), HEAD=0.6, or HEAD:CLASS=0.6 "
                         "(a class probability); HEAD=p80: at least the 80th percentile of HEAD's scores in the "
@@ -222,6 +228,9 @@ def add_selection_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--bottom", type=top_count, metavar="N",
                    help="keep the N (or a share, e.g. 10%%) lowest by --sort-by (a classifier: the cleanest images)")
     g.add_argument("--sort-by", metavar="HEAD[:CLASS]", help="the head (or class) --top/--bottom use (default: first)")
+
+
+def add_action_options(g) -> None:
     a = g.add_mutually_exclusive_group()
     a.add_argument("--copy", metavar="TO", help="copy the kept images under TO, keeping their sub-folders")
     a.add_argument("--move", metavar="TO", help="move the kept images under TO, keeping their sub-folders")

@@ -12,7 +12,8 @@ from ..errors import ConfigError
 from ..numbers import COUNT, real
 from ..pathtext import shown
 from ..store.lock import store_writer
-from .common import Problems, finish_interrupted_moves, open_store, output_file, report_transfers
+from .common import (Problems, add_choice_options, finish_interrupted_moves, open_store, output_file,
+                     report_transfers)
 
 #: a cosine similarity (numbers.py: NaN, infinities and words are refused while the options are read)
 COSINE = real(-1.0, 1.0)
@@ -88,6 +89,22 @@ def cmd_dedupe(args) -> int:
     return 1 if len(problems) else 0
 
 
+def cmd_report(args) -> int:
+    from ..dataset.report import write_report
+    from .stored import stored_choice
+
+    problems = Problems()
+    with open_store(args.store, write=False) as store:
+        heads, total, chosen_by, skipped = stored_choice(store, args, problems)
+        summary = write_report(store, heads, args.combine, chosen_by, args.out, thumb=args.thumb,
+                               workers=args.workers, on_skip=skipped)
+    problems.write_report(args.report)
+    index = os.path.join(str(summary.out), "index.html")
+    print(f"cityclf: wrote {shown(index)}: {summary.rows} of {total} image(s), {summary.thumbs_made} thumbnail(s) "
+          f"made, {summary.thumbs_reused} reused, in {summary.seconds:.1f} s", file=sys.stderr)
+    return 1 if len(problems) else 0
+
+
 def register(sub) -> None:
     from ..dataset.dedupe import EXACT_UP_TO, METHODS
 
@@ -121,3 +138,23 @@ def register(sub) -> None:
                    help="how groups are printed on stdout: table (default) or jsonl")
     p.add_argument("--report", type=output_file, metavar="FILE", help="write skipped files and why, as JSONL")
     p.set_defaults(func=cmd_dedupe)
+
+    p = sub.add_parser("report", help="a static HTML gallery of stored scores (open index.html in a browser)",
+                       description="Write a folder that opens from file:// in any browser, with no server and "
+                                   "no network: a grid of thumbnails with scores, labels and caption tags; sort "
+                                   "by any head or class, range filters per head, score histograms, and a click "
+                                   "for the full image and all its numbers. The page's filters and sort give the "
+                                   "rows `cityclf query` gives with the same options, in the same order. "
+                                   "--min/--max/--top choose which images go in (default: all). A rerun into the "
+                                   "same folder replaces it whole and reuses thumbnails of unchanged images.")
+    p.add_argument("--store", required=True, metavar="DB", help="the store with the scores")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="the report folder: new, empty, or a previous report (anything else is refused)")
+    p.add_argument("--head", action="append", metavar="NAME", help="only these heads (default: all)")
+    p.add_argument("--combine", choices=COMBINES, default="mean", help="the tile combine the scores were made with")
+    add_choice_options(p.add_argument_group("which images go in (as for query; default: all)"))
+    p.add_argument("--thumb", type=COUNT, default=192, metavar="PX", help="thumbnail size in pixels (default 192)")
+    p.add_argument("--workers", type=COUNT, default=min(4, os.cpu_count() or 1), metavar="N",
+                   help="threads making thumbnails (default: up to 4)")
+    p.add_argument("--report", type=output_file, metavar="FILE", help="write skipped files and why, as JSONL")
+    p.set_defaults(func=cmd_report)

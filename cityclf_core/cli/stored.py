@@ -62,28 +62,37 @@ def ordered_heads(args, stored: list[str]) -> list[str]:
     return heads
 
 
-def cmd_query(args) -> int:
+def stored_choice(store, args, problems: Problems):
+    """What a command that selects stored scores (query, report) works on: the heads (ordered_heads), the count
+    of images with the first's scores, the --min/--max/--top selection resolved, and the on_skip that reports
+    a skipped row into `problems`. ConfigError when the store has no scores of the heads."""
     from ..dataset.percentiles import store_distribution
+
+    stored = store.scored_heads(args.combine)
+    if args.head and not any(h in stored for h in args.head):
+        stored = []
+    if not stored:
+        raise ConfigError(no_scores_message(store, args))
+    heads = ordered_heads(args, stored)
+    total = store.count_scores(heads[0], args.combine)
+    chosen_by = resolved_selection(args, heads, lambda: store_distribution(store, args.combine), total)
+
+    def skipped(path, why):
+        problems.add(path, why.replace("--store DB", f"--store {args.store}"))
+
+    return heads, total, chosen_by, skipped
+
+
+def cmd_query(args) -> int:
     from ..dataset.stored_select import common_folder, select_stored
 
     problems = Problems()
     with open_store(args.store, write=bool(args.move)) as store, \
             (store_writer(store.path) if args.move else contextlib.nullcontext()):
         finish_interrupted_moves(store, problems, args.dry_run)
-        stored = store.scored_heads(args.combine)
-        if args.head and not any(h in stored for h in args.head):
-            stored = []
-        if not stored:
-            raise ConfigError(no_scores_message(store, args))
-        heads = ordered_heads(args, stored)
-        total = store.count_scores(heads[0], args.combine)
+        heads, total, chosen_by, skipped = stored_choice(store, args, problems)
         writer = ResultWriter(args.format, heads, sys.stdout, stored=True)
-
-        def skipped(path, why):
-            problems.add(path, why.replace("--store DB", f"--store {args.store}"))
-
         keep, chosen, n = acting(args), [], 0
-        chosen_by = resolved_selection(args, heads, lambda: store_distribution(store, args.combine), total)
         for path, result in select_stored(store, heads, args.combine, chosen_by, on_skip=skipped):
             writer.write(path, result)  # streamed: memory holds a block, not the store
             n += 1

@@ -9,6 +9,7 @@
     actions.py     copy / move (transfer.py: planning, safe_files.py: kill-safe file operations,
                    journal.py: moves recorded in the store), caption tags
     shards.py      a stable split by path, one job per machine
+    report.py      a static gallery of stored scores (report_page.py: its page)
 
 Each stage is a plain function over paths and a store (see store/protocol.py),
 so that a distributed engine can run the same stages over parts of a dataset.

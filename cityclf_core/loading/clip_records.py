@@ -87,9 +87,14 @@ def recorded_clip(head_or_config) -> ClipRecord | None:
 
 def check_clip(head, encoder) -> None:
     """Warn when `head` runs on a CLIP other than the one it was trained with (compared by identity)."""
+    from .fingerprints import former_identity
+
     rec = recorded_clip(head)
-    if rec is None or not rec.identity or getattr(encoder, "identity", None) in (None, rec.identity):
+    identity = getattr(encoder, "identity", None)
+    if rec is None or not rec.identity or identity in (None, rec.identity):
         return
+    if former_identity(identity) == rec.identity:
+        return  # the same CLIP: a head trained by an earlier version records the identity it gave then
     used = getattr(encoder, "source", None) or encoder.name
     warn(f"head {head.name} was trained with CLIP {rec.source} (identity {rec.identity}), but runs on "
          f"CLIP {used} (identity {encoder.identity}); its scores may mean nothing. Drop --clip to use the "

@@ -36,7 +36,7 @@ from . import hub
 from .catalogue import VIT_L14_336, default_models_dir, paired_clip
 from .clip_folder import check_clip_folder, quiet_transformers
 from .clip_records import ClipRecord, recorded_clip
-from .fingerprints import clip_fingerprint, model_fingerprint
+from .fingerprints import clip_fingerprint, clip_identities, model_fingerprint
 from .weights import describe_non_safetensors
 
 CLIP_DIRS_ENV = "CITYCLF_CLIP_DIRS"
@@ -86,6 +86,7 @@ class TransformersClipEncoder(ClipVisionEncoder):
         from transformers import CLIPVisionModelWithProjection  # at first use: transformers is slow to import
 
         check_clip_folder(folder)
+        identity = clip_fingerprint(folder)  # every weight file hashed (remembered while the files are unchanged)
         attempts = ({"attn_implementation": "sdpa"}, {})  # older transformers lack SDPA for CLIP
         for extra in attempts:
             try:
@@ -107,7 +108,7 @@ class TransformersClipEncoder(ClipVisionEncoder):
                 std = tuple(p.get("image_std", std))
             except (ValueError, OSError):
                 pass
-        enc = cls(model, mean=mean, std=std, name=name, source=source)
+        enc = cls(model, mean=mean, std=std, name=name, source=source, identity=identity)
         return enc.to(device=device, dtype=dtype)
 
 
@@ -236,7 +237,7 @@ def find_recorded_clip(head, rec: ClipRecord, search_dirs: list[Path]) -> str:
         return rec.source
     name = rec.folder or where_trained.name
     for folder in (where_trained, *(Path(d) / name for d in search_dirs)):
-        if _is_clip_folder(folder) and _fingerprint_or_none(folder) == rec.identity:
+        if _is_clip_folder(folder) and rec.identity in _identities_or_none(folder):
             return str(folder)
     searched = "\n  ".join(str(d) for d in search_dirs)
     raise WeightsError(
@@ -246,11 +247,13 @@ def find_recorded_clip(head, rec: ClipRecord, search_dirs: list[Path]) -> str:
         "with --clip (the loader node: clip).")
 
 
-def _fingerprint_or_none(folder: Path) -> str | None:
+def _identities_or_none(folder: Path) -> tuple:
+    """The folder's identity and the one earlier versions gave it (heads they trained record that); () if
+    the folder cannot be read."""
     try:
-        return clip_fingerprint(folder)
+        return clip_identities(folder)
     except (CityClfError, *_weights_errors()):
-        return None
+        return ()
 
 
 # ---------------------------------------------------------------- the one encoder cache

@@ -102,10 +102,10 @@ def pick_device(device: str | torch.device | None) -> torch.device:
 
 
 def weights_fingerprint(tensors: dict[str, torch.Tensor], config: dict) -> str:
-    """A content fingerprint of a CLIP: its shape config and a sample of its weights.
+    """A fingerprint of a CLIP from its shape config and a sample of its weights.
 
-    The same weights give the same fingerprint wherever they are stored, so an
-    embedding store can refuse to mix models without hashing gigabytes.
+    Names ComfyUI's CLIP_VISION objects (weights in memory, no files to hash); a
+    CLIP folder's identity hashes every weight file (loading.fingerprints).
     """
     h = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
     for key in sorted(tensors):

@@ -28,7 +28,7 @@ class FilesAndEmbeddings:
 
     @guarded
     def register_encoder(self, identity: str, name: str, source: str, image_size: int, embed_dim: int) -> EncoderRow:
-        row = self.encoder_by_identity(identity)
+        row = self.encoder_by_identity(identity) or self._earlier_encoder(identity, str(source))
         if row is not None:
             if (row.image_size, row.embed_dim) != (image_size, embed_dim):
                 raise StoreError(f"store {self.path}: CLIP {identity} was recorded with another shape")
@@ -54,7 +54,7 @@ class FilesAndEmbeddings:
     def find_encoder(self, identity: str | None, source: str) -> EncoderRow:
         """The recorded CLIP with this identity, else the one recorded from this source; clear error if none."""
         if identity:
-            row = self.encoder_by_identity(identity)
+            row = self.encoder_by_identity(identity) or self._earlier_encoder(identity, str(source))
             if row is not None:
                 return row
         matches = [e for e in self.encoders() if e.source == str(source)]
@@ -68,6 +68,39 @@ class FilesAndEmbeddings:
                 "mixed; embed again into a new store.")
         raise StoreError(f"store {self.path} has no embeddings of CLIP {source} (it holds: {known}); "
                          f"run `cityclf embed ... --store {self.path}` with these models first")
+
+    def _earlier_encoder(self, identity: str, source: str) -> EncoderRow | None:
+        """This CLIP's row under the identity another version gave it (loading.fingerprints pairs the two for
+        the CLIPs fingerprinted on this machine), recorded from the same source; else None.
+
+        A row under an earlier identity is renamed to `identity` (one transaction, with a note), so its
+        embeddings serve this CLIP; where the store cannot be written now, the row is read under `identity` as
+        it is. A row under a later identity (asked for by an earlier version's identity, e.g. a head's record)
+        is returned as it is.
+        """
+        from ...loading.fingerprints import former_identity, later_identities
+        from ...notices import note
+
+        for later in sorted(later_identities(identity)):
+            row = self.encoder_by_identity(later)
+            if row is not None and row.source == source:
+                return row
+        old = former_identity(identity)
+        row = self.encoder_by_identity(old) if old else None
+        if row is None or row.source != source:
+            return None
+        if not self.readonly:
+            try:
+                with self.transaction():
+                    self.db.execute("UPDATE encoders SET identity = ? WHERE identity = ?", (identity, old))
+                note(f"store {self.path}: CLIP {row.name} is now recorded under its identity over all its weights "
+                     f"({identity}, was {old}); its embeddings are kept")
+            except StoreError:
+                pass  # busy or read-only now: read it as it is; a later writer renames it
+            renamed = self.encoder_by_identity(identity)
+            if renamed is not None:
+                return renamed
+        return EncoderRow(row.id, identity, row.name, row.source, row.image_size, row.embed_dim)
 
     # ------------------------------------------------------------ files
 
