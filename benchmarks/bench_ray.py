@@ -14,6 +14,13 @@ files (past the start-up costs).
 
     python benchmarks/bench_ray.py                 # small CLIP, 192 files
     python benchmarks/bench_ray.py --vit-l --files 48   # ViT-L/14-336 (random weights): CLIP-bound
+
+Start-up against dataset size (`--startup 10000,100000,1000000`): that many empty
+files listed, and the driver's seconds and memory from the call to the moment Ray
+Data starts its first task (a local Ray already running; each size in a fresh
+process): listing, stat and store look-ups, shards, the file list as Ray blocks and
+the store's known contents in the object store. `--old-blocks` also times the way
+before (one `from_items` block per 4 files) on the same list.
 """
 
 from __future__ import annotations
@@ -91,13 +98,115 @@ def run_ray(work: Path, paths: list[str], clip: Path, head: Path, files_per_shar
     return {"wall": wall, "first": clock.first, "start": started, "at_mark": clock.at_mark}
 
 
+def rss_mb() -> float:
+    """This process's resident memory now (MB)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+class FirstTask(Exception):
+    pass
+
+
+def startup_one(root: Path, n: int, old_blocks: bool) -> dict:
+    """In this process: list `n` files under `root`, then run_job until Ray Data would start its first task."""
+    import ray
+    import ray.data
+
+    from cityclf_core.cli.common import Problems, listed_files
+    from cityclf_core.engines import ray_data
+
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    clip = build_clip(root / "clip", quick=True)
+    folders = [str(root / "files" / f"d{i}") for i in range(max(1, n // FOLDER))]
+    out = {"n": n}
+    try:
+        base = rss_mb()
+        t = time.perf_counter()
+        paths = listed_files(folders, Problems())
+        out["list_s"], out["list_mb"] = time.perf_counter() - t, rss_mb() - base
+        base = rss_mb()
+        assert len(paths) == n, len(paths)
+        seen = {}
+
+        def started(self, *a, **k):  # the pipeline is built: Ray Data would start tasks now
+            seen["s"], seen["rss"] = time.perf_counter() - t, rss_mb() - base
+            raise FirstTask
+
+        ray.data.Dataset.iter_batches = started
+        t = time.perf_counter()
+        with EmbeddingStore(root / f"startup-{n}.db") as store:
+            try:
+                ray_data.run_job(store, ModelSpec(clip=str(clip), dtype="fp32"), paths, root / f"s{n}.shards",
+                                 RayOptions(device="cpu"))
+            except FirstTask:
+                pass
+        out["driver_s"], out["rss_mb"] = seen["s"], seen["rss"]
+        if old_blocks:
+            items = [{"path": p, "shard": "shard-0123456789abcdef0123"} for p in paths]
+            t = time.perf_counter()
+            ray.data.from_items(items, override_num_blocks=max(1, -(-len(items) // 4)))
+            out["old_blocks_s"] = time.perf_counter() - t
+    finally:
+        ray.shutdown()
+    return out
+
+
+FOLDER = 10_000
+
+
+def startup(sizes: list[int], old_blocks: bool) -> None:
+    import json
+    import subprocess
+
+    work = Path(tempfile.mkdtemp(prefix="cityclf-bench-startup-"))
+    try:
+        print(f"cityclf Ray engine start-up benchmark, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} "
+              f"UTC, {machine()}, load average {os.getloadavg()[0]:.2f} before the run")
+        for i in range(max(1, max(sizes) // FOLDER)):
+            folder = work / "files" / f"d{i}"
+            folder.mkdir(parents=True)
+            for j in range(min(FOLDER, max(sizes))):
+                (folder / f"{j:05d}.png").touch()
+        print("\n| listed files | listing s | listing MB | then, to Ray Data's first task: driver s | driver MB |"
+              + (" before: from_items, a block per 4 files, s |" if old_blocks else ""))
+        print("|---|---|---|---|---|" + ("---|" if old_blocks else ""))
+        for n in sizes:
+            got = subprocess.run([sys.executable, __file__, "--startup-one", str(n), "--work", str(work)]
+                                 + (["--old-blocks"] if old_blocks and n <= 100_000 else []),
+                                 capture_output=True, text=True, check=True)
+            r = json.loads(got.stdout.strip().splitlines()[-1])
+            print(f"| {n:,} | {r['list_s']:.1f} | {r['list_mb']:.0f} | {r['driver_s']:.1f} | {r['rss_mb']:.0f} |"
+                  + (f" {r['old_blocks_s']:.1f} |" if "old_blocks_s" in r else " - |" if old_blocks else ""),
+                  flush=True)
+        print(f"\nload average after: {os.getloadavg()[0]:.2f}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--startup", metavar="N,N,...", help="start-up at these numbers of listed (empty) files")
+    ap.add_argument("--old-blocks", action="store_true", help="with --startup: also time one from_items block per "
+                                                              "4 files (up to 100,000 files)")
+    ap.add_argument("--startup-one", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--work", help=argparse.SUPPRESS)
     ap.add_argument("--files", type=int, default=192, help="image files (768..1344 px JPEG/PNG; default 192)")
     ap.add_argument("--vit-l", action="store_true", help="a ViT-L/14-336-shaped CLIP (random weights) instead of "
                                                          "a small one")
     ap.add_argument("--files-per-shard", type=int, default=16)
     args = ap.parse_args()
+    if args.startup_one is not None:
+        import json
+
+        print(json.dumps(startup_one(Path(args.work), args.startup_one, args.old_blocks)))
+        return
+    if args.startup:
+        startup([int(x) for x in args.startup.split(",")], args.old_blocks)
+        return
     work = Path(tempfile.mkdtemp(prefix="cityclf-bench-ray-"))
     try:
         report(args, work)

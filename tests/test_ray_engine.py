@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -176,10 +177,13 @@ def test_selection_and_copy_without_a_store_match_a_local_run(ray_address, data,
     picks = {}
     for engine in ("local", "ray"):
         dest = tmp_path / engine
+        # on Ray, --workers equal to the CPUs (2): decoding keeps one, the run finishes
+        workers = ["--workers", "2"] if engine == "ray" else []
         code, out, err = run(["score", str(data), *models, "--engine", engine, "--top", "5", "--min",
-                              "TestCompression:Pass=0.2", "--copy", str(dest), "--format", "jsonl", "--no-progress"],
-                             capsys)
+                              "TestCompression:Pass=0.2", "--copy", str(dest), "--format", "jsonl", "--no-progress",
+                              *workers], capsys)
         assert code == 1, err  # the bad files
+        assert engine == "local" or "one kept for decoding" in err
         picks[engine] = jsonl(out)
         assert sorted(p.relative_to(dest) for p in dest.rglob("*.png")) == sorted(
             {Path(p).relative_to(data) for p, _ in picks[engine]})
@@ -205,8 +209,10 @@ def test_killed_driver_loses_and_repeats_nothing(ray_address, local_store, data,
     finally:
         driver.kill()
         driver.wait()
+        said = driver.stderr.read().decode()
         driver.stderr.close()
     assert running, "the driver finished before it could be killed"
+    assert " ERROR " not in said and "Traceback" not in said, said  # a normal run (workers started) logs no errors
     written = shard_paths(shards)
     total = N_GOOD + 1 + len(BAD)
     assert 0 < len(written) < total  # killed mid-run: some shards written, not all
@@ -308,3 +314,180 @@ def test_a_rerun_with_nothing_to_embed_loads_no_clip_and_starts_no_workers(tmp_p
         report = ray_data.run_job(store, spec, paths, tmp_path / "shards", on_file=lambda p, e: seen.append((p, e)))
     assert (report.embedded, report.reused, report.shards) == (0, 3, 0) and seen == [(p, None) for p in paths]
     assert report.model.names == [b.name for b in report.model.bindings] and len(report.model.names) == 1
+
+
+# ---------------------------------------------------------------- the cluster: sizing, joining, failures
+
+
+class FakeRay:
+    def __init__(self, **resources):
+        self.resources = resources
+
+    def cluster_resources(self):
+        return self.resources
+
+
+def test_clip_workers_are_an_elastic_pool_that_leaves_decoding_a_cpu(monkeypatch):
+    from cityclf_core.engines import ray_cluster
+    from cityclf_core.engines.ray_cluster import Pool, actor_pool
+
+    monkeypatch.setattr(ray_cluster, "node_types", lambda: {})
+    cpu2, cpu8 = FakeRay(CPU=2.0), FakeRay(CPU=8.0)
+    assert actor_pool(cpu8, None, None) == Pool(1, 7, 0.0, 1.0)  # CPU-only: as many as fit, one CPU kept
+    assert actor_pool(cpu2, None, None) == Pool(1, 1, 0.0, 1.0)
+    clamped = actor_pool(cpu2, 2, None)  # --workers equal to the CPUs: decoding keeps one
+    assert (clamped.min_size, clamped.max_size) == (1, 1) and "one kept for decoding" in clamped.note
+    assert actor_pool(cpu8, (2, 4), None) == Pool(2, 4, 0.0, 1.0)
+    assert actor_pool(FakeRay(CPU=1.0), None, None).cpus == 0.0  # one CPU in all: shared, not starved
+    # GPUs: asked of Ray, not refused for what is present now; GPU node types (min_workers: 0) count
+    assert actor_pool(FakeRay(CPU=8.0, GPU=1.0), None, None) == Pool(1, None, 1.0, 1.0)
+    told = actor_pool(FakeRay(CPU=8.0, GPU=1.0), (1, 3), 2.0)  # more than any node has now: asked all the same
+    assert (told.min_size, told.max_size, told.gpus) == (1, 3, 2.0) and "wait for an autoscaler" in told.note
+    monkeypatch.setattr(ray_cluster, "node_types", lambda: {"CPU": 32.0, "GPU": 4.0})
+    assert actor_pool(FakeRay(CPU=4.0), None, None) == Pool(1, None, 1.0, 1.0)  # no GPU node up yet
+    assert actor_pool(FakeRay(CPU=8.0, GPU=1.0), (1, 3), 2.0) == Pool(1, 3, 2.0, 1.0)  # more than there are now
+    monkeypatch.setattr(ray_cluster, "node_types", lambda: {})
+    assert "wait for an autoscaler" in actor_pool(cpu8, None, 1.0).note  # told GPUs, none anywhere yet: a note
+    with pytest.raises(ray_cluster.ConfigError, match="MIN at most MAX"):
+        actor_pool(cpu8, (3, 2), None)
+
+
+def test_workers_min_max_is_for_the_ray_engine(tmp_path, data, tiny_clip_dir, capsys):
+    from cityclf_core.cli.engine import workers_arg
+
+    assert workers_arg("3") == 3 and workers_arg("1:4") == (1, 4) and workers_arg("2:") == (2, None)
+    code, _, err = run(["embed", str(data), "--store", str(tmp_path / "x.db"), "--clip", str(tiny_clip_dir),
+                        "--workers", "1:4"], capsys)
+    assert code == 2 and "--workers MIN:MAX is for --engine ray" in err and not (tmp_path / "x.db").exists()
+    with pytest.raises(SystemExit) as stop:
+        main(["embed", str(data), "--store", str(tmp_path / "x.db"), "--clip", str(tiny_clip_dir), "--engine", "ray",
+              "--workers", "0:4"])
+    assert stop.value.code == 2 and "argument --workers: '0': must be at least 1" in capsys.readouterr().err
+
+
+def closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_an_unreachable_address_fails_before_any_model_or_store(tmp_path, data, models, monkeypatch, capsys):
+    pytest.importorskip("ray.data")
+    from cityclf_core import loading
+
+    monkeypatch.setattr(loading, "load_encoder", lambda *a, **k: pytest.fail("a CLIP was loaded"))
+    db = tmp_path / "never.db"
+    for address, says in ((f"127.0.0.1:{closed_port()}", "cannot reach a Ray cluster there"),
+                          ("no-port-here", "expected HOST:PORT")):
+        code, _, err = run(["embed", str(data), "--store", str(db), *models, "--engine", "ray", "--address", address,
+                            "--no-progress"], capsys)
+        assert code == 2 and says in err and err.count("\n") == 1, err
+        assert not db.exists() and not list(tmp_path.iterdir())  # no empty store, no shard folder
+
+
+def driver(argv: list[str], tmp_path: Path, **env) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]), **env}
+    return subprocess.run([sys.executable, "-m", "cityclf_core", *argv], env=env, capture_output=True, text=True,
+                          cwd=tmp_path)
+
+
+def test_a_cluster_wanting_a_token_says_authentication(ray_address, tmp_path, data, models):
+    home = tmp_path / "home"  # no ~/.ray/auth_token here
+    home.mkdir()
+    out = driver(["embed", str(data), "--store", str(tmp_path / "a.db"), *models, "--engine", "ray",
+                  "--address", ray_address, "--no-progress"], tmp_path, HOME=str(home), RAY_AUTH_MODE="token",
+                 RAY_AUTH_TOKEN="", RAY_AUTH_TOKEN_PATH="")
+    assert out.returncode == 2, out.stderr
+    assert "refused this client's authentication" in out.stderr and "Traceback" not in out.stderr
+    assert not (tmp_path / "a.db").exists()
+
+
+def test_a_worker_that_cannot_start_is_one_clear_line(ray_address, tmp_path, data, models):
+    # a GPU asked for where torch has no CUDA (this machine): the actor's failure, on the driver, in one line
+    if __import__("torch").cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    out = driver(["embed", str(data), "--store", str(tmp_path / "g.db"), *models, "--engine", "ray",
+                  "--address", ray_address, "--device", "cuda", "--no-progress"], tmp_path)
+    assert out.returncode == 2, out.stderr
+    errors = [line for line in out.stderr.splitlines() if line.startswith("cityclf:")]
+    assert len(errors) == 1 and "sees no CUDA" in errors[0] and "Ray node" in errors[0], out.stderr
+    assert "Traceback" not in out.stderr and "this is a bug" not in out.stderr and " ERROR " not in out.stderr
+    assert len(out.stderr.splitlines()) <= 5, out.stderr
+
+
+def test_worker_failures_become_one_line_naming_the_node():
+    from cityclf_core.engines.ray_cluster import ClusterError, cluster_error, worker_errors
+
+    @worker_errors
+    def oom():
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore text")
+
+    with pytest.raises(ClusterError, match=r"^Ray node .*ran out of memory \(CUDA out of memory.*--batch-size"):
+        oom()
+    # as Ray carries an actor's death: only the text of the worker's error
+    died = RuntimeError("The actor died because of an error raised in its creation task\n  File x\n"
+                        "cityclf_core.engines.ray_cluster.ClusterError: Ray node n1 (10.0.0.2): the CLIP on this "
+                        "Ray node is not the driver's; install the same CLIP and heads on every node\n")
+    clear = cluster_error(RuntimeError("wrapper")) or cluster_error(died)
+    assert isinstance(clear, ClusterError) and str(clear).startswith("Ray node n1 (10.0.0.2): the CLIP")
+    assert cluster_error(ValueError("something else")) is None
+    assert "install cityclf" in str(cluster_error(RuntimeError("System error: No module named 'cityclf_core'")))
+
+
+def test_a_file_missing_on_a_node_stops_the_run_naming_node_and_path(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    from cityclf_core.engines.ray_cluster import ClusterError
+    from cityclf_core.engines.ray_data import known_array, prepare_batch
+    from cityclf_core.scoring.crops import CropPolicy
+
+    gone = str(tmp_path / "on-the-driver-only.png")
+    batch = pa.table({"path": [gone], "shard": pa.array([0], pa.int32()), "seen": [True]})
+    with pytest.raises(ClusterError, match=r"Ray node .*on-the-driver-only\.png is not there.*same path on every"):
+        prepare_batch(batch, [(CropPolicy(), 32)], [known_array(set())], 10**8)
+    # a file the driver could not stat either, or one gone on the driver's own machine: a failed row, as locally
+    for seen, host in ((False, None), (True, socket.gethostname())):
+        batch = pa.table({"path": [gone], "shard": pa.array([0], pa.int32()), "seen": [seen]})
+        out = prepare_batch(batch, [(CropPolicy(), 32)], [known_array(set())], 10**8, driver_host=host)
+        assert "No such file" in out.column("error").to_pylist()[0]
+
+
+def test_known_contents_are_one_sorted_array():
+    from cityclf_core.engines.ray_data import file_blocks, has_content, known_array
+
+    contents = {f"{i:064x}" for i in range(0, 1000, 3)}
+    arr = known_array(contents)
+    assert all(has_content(arr, c) for c in contents)
+    assert not any(has_content(arr, f"{i:064x}") for i in range(1, 1000, 3))
+    assert not has_content(known_array(set()), "ab") and not has_content(arr, "f" * 65)
+    shards = {"a": [f"/x/{i}" for i in range(10)], "b": [f"/y/{i}" for i in range(3)]}
+    blocks = file_blocks(shards, [True] * 13)
+    assert sum(b.num_rows for b in blocks) == 13 and all(b.num_rows <= 4 for b in blocks)
+    assert [s for b in blocks for s in b.column("shard").to_pylist()] == [0] * 10 + [1] * 3
+
+
+def test_a_file_a_node_cannot_see_stops_the_run_and_stores_no_failure(ray_address, tmp_path, tiny_clip_dir,
+                                                                      monkeypatch):
+    # the driver "sees" ghost.png and runs on another host; the Ray workers (this machine) do not find it
+    from types import SimpleNamespace
+
+    from cityclf_core.dataset.passes import ModelSpec
+    from cityclf_core.engines import ray_data
+    from cityclf_core.engines.ray_cluster import ClusterError
+
+    real, ghost = str(tmp_path / "real.png"), str(tmp_path / "ghost.png")
+    Image.fromarray(illustration(40, 30, 1)).save(real)
+    planned = ray_data.files_to_embed
+
+    def driver_view(store, known, paths):
+        for path, size, mtime, needed in planned(store, known, paths):
+            yield (path, 123, 456, True) if path == ghost else (path, size, mtime, needed)
+
+    monkeypatch.setattr(ray_data, "files_to_embed", driver_view)
+    monkeypatch.setattr(ray_data, "socket", SimpleNamespace(gethostname=lambda: "the-driver-elsewhere"))
+    with EmbeddingStore(tmp_path / "g.db") as store:
+        with pytest.raises(ClusterError, match=r"^Ray node .*ghost\.png is not there.*same path on every node"):
+            ray_data.run_job(store, ModelSpec(clip=str(tiny_clip_dir), dtype="fp32"), [real, ghost],
+                             tmp_path / "g.db.shards", ray_data.RayOptions(files_per_shard=1, device="cpu"))
+        assert store.file(ghost) is None and store.stats()["failed"] == 0  # no failed row for it

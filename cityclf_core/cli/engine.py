@@ -13,20 +13,34 @@ from .common import Problems, ResultWriter, file_progress, finish, listed_files,
 GPUS = real(0.0)
 
 
+def workers_arg(text: str) -> int | tuple[int, int | None]:
+    """--workers: N, or (with --engine ray) MIN:MAX or MIN: (MAX: as many as the cluster can place)."""
+    if ":" not in text:
+        return COUNT(text)
+    lo, hi = text.split(":", 1)
+    return COUNT(lo), COUNT(hi) if hi.strip() else None
+
+
 def add_engine_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("engine (where embedding runs)")
     g.add_argument("--engine", choices=("local", "ray"), default="local",
                    help="local (default): this process, --workers decoding threads. ray: Ray Data on a local Ray "
-                        "or a cluster (--address); --workers is then the number of CLIP workers (default: one per "
-                        "GPU, or one CPU worker); results go through Parquet shards in DB.shards/ into the store")
+                        "or a cluster (--address); --workers is then the CLIP workers (N or MIN:MAX); results go "
+                        "through Parquet shards in DB.shards/ into the store")
     g.add_argument("--address", metavar="ADDR",
                    help="with --engine ray: the Ray cluster to join (HOST:6379, or auto for the one `ray start` "
                         "began on this machine); default: $RAY_ADDRESS, else a new local Ray")
     g.add_argument("--num-gpus-per-worker", type=GPUS, metavar="G",
-                   help="with --engine ray: GPUs per CLIP worker (default: 1 when the cluster has GPUs, else 0: "
-                        "CPU workers)")
+                   help="with --engine ray: GPUs per CLIP worker, asked of Ray (an autoscaler starts GPU nodes "
+                        "for them); default: 1 when the cluster has GPUs or GPU node types, else 0: CPU workers")
     g.add_argument("--files-per-shard", type=COUNT, default=1000, metavar="N",
                    help="with --engine ray: files per Parquet shard, the unit a rerun resumes from (default 1000)")
+    for action in p._actions:  # the shared --workers (decoding threads) also takes Ray's MIN:MAX here
+        if "--workers" in action.option_strings:
+            action.type, action.metavar = workers_arg, "N|MIN:MAX"
+            action.help = ("local engine: image decoding threads (default 2). --engine ray: CLIP workers, N or "
+                           "MIN:MAX, an elastic pool (default 1:, from one up to as many as the cluster can place; "
+                           "on a cluster without GPUs at most its CPUs less one, which decoding keeps)")
     p.set_defaults(workers=None)  # given or not: decode threads locally (2 if not), CLIP workers on Ray
 
 
@@ -35,6 +49,9 @@ def run_engine(args, command: str, shard: str | None = None) -> int | None:
     if args.engine == "local":
         if args.workers is None:
             args.workers = 2
+        elif isinstance(args.workers, tuple):
+            raise ConfigError("--workers MIN:MAX is for --engine ray (its CLIP workers); the local engine takes "
+                              "a number of decoding threads, e.g. --workers 4")
         return None
     import contextlib
     import tempfile
@@ -42,6 +59,7 @@ def run_engine(args, command: str, shard: str | None = None) -> int | None:
     from ..engines import require_ray
 
     require_ray()
+    from ..engines.ray_cluster import address_of, session
     from ..engines.ray_data import RayOptions, run_job
     from ..engines.results import results_after_run
     from ..store import EmbeddingStore
@@ -56,11 +74,14 @@ def run_engine(args, command: str, shard: str | None = None) -> int | None:
     options = RayOptions(args.address, args.workers, args.num_gpus_per_worker, args.files_per_shard,
                          args.batch_size, args.device, args.max_pixels)
     with contextlib.ExitStack() as stack:  # score without --store: a store and shards for this run only
+        if address_of(args.address):  # a cluster to join: joined (or refused) before any store or model is opened
+            stack.enter_context(session(args.address))
         db = args.store or os.path.join(stack.enter_context(tempfile.TemporaryDirectory()), "run.db")
         store = stack.enter_context(EmbeddingStore(db))
         stack.enter_context(store_writer(db))  # the shards are imported into it
         with file_progress(args, problems, len(paths)) as on_file:
-            report = run_job(store, spec, paths, f"{db}.shards", options, on_file)
+            report = run_job(store, spec, paths, f"{db}.shards", options, on_file,
+                             on_note=lambda text: print(f"cityclf: note: {text}", file=sys.stderr, flush=True))
         if report.resumed:
             print(f"cityclf: imported {report.resumed} shard(s) an interrupted run had written", file=sys.stderr)
         for path, note in report.notes:

@@ -2,7 +2,8 @@
 
     local      cityclf_core.dataset: threads decode, this process runs CLIP, writes the store
     ray        ray_data.py: Ray Data over a local Ray or a cluster; results as Parquet shards
-               (parquet.py) imported into the same store
+               (parquet.py) imported into the same store; ray_cluster.py: joining the cluster,
+               sizing the CLIP workers, their failures as one line
 
 Every engine calls the same primitives (decoding, crop plans, views, the encoder,
 the heads) and fills the same store, so what comes out does not depend on it.

@@ -5,8 +5,11 @@
                their identities and sizes); skip the files the store already
                has (dataset.plan.files_to_embed: same path, size, mtime,
                embeddings present); group the rest into shards of `files_per_shard`
+               (the file list goes to Ray as at most MAX_BLOCKS Arrow blocks, and the contents the store
+               has as one sorted array in the object store, shared by reference: start-up does not grow
+               with the dataset beyond listing it)
     CPU tasks  read, hash, decode, crop: dataset.reader.read_file (the local reader's), one file at a time
-    actors     CLIP (one per GPU, or CPU actors), chunked like a local run
+    actors     CLIP (an elastic pool, ray_cluster.actor_pool: GPU actors, or CPU actors), chunked like a local run
                (pipeline.ChunkedEncoder); every head sharing that CLIP pass
                runs in the same actor (pipeline.head_scores) when scoring
     driver     collects each shard's rows, writes it as Parquet (atomically)
@@ -15,19 +18,24 @@
 Resuming: a rerun first imports shards written but not imported (a killed
 driver), then skips every file the store has, so nothing is computed twice and
 nothing is lost. Files must be readable at the same path on every Ray node (a
-shared or identically mounted file system); the store and the shards stay on the
-driver's machine.
+shared or identically mounted file system): a file the driver sees and a node
+does not stops the run with an error naming the node and the path (no failed row
+is stored for it). The store and the shards stay on the driver's machine. A
+worker's failure (no CUDA, another CLIP, out of memory) reaches the driver as one
+line (ray_cluster.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
+import socket
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -36,7 +44,7 @@ from ..dataset.embed import EmbedReport, register_passes
 from ..dataset.passes import ModelSpec, choose_clips
 from ..dataset.plan import files_to_embed
 from ..dataset.reader import Prepared, read_file
-from ..errors import ConfigError, StoreError
+from ..errors import CityClfError, ConfigError, StoreError
 from ..scoring.crops import CropPolicy, plan_crops
 from ..scoring.embedding import ChunkedEncoder, default_batch_size
 from ..scoring.encoders import Encoder, TimedEncoder
@@ -44,10 +52,13 @@ from ..scoring.images import DEFAULT_MAX_PIXELS
 from ..scoring.pipeline import Group, ScoringModel, head_scores
 from ..store import Store
 from . import parquet, require_ray
+from .ray_cluster import ClusterError, actor_pool, cluster_error, connect, node_name, worker_errors
 
 #: files per CPU task call, and per CLIP actor call
 PREPARE_BATCH = 4
 ACTOR_BATCH = 16
+#: the most blocks the file list is cut into (each becomes at least one decoding task)
+MAX_BLOCKS = 1000
 #: memory a decoding task reserves (bytes): its worker (Python, torch) and one large image decoded and cropped
 DECODE_MEMORY = 512 * 2**20
 
@@ -64,8 +75,8 @@ def encoder_meta(e: Encoder) -> dict:
 @dataclass
 class RayOptions:
     address: str | None = None  # None: a Ray already started in this process, else a new local one
-    workers: int | None = None  # CLIP actors; None: one per GPU group, or 1 on a cluster without GPUs
-    num_gpus_per_worker: float | None = None  # None: 1 when the cluster has GPUs, else 0 (CPU actors)
+    workers: int | tuple[int, int | None] | None = None  # CLIP actors: N, (MIN, MAX), None: (1, as many as fit)
+    num_gpus_per_worker: float | None = None  # None: 1 when the cluster has or can start GPUs, else 0 (CPU actors)
     files_per_shard: int = 1000
     batch_size: int | None = None  # views per CLIP forward (default: 64 on a GPU, 8 on a CPU)
     device: str = "auto"  # the actors' device; auto: cuda when they hold a GPU
@@ -91,6 +102,7 @@ def run_job(
     shard_dir: str | os.PathLike,
     options: RayOptions = RayOptions(),
     on_file: Callable[[str, str | None], None] | None = None,
+    on_note: Callable[[str], None] | None = None,
 ) -> RayReport:
     """Make sure every file has stored embeddings (and, with spec.score, fresh scores) using Ray Data."""
     start = time.perf_counter()
@@ -128,6 +140,8 @@ def run_job(
     n = options.files_per_shard
     shards = {parquet.shard_name(signature, work[i:i + n]): [p for p, _, _ in work[i:i + n]]
               for i in range(0, len(work), n)}
+    seen = [size is not None for _, size, _ in work]  # stat'ed by the driver: a node must see it too
+    del work  # a tuple per file: not kept through the run
     encoders = list({t.encoder.identity: encoder_meta(t.encoder) for t in targets}.values())
 
     def finish(name: str, got: list[dict]) -> None:
@@ -153,7 +167,7 @@ def run_job(
             if on_file:
                 on_file(r["path"], r["error"])
 
-    _stream(spec, targets, known, shards, options, finish)
+    _stream(spec, targets, known, shards, seen, options, finish, on_note)
     return report
 
 
@@ -171,8 +185,11 @@ def _shard_row(r: dict, targets: list[Group], combine: str) -> dict:
 
 
 def _stream(spec: ModelSpec, targets: list[Group], known: list[set[str]], shards: dict[str, list[str]],
-            options: RayOptions, finish: Callable[[str, list[dict]], None]) -> None:
-    """Run the Ray Data pipeline over the shards' files; `finish(shard, rows)` as each shard completes."""
+            seen: list[bool], options: RayOptions, finish: Callable[[str, list[dict]], None],
+            on_note: Callable[[str], None] | None = None) -> None:
+    """Run the Ray Data pipeline over the shards' files; `finish(shard, rows)` as each shard completes,
+    `on_note(text)` on what the user should know before it (the worker pool). A failure in a worker or node
+    raises its one-line CityClfError (ray_cluster.cluster_error)."""
     ray = require_ray()
     import ray.data
 
@@ -182,28 +199,40 @@ def _stream(spec: ModelSpec, targets: list[Group], known: list[set[str]], shards
         for flag in ("enable_progress_bars", "enable_operator_progress_bars", "print_on_execution_start"):
             if hasattr(ctx, flag):
                 setattr(ctx, flag, False)
-        actors, gpus = pool_size(ray, options.workers, options.num_gpus_per_worker)
-        device = options.device if options.device != "auto" else ("cuda" if gpus else "cpu")
-        items = [{"path": p, "shard": name} for name, files in shards.items() for p in files]
-        ds = ray.data.from_items(items, override_num_blocks=max(1, -(-len(items) // PREPARE_BATCH)))
+        pool = actor_pool(ray, options.workers, options.num_gpus_per_worker)
+        if pool.note and on_note:
+            on_note(pool.note)
+        device = options.device if options.device != "auto" else ("cuda" if pool.gpus else "cpu")
+        names = list(shards)
+        ds = ray.data.from_arrow(file_blocks(shards, seen))
         # a decoding task reserves memory for a large image and its views; as Ray Data fuses stages with
         # equal resources, this also keeps decoding in its own CPU tasks when the CLIP workers are CPU
         # actors (fused, it would run serially inside them)
         ds = ds.map_batches(prepare_batch, batch_format="pyarrow", batch_size=PREPARE_BATCH, num_cpus=1,
                             memory=DECODE_MEMORY, fn_kwargs={"views": [(t.policy, t.encoder.image_size) for t in targets],
-                                       "known_ref": ray.put(known), "max_pixels": options.max_pixels})
+                                       "known_ref": ray.put([known_array(k) for k in known]),
+                                       "max_pixels": options.max_pixels, "driver_host": socket.gethostname()})
         ds = ds.map_batches(ClipWorker, batch_format="pyarrow", batch_size=ACTOR_BATCH,
-                            compute=ray.data.ActorPoolStrategy(size=actors),
-                            num_gpus=gpus or None, num_cpus=1,
+                            compute=ray.data.ActorPoolStrategy(min_size=pool.min_size, max_size=pool.max_size),
+                            num_gpus=pool.gpus or None, num_cpus=pool.cpus,
                             fn_constructor_kwargs={"spec": spec, "device": device, "batch_size": options.batch_size,
                                                    "expected": [(t.encoder.identity, t.clip.key) for t in targets]})
-        waiting: dict[str, list[dict]] = defaultdict(list)
-        for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-            for r in batch.to_pylist():
-                got = waiting[r["shard"]]
-                got.append(r)
-                if len(got) == len(shards[r["shard"]]):
-                    finish(r["shard"], waiting.pop(r["shard"]))
+        waiting: dict[int, list[dict]] = defaultdict(list)
+        try:
+            with _quiet_ray_data():
+                for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+                    for r in batch.to_pylist():
+                        got = waiting[r["shard"]]
+                        got.append(r)
+                        if len(got) == len(shards[names[r["shard"]]]):
+                            finish(names[r["shard"]], waiting.pop(r["shard"]))
+        except CityClfError:  # the driver's own (the store, a shard): as it is
+            raise
+        except Exception as e:  # noqa: BLE001  (Ray's errors: the one line they stand for, if they carry one)
+            clear = cluster_error(e)
+            if clear is None:
+                raise
+            raise clear from None
         if waiting:
             raise StoreError(f"internal: {len(waiting)} shard(s) came back incomplete from Ray; rerun to finish them")
     finally:
@@ -211,44 +240,63 @@ def _stream(spec: ModelSpec, targets: list[Group], known: list[set[str]], shards
             ray.shutdown()
 
 
-def connect(address: str | None) -> bool:
-    """Join the Ray at `address` (or $RAY_ADDRESS, or start a local one); False if this process already had one."""
-    import ray
+@contextlib.contextmanager
+def _quiet_ray_data() -> Iterator[None]:
+    """Within it, Ray Data's progress lines are off, and its traceback of a failed run (the driver says it in
+    one line)."""
+    import logging
 
-    if ray.is_initialized():
-        return False
+    levels = {"ray.data": logging.WARNING, "ray.data._internal.progress": logging.ERROR,
+              "ray.data.exceptions": logging.CRITICAL,
+              "ray.data._internal.execution.streaming_executor_state": logging.CRITICAL}
+    old = {name: logging.getLogger(name).level for name in levels}
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
     try:
-        ray.init(address=address, include_dashboard=False, logging_level="WARNING", configure_logging=True)
-    except ConnectionError as e:
-        raise ConfigError(f"--address {address}: cannot reach a Ray cluster there ({e}); start one with "
-                          "`ray start --head` or `ray up cluster.yaml`, or leave --address out for a local Ray") from None
-    return True
+        yield
+    finally:
+        for name, level in old.items():
+            logging.getLogger(name).setLevel(level)
 
 
-def pool_size(ray, workers: int | None, gpus_per_worker: float | None) -> tuple[int, float]:
-    """(CLIP actors, GPUs per actor): one actor per GPU group of the cluster, CPU actors where it has none."""
-    total = float(ray.cluster_resources().get("GPU", 0))
-    if workers is not None and workers < 1:
-        raise ConfigError(f"--workers {workers}: need at least one CLIP worker")
-    if gpus_per_worker is None:
-        gpus_per_worker = 1.0 if total else 0.0
-    if gpus_per_worker < 0:
-        raise ConfigError("--num-gpus-per-worker must be 0 (CPU workers) or more")
-    if gpus_per_worker > 0:
-        if total < gpus_per_worker:
-            raise ConfigError(f"--num-gpus-per-worker {gpus_per_worker:g}: the Ray cluster has {total:g} GPU(s); "
-                              "use --num-gpus-per-worker 0 for CPU workers")
-        return workers or max(1, int(total // gpus_per_worker)), gpus_per_worker
-    return workers or 1, 0.0
+def file_blocks(shards: dict[str, list[str]], seen: list[bool]) -> list:
+    """The files as at most MAX_BLOCKS Arrow tables (path, shard index, seen by the driver), PREPARE_BATCH
+    files a block or more: a few Ray objects whatever the number of files."""
+    import pyarrow as pa
+
+    paths = [p for files in shards.values() for p in files]
+    index = np.repeat(np.arange(len(shards), dtype=np.int32), [len(f) for f in shards.values()])
+    n = len(paths)
+    step = max(PREPARE_BATCH, -(-n // MAX_BLOCKS))
+    return [pa.table({"path": pa.array(paths[i:i + step], pa.string()), "shard": pa.array(index[i:i + step]),
+                      "seen": pa.array(seen[i:i + step], pa.bool_())}) for i in range(0, n, step)]
+
+
+def known_array(contents: set[str]) -> np.ndarray:
+    """Contents (sha256 hex) as one sorted byte-string array: put in Ray's object store once, read in place
+    by every decoding worker on a node (no copy per worker)."""
+    width = max((len(c) for c in contents), default=1)
+    arr = np.array(list(contents), dtype=f"S{width}")
+    arr.sort()
+    return arr
+
+
+def has_content(arr: np.ndarray, content: str) -> bool:
+    """Whether the sorted `arr` (known_array) holds `content`."""
+    key = content.encode()
+    if not len(arr) or len(key) > arr.dtype.itemsize:
+        return False
+    i = int(np.searchsorted(arr, key))
+    return i < len(arr) and arr[i] == key
 
 
 # ---------------------------------------------------------------- the stages (run in Ray workers)
 
 
-_KNOWN: dict[str, list[set[str]]] = {}
+_KNOWN: dict[str, list[np.ndarray]] = {}
 
 
-def _known(ref) -> list[set[str]]:
+def _known(ref) -> list[np.ndarray]:
     import ray
 
     if not isinstance(ref, ray.ObjectRef):
@@ -260,15 +308,26 @@ def _known(ref) -> list[set[str]]:
     return _KNOWN[key]
 
 
-def prepare_batch(batch, views: list[tuple[CropPolicy, int]], known_ref, max_pixels: int):
-    """CPU stage: per file, stat, hash and (for the targets lacking its content) decoded uint8 views."""
+def missing_on_node(path: str) -> ClusterError:
+    return ClusterError(f"Ray node {node_name()}: {path} is not there, though the driver sees it; the images must "
+                        "be at the same path on every node (a shared or identically mounted file system)")
+
+
+def prepare_batch(batch, views: list[tuple[CropPolicy, int]], known_ref, max_pixels: int,
+                  driver_host: str | None = None):
+    """CPU stage: per file, stat, hash and (for the targets lacking its content) decoded uint8 views. A file the
+    driver saw and a node on another machine does not: a ClusterError (that node lacks the shared file system),
+    not a failed row; on the driver's machine it is a failed row, as in a local run (removed meanwhile)."""
     import pyarrow as pa
 
     known = _known(known_ref)
     planners = [(functools.partial(_plan, policy=p, clip_size=s), s, "") for p, s in views]
     out: dict[str, list] = defaultdict(list)
-    for path, shard in zip(batch.column("path").to_pylist(), batch.column("shard").to_pylist()):
-        item = read_file(Prepared(0, path), planners, lambda c: [i for i, k in enumerate(known) if c not in k],
+    for path, shard, seen in zip(*(batch.column(c).to_pylist() for c in ("path", "shard", "seen"))):
+        if seen and socket.gethostname() != driver_host and not os.path.lexists(path):
+            raise missing_on_node(path)
+        item = read_file(Prepared(0, path), planners, lambda c: [i for i, k in enumerate(known)
+                                                                 if not has_content(k, c)],
                          max_pixels, share=False)  # each pass's views go to its own column
         for k in ("path", "size", "mtime_ns", "content", "width", "height", "error"):
             out[k].append(getattr(item, k))
@@ -279,7 +338,7 @@ def prepare_batch(batch, views: list[tuple[CropPolicy, int]], known_ref, max_pix
             out[f"n_{i}"].append(0 if v is None else int(v.shape[0]))
             out[f"views_{i}"].append(None if v is None else v.numpy().tobytes())
     types = {"size": pa.int64(), "mtime_ns": pa.int64(), "width": pa.int32(), "height": pa.int32(),
-             "notes": pa.list_(pa.string())}
+             "notes": pa.list_(pa.string()), "shard": pa.int32()}
     return pa.table({k: pa.array(v, type=types.get(k, pa.binary() if k.startswith("views_") else
                                                  pa.int32() if k.startswith("n_") else pa.string()))
                      for k, v in out.items()})
@@ -293,6 +352,19 @@ class ClipWorker:
     """Actor stage: CLIP on the views of a batch of files, then every head of that CLIP pass."""
 
     def __init__(self, spec: ModelSpec, device: str, expected: list[tuple[str, str]], batch_size: int | None):
+        # a constructor that raises makes Ray print the actor's traceback on the driver's terminal, and retry;
+        # raised from the first batch instead, the failure reaches the driver as this one error
+        self.failed: ClusterError | None = None
+        try:
+            self._start(spec, device, expected, batch_size)
+        except ClusterError as e:
+            self.failed = e
+
+    @worker_errors
+    def _start(self, spec: ModelSpec, device: str, expected: list[tuple[str, str]], batch_size: int | None):
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise ConfigError(f"this worker was given a GPU, but its PyTorch {torch.__version__} sees no CUDA; "
+                              "install a CUDA build of torch on the GPU nodes, or run with --num-gpus-per-worker 0")
         model, self.targets = spec.load(device)
         got = [(t.encoder.identity, t.clip.key) for t in self.targets]
         if got != [tuple(x) for x in expected]:
@@ -302,8 +374,12 @@ class ClipWorker:
         self.timers = [TimedEncoder(t.encoder) for t in self.targets]
         self.batch_size = batch_size or default_batch_size(self.targets[0].encoder.device)
 
+    @worker_errors
     def __call__(self, batch):
         import pyarrow as pa
+
+        if self.failed is not None:
+            raise self.failed
 
         cols = batch.to_pydict()
         n = batch.num_rows
@@ -333,11 +409,11 @@ class ClipWorker:
                                           "kind": res.arch})
         out["scores"] = [json.dumps(s) for s in scores]
         types = {"size": pa.int64(), "mtime_ns": pa.int64(), "width": pa.int32(), "height": pa.int32(),
-                 "notes": pa.list_(pa.string())}
+                 "notes": pa.list_(pa.string()), "shard": pa.int32()}
         return pa.table({k: v if isinstance(v, pa.Array) else
                          pa.array(v, type=types.get(k, pa.int32() if k.startswith("n_") else pa.string()))
                          for k, v in out.items()})
 
 
-__all__ = ["ClipWorker", "RayOptions", "RayReport", "connect", "pool_size",
-           "prepare_batch", "run_job"]
+__all__ = ["ClipWorker", "RayOptions", "RayReport", "file_blocks", "has_content", "known_array", "prepare_batch",
+           "run_job"]
