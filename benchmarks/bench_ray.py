@@ -1,19 +1,21 @@
-"""Benchmark: embedding image files with --engine ray (a local Ray, 2 CPUs) against the single-process path.
+"""Benchmark: --engine ray against the local engine on one machine, side by side in one run.
 
-Same files, same CLIP and head, a fresh store for each:
+Same files, same CLIP and head, a fresh store for each run, in the order local, ray,
+ray, local (so a change in the machine's load during the run falls on both engines):
 
-* local: dataset.embed_files -- decoding and cropping in 2 threads, CLIP in this
-  process (torch with all its threads), the store written as chunks finish;
-* ray: engines.ray_data.run_job on a local Ray started here with 2 CPUs -- one
-  CPU for the decoding tasks, one CLIP actor (Ray gives it one torch thread),
-  Parquet shards of --files-per-shard files written and imported by this process.
+* local: dataset.embed_files -- decoding in 2 threads, CLIP in this process;
+* ray: engines.ray_data.run_job on a Ray started for that run with 2 CPUs (cold:
+  `ray.init` is inside the timing), or with `--two-nodes` on a local two-node Ray
+  cluster (two raylets on this machine, 1 CPU each).
 
-Prints images/s, the time to the first embedding in the store (the Ray run from
-a cold start, `ray.init` included), and images/s over the second half of the
-files (past the start-up costs).
+For each run: total seconds, seconds to the first embedding in the store, and the
+steady-state rate (files stored after the first one, over the time after it); then
+Ray / local for each. Ray's fixed overhead is read as its time to the first stored
+embedding.
 
-    python benchmarks/bench_ray.py                 # small CLIP, 192 files
-    python benchmarks/bench_ray.py --vit-l --files 48   # ViT-L/14-336 (random weights): CLIP-bound
+    python benchmarks/bench_ray.py --quick            # 300 small files, tiny CLIP
+    python benchmarks/bench_ray.py --files 2000,20000  # small files, tiny CLIP
+    python benchmarks/bench_ray.py --vit-l --files 200 # ViT-L/14-shaped CLIP (224 px, random weights)
 
 Start-up against dataset size (`--startup 10000,100000,1000000`): that many empty
 files listed, and the driver's seconds and memory from the call to the moment Ray
@@ -36,66 +38,95 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(Path(__file__).resolve().parent)]
+os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")  # as the CLI's driver: no core-worker ERROR lines
 
-from bench_dataset import write_files  # noqa: E402
 from bench_pipeline import build_clip, machine  # noqa: E402
 
 from cityclf_core.dataset import clip_passes, embed_files  # noqa: E402
 from cityclf_core.dataset.passes import ModelSpec  # noqa: E402
 from cityclf_core.engines.ray_data import RayOptions, run_job  # noqa: E402
 from cityclf_core.loading.models import load_scoring_model  # noqa: E402
-from cityclf_core.samples import build_head  # noqa: E402
+from cityclf_core.samples import build_head, build_tiny_clip, draw_illustration  # noqa: E402
 from cityclf_core.store import EmbeddingStore  # noqa: E402
 
 
 class Clock:
-    """on_file callback: when the first file, and the first `mark` files, were in the store (from `start`).
+    """on_file callback: when the first file was in the store, and how many were by then (from `start`)."""
 
-    With `mark` = half the files, (files - mark) / (wall - at_mark) is the rate over the second half: past
-    the start-up costs, while the pipeline is full (Ray Data works ahead of the shard being written).
-    """
-
-    def __init__(self, mark: int):
+    def __init__(self):
         self.start = time.perf_counter()
-        self.mark, self.done = mark, 0
+        self.done = 0
         self.first: float | None = None
-        self.at_mark: float | None = None
+        self.done_at_first = 0
 
     def __call__(self, path, error):
-        now = time.perf_counter() - self.start
         self.done += error is None
         if self.first is None and self.done:
-            self.first = now
-        if self.at_mark is None and self.done >= self.mark:
-            self.at_mark = now
+            self.first = time.perf_counter() - self.start
+            self.done_at_first = self.done
+
+    def result(self, n: int) -> dict:
+        wall = time.perf_counter() - self.start
+        after = wall - self.first
+        return {"wall": wall, "first": self.first,
+                "steady": (n - self.done_at_first) / after if after > 0 else float("nan")}
 
 
-def run_local(work: Path, paths: list[str], clip: Path, head: Path, mark: int) -> dict:
-    clock = Clock(mark)
+def write_small_files(folder: Path, count: int) -> list[str]:
+    """`count` small illustrations (48..120 px), PNG and JPEG in turn."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(count):
+        p = folder / f"{i // 1000:03d}" / (f"{i:06d}.jpg" if i % 2 else f"{i:06d}.png")
+        p.parent.mkdir(exist_ok=True)
+        Image.fromarray(draw_illustration(48 + 9 * (i % 9), 48 + 8 * (i % 10), i)).save(p, quality=90)
+        paths.append(str(p))
+    return paths
+
+
+def build_vit_l(folder: Path) -> Path:
+    """CLIPVisionModelWithProjection shaped as ViT-L/14 (224 px): hidden 1024, 24 layers, projection 768."""
+    return build_tiny_clip(folder, image_size=224, patch_size=14, hidden_size=1024, layers=24, heads=16,
+                           projection_dim=768, intermediate_size=4096)
+
+
+def run_local(db: Path, paths: list[str], clip: Path, head: Path) -> dict:
+    clock = Clock()
     model = load_scoring_model([str(head)], clip=str(clip), device="cpu", dtype="fp32")
-    with EmbeddingStore(work / "local.db") as store:
+    with EmbeddingStore(db) as store:
         report = embed_files(store, clip_passes(model), paths, workers=2, on_file=clock)
-    wall = time.perf_counter() - clock.start
     assert report.embedded == len(paths), report.summary()
-    return {"wall": wall, "first": clock.first, "start": 0.0, "at_mark": clock.at_mark}
+    return clock.result(len(paths))
 
 
-def run_ray(work: Path, paths: list[str], clip: Path, head: Path, files_per_shard: int, name: str, mark: int) -> dict:
+def run_ray(db: Path, paths: list[str], clip: Path, head: Path, files_per_shard: int, two_nodes: bool) -> dict:
     import ray
 
-    clock = Clock(mark)
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
-    started = time.perf_counter() - clock.start
+    clock = Clock()
+    cluster = None
+    if two_nodes:  # two raylets on this machine, 1 CPU each; started inside the timing, as ray.init is
+        from ray.cluster_utils import Cluster
+
+        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+        cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        ray.init(address=cluster.address, logging_level="ERROR", log_to_driver=False)
+    else:
+        ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     try:
-        with EmbeddingStore(work / f"{name}.db") as store:
+        with EmbeddingStore(db) as store:
             report = run_job(store, ModelSpec(models=(str(head),), clip=str(clip), dtype="fp32"), paths,
-                             work / f"{name}.db.shards", RayOptions(files_per_shard=files_per_shard, device="cpu"),
+                             f"{db}.shards", RayOptions(files_per_shard=files_per_shard, device="cpu"),
                              on_file=clock)
-        wall = time.perf_counter() - clock.start
+        out = clock.result(len(paths))
     finally:
         ray.shutdown()
+        if cluster is not None:
+            cluster.shutdown()
     assert report.embedded == len(paths), report.summary()
-    return {"wall": wall, "first": clock.first, "start": started, "at_mark": clock.at_mark}
+    return out
 
 
 def rss_mb() -> float:
@@ -194,10 +225,13 @@ def main():
                                                               "4 files (up to 100,000 files)")
     ap.add_argument("--startup-one", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--work", help=argparse.SUPPRESS)
-    ap.add_argument("--files", type=int, default=192, help="image files (768..1344 px JPEG/PNG; default 192)")
-    ap.add_argument("--vit-l", action="store_true", help="a ViT-L/14-336-shaped CLIP (random weights) instead of "
-                                                         "a small one")
-    ap.add_argument("--files-per-shard", type=int, default=16)
+    ap.add_argument("--files", default="2000", help="numbers of image files, comma-separated (default 2000)")
+    ap.add_argument("--quick", action="store_true", help="300 small files, tiny CLIP: a run of a few minutes")
+    ap.add_argument("--vit-l", action="store_true", help="a ViT-L/14-shaped CLIP (224 px, random weights) instead of "
+                                                         "a tiny one")
+    ap.add_argument("--files-per-shard", type=int, default=100)
+    ap.add_argument("--two-nodes", action="store_true", help="Ray on a local two-node cluster (2 raylets, 1 CPU "
+                                                             "each) instead of one Ray with 2 CPUs")
     args = ap.parse_args()
     if args.startup_one is not None:
         import json
@@ -215,28 +249,46 @@ def main():
 
 
 def report(args, work: Path) -> None:
+    import gc
+
+    sizes = [300] if args.quick else [int(x) for x in args.files.split(",")]
+    if args.two_nodes:  # the cluster's files (and its address file) under this run's folder, not /tmp/ray
+        (work / "ray").mkdir()
+        os.environ["RAY_TMPDIR"] = str(work / "ray")
+    clip_name = "ViT-L/14-shaped CLIP (224 px, 24 layers)" if args.vit_l else "tiny CLIP (32 px, 2 layers)"
+    ray_name = "local two-node Ray cluster (2 raylets, 1 CPU each)" if args.two_nodes else "a local Ray with 2 CPUs"
     print(f"cityclf Ray engine benchmark, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, "
-          f"{machine()}, load average {os.getloadavg()[0]:.2f} before the run")
-    clip = build_clip(work / "clip", quick=not args.vit_l)
-    head = build_head(work / "score.safetensors", "score", seed=1)
-    paths = write_files(work / "files", args.files)
-    half = len(paths) // 2
-    results = {"local": run_local(work, paths, clip, head, half)}
-    results["ray"] = run_ray(work, paths, clip, head, args.files_per_shard, "ray", half)
-    n = len(paths)
-    local = results["local"]
-    print(f"\n{n} files, {'ViT-L/14-336' if args.vit_l else 'small CLIP (112 px, 4 layers)'}, whole image, fp32 CPU; "
-          f"Ray: 2 CPUs (decoding tasks + 1 CLIP actor), {args.files_per_shard} files per shard\n")
-    print("| engine | images/s | vs local | first embedding in the store | of which starting Ray "
-          "| images/s, second half of the files | vs local |")
-    print("|---|---|---|---|---|---|---|")
-    local_after = (n - half) / (local["wall"] - local["at_mark"])
-    for name, r in results.items():
-        ips = n / r["wall"]
-        after = (n - half) / (r["wall"] - r["at_mark"])
-        print(f"| {name} | {ips:.2f} | {ips / (n / local['wall']):.2f}x | {r['first']:.1f} s | {r['start']:.1f} s "
-              f"| {after:.2f} | {after / local_after:.2f}x |")
-    print(f"\nload average after: {os.getloadavg()[0]:.2f}")
+          f"{machine()}, load average {os.getloadavg()[0]:.2f} before the run", flush=True)
+    clip = build_vit_l(work / "clip") if args.vit_l else build_tiny_clip(work / "clip")
+    head = build_head(work / "score.safetensors", "score", seed=1, features=768)
+    print(f"\n{clip_name}, whole image, fp32 CPU, one score head; Ray: {ray_name}, {args.files_per_shard} files "
+          "per shard; order local, ray, ray, local\n")
+    print("| files | engine | run | total s | first embedding stored, s | steady files/s |")
+    print("|---|---|---|---|---|---|", flush=True)
+    summary = []
+    for n in sizes:
+        paths = write_small_files(work / f"files{n}", n)
+        got: dict[str, list[dict]] = {"local": [], "ray": []}
+        for i, engine in enumerate(("local", "ray", "ray", "local")):
+            db = work / f"{engine}-{n}-{i}.db"
+            r = (run_local(db, paths, clip, head) if engine == "local" else
+                 run_ray(db, paths, clip, head, args.files_per_shard, args.two_nodes))
+            got[engine].append(r)
+            print(f"| {n:,} | {engine} | {i + 1} | {r['wall']:.1f} | {r['first']:.1f} | {r['steady']:.0f} |",
+                  flush=True)
+            shutil.rmtree(f"{db}.shards", ignore_errors=True)
+            gc.collect()
+        mean = {e: {k: sum(r[k] for r in rs) / len(rs) for k in ("wall", "first", "steady")} for e, rs in got.items()}
+        summary.append((n, mean))
+    print("\n| files | total s local / ray | Ray/local total | first stored s local / ray | steady files/s "
+          "local / ray | Ray/local steady |")
+    print("|---|---|---|---|---|---|")
+    for n, m in summary:
+        lo, ra = m["local"], m["ray"]
+        print(f"| {n:,} | {lo['wall']:.1f} / {ra['wall']:.1f} | {ra['wall'] / lo['wall']:.2f}x | {lo['first']:.1f} / "
+              f"{ra['first']:.1f} | {lo['steady']:.0f} / {ra['steady']:.0f} | {ra['steady'] / lo['steady']:.2f}x |")
+    print(f"\n(means of the two runs of each engine) load average after: {os.getloadavg()[0]:.2f}")
+
 
 if __name__ == "__main__":
     main()

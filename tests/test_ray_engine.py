@@ -491,3 +491,105 @@ def test_a_file_a_node_cannot_see_stops_the_run_and_stores_no_failure(ray_addres
             ray_data.run_job(store, ModelSpec(clip=str(tiny_clip_dir), dtype="fp32"), [real, ghost],
                              tmp_path / "g.db.shards", ray_data.RayOptions(files_per_shard=1, device="cpu"))
         assert store.file(ghost) is None and store.stats()["failed"] == 0  # no failed row for it
+
+
+# ---------------------------------------------------------------- a two-node cluster (two raylets on this machine)
+
+
+@pytest.fixture(scope="module")
+def two_nodes():
+    """A CPU-only Ray cluster of two nodes with 1 CPU each (Ray's own test cluster), its files and its address
+    file in a temporary folder of its own (not /tmp/ray, where other Rays on this machine look)."""
+    pytest.importorskip("ray.data")
+    cluster_utils = pytest.importorskip("ray.cluster_utils")
+    import tempfile
+
+    tmp = tempfile.mkdtemp(prefix="cityclf-ray-", dir="/tmp")  # short: Ray's socket paths are limited to 107 bytes
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RAY_TMPDIR", tmp)
+        mp.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))  # the workers'
+        cluster = cluster_utils.Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+        try:
+            cluster.add_node(num_cpus=1)
+            cluster.wait_for_nodes()
+            yield cluster
+        finally:
+            cluster.shutdown()
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def clip_worker_nodes(cluster) -> set:
+    """The nodes of `cluster` where a CLIP worker (Ray Data's actor for ClipWorker) runs now: a worker process is
+    a child of its node's raylet, and Ray titles an actor's process after its class."""
+    raylets = {n.all_processes["raylet"][0].process.pid: n for n in cluster.list_all_nodes()}
+    found = set()
+    for proc in Path("/proc").iterdir():
+        try:
+            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            title = (proc / "cmdline").read_bytes()
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid in raylets and b"ClipWorker" in title:
+            found.add(raylets[ppid].node_id)
+    return found
+
+
+def cluster_driver(argv: list[str], tmp_path: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.Popen([sys.executable, "-m", "cityclf_core", *argv], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+
+
+def test_two_nodes_workers_equal_to_the_cpus_finishes(two_nodes, data, models, tmp_path):
+    # 2 CPUs on 2 nodes, --workers 2: one CLIP worker, decoding keeps the other CPU, and the run ends
+    db = tmp_path / "w.db"
+    driver = cluster_driver(["embed", str(data), "--store", str(db), *models, "--engine", "ray", "--address",
+                             two_nodes.address, "--workers", "2", "--files-per-shard", "7", "--no-progress"], tmp_path)
+    try:
+        _, said = driver.communicate(timeout=300)  # a guard against the old hang, not a measure
+    finally:
+        driver.kill()
+    assert driver.returncode == 1, said  # the bad files
+    assert "one kept for decoding" in said and f"{N_GOOD + 1} embedded" in said and " ERROR " not in said, said
+    with EmbeddingStore(db) as store:
+        assert store.stats()["files"] == N_GOOD + 1
+
+
+def test_a_gpu_node_that_joins_mid_run_gets_the_clip_workers(two_nodes, data, models, tmp_path):
+    # the README's autoscaling shape: the job asks for GPU workers on a cluster with none; the CLIP stage waits,
+    # decoding runs; a node with a GPU joins (Ray counts a declared GPU; the worker runs on its CPU) and the
+    # workers start there, on it alone, and the run finishes
+    import threading
+
+    db, shards = tmp_path / "g.db", tmp_path / "g.db.shards"
+    driver = cluster_driver(["embed", str(data), "--store", str(db), *models, "--engine", "ray", "--address",
+                             two_nodes.address, "--num-gpus-per-worker", "1", "--device", "cpu", "--workers", "1:2",
+                             "--files-per-shard", "7", "--no-progress"], tmp_path)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(driver.stderr), daemon=True)
+    reader.start()
+    seen: set = set()
+    try:
+        deadline = time.monotonic() + 300  # a guard against a hang, not a measure
+        while not any("wait for an autoscaler" in line for line in lines):  # the run has started, without workers
+            assert driver.poll() is None, "".join(lines)
+            assert time.monotonic() < deadline, "no note about waiting for GPU nodes"
+            time.sleep(0.02)
+        assert not list(shards.glob("*.parquet"))  # nothing can be embedded without a CLIP worker
+        with pytest.MonkeyPatch.context() as mp:  # conftest hides GPUs; Ray wants a visible id per declared GPU
+            mp.setenv("CUDA_VISIBLE_DEVICES", "0")
+            gpu_node = two_nodes.add_node(num_cpus=1, num_gpus=1)
+        while driver.poll() is None:
+            seen |= clip_worker_nodes(two_nodes)
+            assert time.monotonic() < deadline, "the run did not finish once a GPU node joined"
+            time.sleep(0.05)
+    finally:
+        driver.kill()
+        driver.wait()
+        reader.join(timeout=10)
+    said = "".join(lines)
+    assert driver.returncode == 1, said  # the bad files
+    assert f"{N_GOOD + 1} embedded" in said and " ERROR " not in said and "Traceback" not in said, said
+    assert seen == {gpu_node.node_id}  # the CLIP workers ran on the node that joined, and only there
+    with EmbeddingStore(db) as store:
+        assert store.stats()["files"] == N_GOOD + 1
