@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ..errors import WeightsError
+
+if TYPE_CHECKING:
+    from .base import HeadKind
 
 _KINDS: dict[str, HeadKind] = {}
 
