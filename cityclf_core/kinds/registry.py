@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from ..errors import WeightsError
 
-if TYPE_CHECKING:
-    from .base import HeadKind
-
-_KINDS: dict[str, HeadKind] = {}
+_KINDS: dict[str, "HeadKind"] = {}  # noqa: F821 (kinds.base imports this module: no import back)
 
 
 def register_kind(kind: HeadKind, replace: bool = False) -> HeadKind:
