@@ -68,8 +68,8 @@ class Clock:
     def result(self, n: int) -> dict:
         wall = time.perf_counter() - self.start
         after = wall - self.first
-        return {"wall": wall, "first": self.first,
-                "steady": (n - self.done_at_first) / after if after > 0 else float("nan")}
+        steady = (n - self.done_at_first) / after if after > 0 and n > self.done_at_first else float("nan")
+        return {"wall": wall, "first": self.first, "steady": steady}  # nan: all came at once (one shard)
 
 
 def write_small_files(folder: Path, count: int) -> list[str]:
