@@ -274,7 +274,7 @@ def report(args, work: Path) -> None:
             r = (run_local(db, paths, clip, head) if engine == "local" else
                  run_ray(db, paths, clip, head, args.files_per_shard, args.two_nodes))
             got[engine].append(r)
-            print(f"| {n:,} | {engine} | {i + 1} | {r['wall']:.1f} | {r['first']:.1f} | {r['steady']:.0f} |",
+            print(f"| {n:,} | {engine} | {i + 1} | {r['wall']:.1f} | {r['first']:.1f} | {r['steady']:.3g} |",
                   flush=True)
             shutil.rmtree(f"{db}.shards", ignore_errors=True)
             gc.collect()
@@ -286,7 +286,7 @@ def report(args, work: Path) -> None:
     for n, m in summary:
         lo, ra = m["local"], m["ray"]
         print(f"| {n:,} | {lo['wall']:.1f} / {ra['wall']:.1f} | {ra['wall'] / lo['wall']:.2f}x | {lo['first']:.1f} / "
-              f"{ra['first']:.1f} | {lo['steady']:.0f} / {ra['steady']:.0f} | {ra['steady'] / lo['steady']:.2f}x |")
+              f"{ra['first']:.1f} | {lo['steady']:.3g} / {ra['steady']:.3g} | {ra['steady'] / lo['steady']:.2f}x |")
     print(f"\n(means of the two runs of each engine) load average after: {os.getloadavg()[0]:.2f}")
 
 
