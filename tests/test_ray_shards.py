@@ -137,6 +137,9 @@ def test_workers_write_into_shard_dir_and_a_killed_driver_resumes(ray_address, l
     written = shard_paths(shards)
     total = N_GOOD + 1 + len(BAD)
     assert 0 < len(written) < total
+    with EmbeddingStore(db, create=False, readonly=True) as store:  # what a reader saw: the imported shards only
+        imported = shard_paths(shards, [shards / f"{n}.parquet" for n in store.imported_shards()])
+        assert {f.path for f in store.files(status=None)} == set(imported)
 
     received = []  # what the driver gets from Ray: manifests only
 
