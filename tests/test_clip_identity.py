@@ -73,9 +73,11 @@ def test_a_ray_worker_with_the_other_clip_is_refused(two_clips):
 
     a, b = two_clips
     expected = [(e.identity, t.clip.key) for t in ModelSpec(clip=str(a)).load("cpu")[1] for e in [t.encoder]]
-    ClipWorker(ModelSpec(clip=str(a)), "cpu", expected, None)  # the driver's CLIP: accepted
+    assert ClipWorker(ModelSpec(clip=str(a)), "cpu", expected, None).failed is None  # the driver's CLIP: accepted
+    # a worker keeps its start-up failure and raises it on its first batch (one error reaches the driver)
+    other = ClipWorker(ModelSpec(clip=str(b)), "cpu", expected, None)
     with pytest.raises(CityClfError, match="not the driver's"):
-        ClipWorker(ModelSpec(clip=str(b)), "cpu", expected, None)
+        other(None)
 
 
 def test_the_store_never_reuses_one_clips_embeddings_for_the_other(two_clips, photos, tmp_path, capsys):
