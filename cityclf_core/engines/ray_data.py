@@ -201,7 +201,7 @@ def manifest_rows(batch) -> list[dict]:
 
 def _stream(spec: ModelSpec, targets: list[Group], known: list[set[str]], shards: dict[str, list[str]],
             seen: list[bool], options: RayOptions, finish: Callable[[str, list[dict]], None],
-            on_note: Callable[[str], None] | None = None, output: dict | None = None) -> None:
+            on_note: Callable[[str], None] | None, output: dict) -> None:
     """Run the Ray Data pipeline over the shards' files, the actors writing the rows as parts where `output`
     says (ClipWorker's encoders, names, parts); `finish(shard, manifests)` as each shard's files are all in parts,
     `on_note(text)` on what the user should know before it (the worker pool). A failure in a worker or node
@@ -233,7 +233,7 @@ def _stream(spec: ModelSpec, targets: list[Group], known: list[set[str]], shards
                             num_gpus=pool.gpus or None, num_cpus=pool.cpus,
                             fn_constructor_kwargs={"spec": spec, "device": device, "batch_size": options.batch_size,
                                                    "expected": [(t.encoder.identity, t.clip.key) for t in targets],
-                                                   **(output or {})})
+                                                   **output})
         waiting: dict[int, list[dict]] = defaultdict(list)
         try:
             with _quiet_ray_data():
