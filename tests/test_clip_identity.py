@@ -66,16 +66,19 @@ def test_clips_differing_in_one_layer_have_different_identities(two_clips):
     assert fingerprints.clip_fingerprint(c) == enc_a.identity
 
 
-def test_a_ray_worker_with_the_other_clip_is_refused(two_clips):
+def test_a_ray_worker_with_the_other_clip_is_refused(two_clips, tmp_path):
     pytest.importorskip("pyarrow")
     from cityclf_core.dataset.passes import ModelSpec
     from cityclf_core.engines.ray_data import ClipWorker
 
     a, b = two_clips
     expected = [(e.identity, t.clip.key) for t in ModelSpec(clip=str(a)).load("cpu")[1] for e in [t.encoder]]
-    ClipWorker(ModelSpec(clip=str(a)), "cpu", expected, None)  # the driver's CLIP: accepted
+    output = {"encoders": [], "names": [], "parts": str(tmp_path)}  # where its rows would go
+    assert ClipWorker(ModelSpec(clip=str(a)), "cpu", expected, None, **output).failed is None  # the driver's CLIP
+    # a worker keeps its start-up failure and raises it on its first batch (one error reaches the driver)
+    other = ClipWorker(ModelSpec(clip=str(b)), "cpu", expected, None, **output)
     with pytest.raises(CityClfError, match="not the driver's"):
-        ClipWorker(ModelSpec(clip=str(b)), "cpu", expected, None)
+        other(None)
 
 
 def test_the_store_never_reuses_one_clips_embeddings_for_the_other(two_clips, photos, tmp_path, capsys):

@@ -33,11 +33,19 @@ def ray_address():
     """A local Ray for this module; its address, for driver subprocesses to join."""
     ray = pytest.importorskip("ray")
     pytest.importorskip("ray.data")
+    # Ray's workers are started by its raylet, with the environment it had: this checkout must be importable
+    # there too when it is not installed (CI installs it; a bare checkout run by pytest is not)
+    before = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), before) if p)
     ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
     try:
         yield ray.get_runtime_context().gcs_address
     finally:
         ray.shutdown()
+        if before is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = before
 
 
 @pytest.fixture(scope="module")

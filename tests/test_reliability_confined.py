@@ -214,7 +214,7 @@ def test_write_tags_and_copy_move_destinations_never_write_outside_under_a_folde
     before = tree(world["outside"])
     counts = {"tags written": 0, "tags skipped": 0, "copied": 0, "moved": 0, "failed": 0}
     with swapping(data / "sub", data / "evil", tmp_path):
-        for i in range(300):
+        for i in range(1000):
             outcome = write_tags(rows, TagRules.from_text("", "0.5", ("decile", "percent")[i % 2]))
             counts["tags written"] += outcome.changed
             counts["tags skipped"] += len(outcome.skipped)
@@ -223,7 +223,7 @@ def test_write_tags_and_copy_move_destinations_never_write_outside_under_a_folde
     os.symlink(world["outside"], dest / "evil", target_is_directory=True)
     (src / "sub").mkdir(parents=True)
     with swapping(dest / "sub", dest / "evil", tmp_path):
-        for i in range(300):
+        for i in range(1000):
             move = i % 2 == 1
             f = save(src / "sub" / f"f{i}.png", i)
             plan = copy_or_move([str(f)], [str(src)], dest, move=move)

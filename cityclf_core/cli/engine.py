@@ -25,8 +25,8 @@ def add_engine_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("engine (where embedding runs)")
     g.add_argument("--engine", choices=("local", "ray"), default="local",
                    help="local (default): this process, --workers decoding threads. ray: Ray Data on a local Ray "
-                        "or a cluster (--address); --workers is then the CLIP workers (N or MIN:MAX); results go "
-                        "through Parquet shards in DB.shards/ into the store")
+                        "or a cluster (--address); --workers is then the CLIP workers (N or MIN:MAX); the workers write "
+                        "their results as Parquet shards (in DB.shards/, or --shard-dir), imported into the store")
     g.add_argument("--address", metavar="ADDR",
                    help="with --engine ray: the Ray cluster to join (HOST:6379, or auto for the one `ray start` "
                         "began on this machine); default: $RAY_ADDRESS, else a new local Ray")
@@ -35,6 +35,10 @@ def add_engine_options(p: argparse.ArgumentParser) -> None:
                         "for them); default: 1 when the cluster has GPUs or GPU node types, else 0: CPU workers")
     g.add_argument("--files-per-shard", type=COUNT, default=1000, metavar="N",
                    help="with --engine ray: files per Parquet shard, the unit a rerun resumes from (default 1000)")
+    g.add_argument("--shard-dir", metavar="DIR",
+                   help="with --engine ray: the folder the workers write Parquet shards into (default: DB.shards "
+                        "beside --store); on a cluster, a folder every node sees at the same path (shared storage); "
+                        "one folder per store")
     for action in p._actions:  # the shared --workers (decoding threads) also takes Ray's MIN:MAX here
         if "--workers" in action.option_strings:
             action.type, action.metavar = workers_arg, "N|MIN:MAX"
@@ -42,6 +46,16 @@ def add_engine_options(p: argparse.ArgumentParser) -> None:
                            "MIN:MAX, an elastic pool (default 1:, from one up to as many as the cluster can place; "
                            "on a cluster without GPUs at most its CPUs less one, which decoding keeps)")
     p.set_defaults(workers=None)  # given or not: decode threads locally (2 if not), CLIP workers on Ray
+
+
+def shard_folder(path: str) -> str:
+    """--shard-dir DIR, made if missing; ConfigError if it cannot be."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"--shard-dir {path}: cannot make or use it ({e.strerror or e}); name a writable folder "
+                          "(on a cluster, one every node sees at the same path)") from None
+    return path
 
 
 def run_engine(args, command: str, shard: str | None = None) -> int | None:
@@ -52,6 +66,9 @@ def run_engine(args, command: str, shard: str | None = None) -> int | None:
         elif isinstance(args.workers, tuple):
             raise ConfigError("--workers MIN:MAX is for --engine ray (its CLIP workers); the local engine takes "
                               "a number of decoding threads, e.g. --workers 4")
+        if args.shard_dir:
+            raise ConfigError("--shard-dir is for --engine ray (where its workers write shards); the local engine "
+                              "writes into the store directly")
         return None
     import contextlib
     import tempfile
@@ -76,17 +93,22 @@ def run_engine(args, command: str, shard: str | None = None) -> int | None:
     with contextlib.ExitStack() as stack:  # score without --store: a store and shards for this run only
         if address_of(args.address):  # a cluster to join: joined (or refused) before any store or model is opened
             stack.enter_context(session(args.address))
+        if args.shard_dir:  # made (or refused) before any store is
+            shard_folder(args.shard_dir)
         db = args.store or os.path.join(stack.enter_context(tempfile.TemporaryDirectory()), "run.db")
+        shards = args.shard_dir or f"{db}.shards"
+        if args.shard_dir and not args.store:  # this run's shards only: a folder of its own in DIR, removed after
+            shards = stack.enter_context(tempfile.TemporaryDirectory(prefix="cityclf-run-", dir=shards))
         store = stack.enter_context(EmbeddingStore(db))
         stack.enter_context(store_writer(db))  # the shards are imported into it
         with file_progress(args, problems, len(paths)) as on_file:
-            report = run_job(store, spec, paths, f"{db}.shards", options, on_file,
+            report = run_job(store, spec, paths, shards, options, on_file,
                              on_note=lambda text: print(f"cityclf: note: {text}", file=sys.stderr, flush=True))
         if report.resumed:
             print(f"cityclf: imported {report.resumed} shard(s) an interrupted run had written", file=sys.stderr)
         for path, note in report.notes:
             print(f"cityclf: note {path}: {note}", file=sys.stderr)
-        print(f"cityclf: {report.summary()}" + (f" (Parquet shards in {db}.shards)" if args.store else ""),
+        print(f"cityclf: {report.summary()}" + (f" (Parquet shards in {shards})" if args.store else ""),
               file=sys.stderr)
         if command == "embed":
             problems.write_report(args.report)

@@ -8,10 +8,15 @@ One row per file:
 
 The schema's metadata (key b"cityclf") names the CLIPs (identity, name, source,
 image size, embedding size), so a shard can be imported without loading a model.
-A shard is written under a temporary name and renamed, so a file named
-`*.parquet` is always whole; the store records each import in the same
-transaction as its rows, so a shard is imported wholly or not at all, and
-importing one twice changes nothing.
+
+A shard is `NAME.parquet` in the shard folder: one Parquet file (write_shard), or a
+folder of Parquet parts (a Parquet dataset, as pyarrow, pandas, DuckDB or Spark read
+one), which is how engine workers write it: each worker writes the rows it finished as
+a part (write_part, itself written under a temporary name and renamed) into the run's
+hidden parts folder, and the driver, once every file of a shard is in a part, renames
+the shard's folder to `NAME.parquet` (finish_shard). Either way a name `*.parquet` is
+always whole; the store records each import in the same transaction as its rows, so a
+shard is imported wholly or not at all, and importing one twice changes nothing.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -32,6 +38,7 @@ from ..store import Store, StoredScore
 SHARD_VERSION = 1
 SUFFIX = ".parquet"
 TEMP_PREFIX = ".partial-"
+PARTS_SUFFIX = ".parts"  # a run's parts folder: TEMP_PREFIX + run + PARTS_SUFFIX, removed by remove_partial
 
 
 def _pa():
@@ -90,8 +97,37 @@ def write_shard(folder: str | os.PathLike, name: str, rows: list[dict], encoders
     return final
 
 
+def parts_folder(folder: str | os.PathLike, run: str) -> Path:
+    """Where the workers of run `run` write the parts of shards not yet whole (inside the shard folder, hidden)."""
+    return Path(folder) / f"{TEMP_PREFIX}{run}{PARTS_SUFFIX}"
+
+
+def write_part(parts: str | os.PathLike, shard: str, rows: list[dict], encoders: Sequence[dict]) -> Path:
+    """Write some of `shard`'s rows as a part in parts/shard/, atomically; the part's name follows from its files,
+    so a batch written again (a retried task) replaces its part instead of adding one."""
+    h = hashlib.sha1("\0".join(r["path"] for r in rows).encode()).hexdigest()[:20]
+    (Path(parts) / shard).mkdir(exist_ok=True)  # not `parts` itself: a run's, made by its driver (gone: an error)
+    return write_shard(Path(parts) / shard, f"part-{h}", rows, encoders)
+
+
+def finish_shard(folder: str | os.PathLike, parts: str | os.PathLike, shard: str) -> Path:
+    """Make the parts in parts/shard/ the shard folder/shard.parquet (one rename; a shard of that name already
+    there, imported before, is replaced)."""
+    src, final = Path(parts) / shard, Path(folder) / f"{shard}{SUFFIX}"
+    remove_partial(src)  # a part's temporary file a retried task left
+    old = Path(parts) / f"{shard}.old"
+    if final.exists():
+        os.replace(final, old)
+    os.replace(src, final)
+    if old.is_dir():
+        shutil.rmtree(old)
+    elif old.exists():
+        old.unlink()
+    return final
+
+
 def read_shard(path: str | os.PathLike):
-    """(rows as dicts, metadata) of a shard; StoreError naming the file if it is not one."""
+    """(rows as dicts, metadata) of a shard (a file, or a folder of parts); StoreError naming it if it is not one."""
     import pyarrow.parquet as pq
 
     try:
@@ -149,13 +185,18 @@ def pending_shards(store: Store, folder: str | os.PathLike) -> list[Path]:
 
 
 def remove_partial(folder: str | os.PathLike) -> int:
-    """Delete temporary files a killed writer left in `folder`; returns how many."""
+    """Delete temporary files and parts folders a killed run left in `folder`; returns how many."""
     folder = Path(folder)
     if not folder.is_dir():
         return 0
     n = 0
-    for p in folder.glob(f"{TEMP_PREFIX}*.tmp"):
-        p.unlink(missing_ok=True)
+    for p in folder.glob(f"{TEMP_PREFIX}*"):
+        if p.name.endswith(PARTS_SUFFIX) and p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        elif p.name.endswith(".tmp"):
+            p.unlink(missing_ok=True)
+        else:
+            continue
         n += 1
     return n
 
@@ -166,5 +207,6 @@ def stored_score(s: dict) -> StoredScore:
     return StoredScore(s["score"], s["label"], extra, s.get("kind") or ("class" if extra else "score"))
 
 
-__all__ = ["Imported", "SHARD_VERSION", "embedding_cell", "import_shard", "pending_shards", "read_shard",
-           "remove_partial", "shard_name", "shard_schema", "write_shard"]
+__all__ = ["Imported", "SHARD_VERSION", "embedding_cell", "finish_shard", "import_shard", "parts_folder",
+           "pending_shards", "read_shard", "remove_partial", "shard_name", "shard_schema", "write_part",
+           "write_shard"]

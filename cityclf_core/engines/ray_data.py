@@ -11,16 +11,23 @@
     CPU tasks  read, hash, decode, crop: dataset.reader.read_file (the local reader's), one file at a time
     actors     CLIP (an elastic pool, ray_cluster.actor_pool: GPU actors, or CPU actors), chunked like a local run
                (pipeline.ChunkedEncoder); every head sharing that CLIP pass
-               runs in the same actor (pipeline.head_scores) when scoring
-    driver     collects each shard's rows, writes it as Parquet (atomically)
-               and imports it into the store (one transaction, recorded)
+               runs in the same actor (pipeline.head_scores) when scoring; each
+               batch's rows written by the actor as Parquet parts of their shards
+               (parquet.write_part, atomically) into the run's parts folder in the
+               shard folder, and only a manifest row per file (MANIFEST: path,
+               shard, error, notes, views, scored) returned to the driver
+    driver     once the manifests cover a shard, renames its parts into the shard
+               (parquet.finish_shard) and imports it into the store (one
+               transaction, recorded); the embeddings never pass through Ray to it
 
 Resuming: a rerun first imports shards written but not imported (a killed
 driver), then skips every file the store has, so nothing is computed twice and
 nothing is lost. Files must be readable at the same path on every Ray node (a
 shared or identically mounted file system): a file the driver sees and a node
 does not stops the run with an error naming the node and the path (no failed row
-is stored for it). The store and the shards stay on the driver's machine. A
+is stored for it). The shard folder must be one every node sees at the same path
+too (on a cluster, shared storage): a worker that does not find the run's parts
+folder stops the run naming its node. The store stays on the driver's machine. A
 worker's failure (no CUDA, another CLIP, out of memory) reaches the driver as one
 line (ray_cluster.py).
 """
@@ -33,6 +40,7 @@ import json
 import os
 import socket
 import time
+import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Sequence
@@ -59,6 +67,8 @@ PREPARE_BATCH = 4
 ACTOR_BATCH = 16
 #: the most blocks the file list is cut into (each becomes at least one decoding task)
 MAX_BLOCKS = 1000
+#: what an actor returns to the driver per file: no embeddings, no views
+MANIFEST = ("path", "shard", "error", "notes", "views", "scored")
 #: memory a decoding task reserves (bytes): its worker (Python, torch) and one large image decoded and cropped
 DECODE_MEMORY = 512 * 2**20
 
@@ -110,6 +120,7 @@ def run_job(
     if options.files_per_shard < 1:
         raise ConfigError(f"files per shard must be at least 1, not {options.files_per_shard}")
     spec = spec.portable()
+    shard_dir = os.path.abspath(shard_dir)  # the workers' working folder is not the driver's
     parquet.remove_partial(shard_dir)
     for shard in parquet.pending_shards(store, shard_dir):  # written by a run killed before importing them
         parquet.import_shard(store, shard)
@@ -144,50 +155,55 @@ def run_job(
     del work  # a tuple per file: not kept through the run
     encoders = list({t.encoder.identity: encoder_meta(t.encoder) for t in targets}.values())
 
+    parts = parquet.parts_folder(shard_dir, uuid.uuid4().hex[:12])  # this run's: a killed run's is not reused
+    try:
+        parts.mkdir(parents=True)
+    except OSError as e:
+        raise ConfigError(f"shard folder {shard_dir}: cannot write in it ({e.strerror or e}); name a writable "
+                          "folder (--shard-dir), on a cluster one every node sees at the same path") from None
+
     def finish(name: str, got: list[dict]) -> None:
         order = {p: i for i, p in enumerate(shards[name])}
         got.sort(key=lambda r: order[r["path"]])
-        path = parquet.write_shard(shard_dir, name, [_shard_row(r, targets, spec.combine) for r in got], encoders)
-        parquet.import_shard(store, path)
+        parquet.import_shard(store, parquet.finish_shard(shard_dir, parts, name))
         report.shards += 1
-        heads = {b.name for t in targets for b in t.bindings}
         for r in got:
             if r["error"]:
                 report.failed.append((r["path"], r["error"]))
-            elif any(r[f"n_{i}"] for i in range(len(targets))):
+            elif r["views"]:
                 report.embedded += 1
-                report.views += sum(r[f"n_{i}"] for i in range(len(targets)))
+                report.views += r["views"]
                 report.notes += [(r["path"], note) for note in r["notes"] or ()]
                 if report.first_embedding_s is None:
                     report.first_embedding_s = time.perf_counter() - start
             else:
                 report.reused += 1
-            if spec.score and heads and {s["head"] for s in json.loads(r["scores"])} == heads:
+            if spec.score and r["scored"]:
                 report.scored.add(r["path"])
             if on_file:
                 on_file(r["path"], r["error"])
 
-    _stream(spec, targets, known, shards, seen, options, finish, on_note)
+    try:
+        _stream(spec, targets, known, shards, seen, options, finish, on_note,
+                {"encoders": encoders, "names": list(shards), "parts": str(parts)})
+    finally:
+        with contextlib.suppress(OSError):
+            parts.rmdir()  # empty once every shard is renamed out of it; else the next run removes it
     return report
 
 
-def _shard_row(r: dict, targets: list[Group], combine: str) -> dict:
-    """An actor's output row as a shard row (see parquet.py)."""
-    embeddings = []
-    for i, t in enumerate(targets):
-        if r[f"n_{i}"]:
-            emb = np.frombuffer(r[f"emb_{i}"], dtype="<f4").reshape(r[f"n_{i}"], t.encoder.embed_dim)
-            embeddings.append(parquet.embedding_cell(t.encoder.identity, t.clip.key, emb))
-    return {"path": r["path"], "size": r["size"], "mtime_ns": r["mtime_ns"], "content": r["content"],
-            "width": r["width"], "height": r["height"], "status": "failed" if r["error"] else "ok",
-            "error": r["error"], "notes": r["notes"] or [], "embeddings": embeddings,
-            "scores": json.loads(r["scores"]) if r["scores"] else []}
+def manifest_rows(batch) -> list[dict]:
+    """The rows of a batch the actors returned: manifests (MANIFEST), never embeddings."""
+    if tuple(batch.schema.names) != MANIFEST:
+        raise StoreError(f"internal: the Ray workers returned {batch.schema.names}, not {list(MANIFEST)}")
+    return batch.to_pylist()
 
 
 def _stream(spec: ModelSpec, targets: list[Group], known: list[set[str]], shards: dict[str, list[str]],
             seen: list[bool], options: RayOptions, finish: Callable[[str, list[dict]], None],
-            on_note: Callable[[str], None] | None = None) -> None:
-    """Run the Ray Data pipeline over the shards' files; `finish(shard, rows)` as each shard completes,
+            on_note: Callable[[str], None] | None, output: dict) -> None:
+    """Run the Ray Data pipeline over the shards' files, the actors writing the rows as parts where `output`
+    says (ClipWorker's encoders, names, parts); `finish(shard, manifests)` as each shard's files are all in parts,
     `on_note(text)` on what the user should know before it (the worker pool). A failure in a worker or node
     raises its one-line CityClfError (ray_cluster.cluster_error)."""
     ray = require_ray()
@@ -216,12 +232,13 @@ def _stream(spec: ModelSpec, targets: list[Group], known: list[set[str]], shards
                             compute=ray.data.ActorPoolStrategy(min_size=pool.min_size, max_size=pool.max_size),
                             num_gpus=pool.gpus or None, num_cpus=pool.cpus,
                             fn_constructor_kwargs={"spec": spec, "device": device, "batch_size": options.batch_size,
-                                                   "expected": [(t.encoder.identity, t.clip.key) for t in targets]})
+                                                   "expected": [(t.encoder.identity, t.clip.key) for t in targets],
+                                                   **output})
         waiting: dict[int, list[dict]] = defaultdict(list)
         try:
             with _quiet_ray_data():
                 for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-                    for r in batch.to_pylist():
+                    for r in manifest_rows(batch):
                         got = waiting[r["shard"]]
                         got.append(r)
                         if len(got) == len(shards[names[r["shard"]]]):
@@ -349,12 +366,15 @@ def _plan(height: int, width: int, content: str, policy: CropPolicy, clip_size: 
 
 
 class ClipWorker:
-    """Actor stage: CLIP on the views of a batch of files, then every head of that CLIP pass."""
+    """Actor stage: CLIP on the views of a batch of files, then every head of that CLIP pass; the rows written as
+    parts of their shards (parquet.write_part) in `parts`; a MANIFEST row per file returned."""
 
-    def __init__(self, spec: ModelSpec, device: str, expected: list[tuple[str, str]], batch_size: int | None):
+    def __init__(self, spec: ModelSpec, device: str, expected: list[tuple[str, str]], batch_size: int | None,
+                 encoders: list[dict], names: list[str], parts: str):
         # a constructor that raises makes Ray print the actor's traceback on the driver's terminal, and retry;
         # raised from the first batch instead, the failure reaches the driver as this one error
         self.failed: ClusterError | None = None
+        self.encoders, self.names, self.parts = encoders, names, parts
         try:
             self._start(spec, device, expected, batch_size)
         except ClusterError as e:
@@ -362,6 +382,10 @@ class ClipWorker:
 
     @worker_errors
     def _start(self, spec: ModelSpec, device: str, expected: list[tuple[str, str]], batch_size: int | None):
+        if not os.path.isdir(self.parts):
+            raise ClusterError(f"Ray node {node_name()}: the shard folder {os.path.dirname(self.parts)} is not "
+                               "there (the driver made it); it must be a folder every node sees at the same path "
+                               "(shared storage): give one with --shard-dir")
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise ConfigError(f"this worker was given a GPU, but its PyTorch {torch.__version__} sees no CUDA; "
                               "install a CUDA build of torch on the GPU nodes, or run with --num-gpus-per-worker 0")
@@ -383,8 +407,8 @@ class ClipWorker:
 
         cols = batch.to_pydict()
         n = batch.num_rows
-        out = {k: v for k, v in cols.items() if not k.startswith("views_")}
         scores: list[list[dict]] = [[] for _ in range(n)]
+        cells: list[list[dict]] = [[] for _ in range(n)]  # each file's embeddings, as shard cells
         for i, (t, timer) in enumerate(zip(self.targets, self.timers)):
             S = t.encoder.image_size
             chunks = ChunkedEncoder(timer, self.batch_size)
@@ -395,8 +419,8 @@ class ClipWorker:
                     views = torch.frombuffer(bytearray(cols[f"views_{i}"][r]), dtype=torch.uint8).reshape(k, 3, S, S)
                     embs.update(chunks.add(r, views))
             embs.update(chunks.flush())
-            out[f"emb_{i}"] = pa.array([embs[r].numpy().astype("<f4").tobytes() if r in embs else None
-                                        for r in range(n)], type=pa.binary())
+            for r, emb in embs.items():
+                cells[r].append(parquet.embedding_cell(t.encoder.identity, t.clip.key, emb.numpy()))
             if self.spec.score and embs and t.bindings:
                 order = sorted(embs)
                 for s in head_scores(t.bindings, torch.cat([embs[r] for r in order]),
@@ -407,13 +431,23 @@ class ClipWorker:
                         scores[r].append({"head": res.head, "combine": self.spec.combine, "score": score,
                                           "label": label, "probs": json.dumps(extra) if extra is not None else None,
                                           "kind": res.arch})
-        out["scores"] = [json.dumps(s) for s in scores]
-        types = {"size": pa.int64(), "mtime_ns": pa.int64(), "width": pa.int32(), "height": pa.int32(),
-                 "notes": pa.list_(pa.string()), "shard": pa.int32()}
-        return pa.table({k: v if isinstance(v, pa.Array) else
-                         pa.array(v, type=types.get(k, pa.int32() if k.startswith("n_") else pa.string()))
-                         for k, v in out.items()})
+        by_shard: dict[int, list[dict]] = defaultdict(list)
+        for r in range(n):
+            by_shard[cols["shard"][r]].append({
+                "path": cols["path"][r], "size": cols["size"][r], "mtime_ns": cols["mtime_ns"][r],
+                "content": cols["content"][r], "width": cols["width"][r], "height": cols["height"][r],
+                "status": "failed" if cols["error"][r] else "ok", "error": cols["error"][r],
+                "notes": cols["notes"][r] or [], "embeddings": cells[r], "scores": scores[r]})
+        for shard, rows in by_shard.items():
+            parquet.write_part(self.parts, self.names[shard], rows, self.encoders)
+        heads = {b.name for t in self.targets for b in t.bindings}
+        views = [sum(cols[f"n_{i}"][r] for i in range(len(self.targets))) for r in range(n)]
+        scored = [bool(heads) and {s["head"] for s in scores[r]} == heads for r in range(n)]
+        return pa.table({"path": pa.array(cols["path"], pa.string()), "shard": pa.array(cols["shard"], pa.int32()),
+                         "error": pa.array(cols["error"], pa.string()),
+                         "notes": pa.array(cols["notes"], pa.list_(pa.string())),
+                         "views": pa.array(views, pa.int32()), "scored": pa.array(scored, pa.bool_())})
 
 
-__all__ = ["ClipWorker", "RayOptions", "RayReport", "file_blocks", "has_content", "known_array", "prepare_batch",
-           "run_job"]
+__all__ = ["ClipWorker", "MANIFEST", "RayOptions", "RayReport", "file_blocks", "has_content", "known_array",
+           "manifest_rows", "prepare_batch", "run_job"]

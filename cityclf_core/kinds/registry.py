@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..errors import WeightsError
 
-_KINDS: dict[str, HeadKind] = {}
+_KINDS: dict[str, "HeadKind"] = {}  # noqa: F821 (kinds.base imports this module: no import back)
 
 
 def register_kind(kind: HeadKind, replace: bool = False) -> HeadKind:

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
+
+if TYPE_CHECKING:
+    from .config import TrainConfig
 
 
 def make_scheduler(opt, cfg: TrainConfig):
