@@ -52,7 +52,7 @@ class CityClfPredict:
                                "probability of any non-pass class (1 - Pass)."}),
                 "batch_size": ("INT", {
                     "default": 0, "min": 0, "max": 1024,
-                    "tooltip": "Views per CLIP forward; 0 picks one for the device (64 on GPU, 8 on CPU). "
+                    "tooltip": "Views per CLIP forward; 0 picks one for the device (64 on GPU, 4 on CPU). "
                                "Lower it if the GPU runs out of memory."}),
             },
         }

@@ -201,7 +201,7 @@ def add_crop_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--tile-size", type=PIXELS, metavar="PX", help="tile size in pixels (default: 2x the CLIP input size, "
                                                                "or the release's pairing)")
     g.add_argument("--combine", choices=COMBINES, default="mean", help="how tiles are combined per class (default: mean)")
-    g.add_argument("--batch-size", type=COUNT, metavar="N", help="views per CLIP forward (default: 8 on CPU, 64 on GPU)")
+    g.add_argument("--batch-size", type=COUNT, metavar="N", help="views per CLIP forward (default: 4 on CPU, 64 on GPU)")
     g.add_argument("--workers", type=COUNT, default=2, metavar="N", help="image decoding threads (default: 2)")
     g.add_argument("--max-pixels", type=PIXELS, default=DEFAULT_MAX_PIXELS, metavar="N",
                    help=f"skip images with more pixels (decompression-bomb guard; default {DEFAULT_MAX_PIXELS:,})")

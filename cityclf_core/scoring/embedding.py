@@ -183,7 +183,7 @@ class _Pending:
 
 def default_batch_size(device: torch.device) -> int:
     """Views per CLIP forward: large on a GPU; on a CPU batching gains little past a few."""
-    return 64 if device.type == "cuda" else 8
+    return 64 if device.type == "cuda" else 4
 
 
 __all__ = ["ChunkedEncoder", "ClipPass", "default_batch_size", "iter_embeddings", "iter_plan_embeddings",
