@@ -199,15 +199,14 @@ def test_selection_and_copy_without_a_store_match_a_local_run(ray_address, data,
     assert len({p for p, _ in picks["ray"]}) == 5
 
 
-def test_killed_driver_loses_and_repeats_nothing(ray_address, local_store, data, models, tmp_path, capsys):
-    db, shards = tmp_path / "k.db", tmp_path / "k.db.shards"
-    argv = ["embed", str(data), "--store", str(db), *models, "--engine", "ray", "--files-per-shard", "1",
-            "--no-progress"]
+def kill_after_first_shard(argv: list[str], ray_address: str, shards: Path, tmp_path: Path) -> tuple[bool, str]:
+    """Run `cityclf argv` as a driver joining the module's Ray, SIGKILL it once its first shard is in `shards`:
+    (whether it was still running then, what it said on stderr)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     driver = subprocess.Popen([sys.executable, "-m", "cityclf_core", *argv, "--address", ray_address], env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=tmp_path)
     try:
-        deadline = time.monotonic() + 240
+        deadline = time.monotonic() + 240  # a bound on a hang only; the kill waits for the first shard
         while not any(shards.glob("*.parquet")):
             assert driver.poll() is None, driver.stderr.read().decode()[-3000:]
             assert time.monotonic() < deadline, "no shard written in time"
@@ -219,6 +218,14 @@ def test_killed_driver_loses_and_repeats_nothing(ray_address, local_store, data,
         driver.wait()
         said = driver.stderr.read().decode()
         driver.stderr.close()
+    return running, said
+
+
+def test_killed_driver_loses_and_repeats_nothing(ray_address, local_store, data, models, tmp_path, capsys):
+    db, shards = tmp_path / "k.db", tmp_path / "k.db.shards"
+    argv = ["embed", str(data), "--store", str(db), *models, "--engine", "ray", "--files-per-shard", "1",
+            "--no-progress"]
+    running, said = kill_after_first_shard(argv, ray_address, shards, tmp_path)
     assert running, "the driver finished before it could be killed"
     assert " ERROR " not in said and "Traceback" not in said, said  # a normal run (workers started) logs no errors
     written = shard_paths(shards)

@@ -7,18 +7,13 @@ The module's data, models, local store and Ray are test_ray_engine's fixtures.
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
-from conftest import ROOT, illustration
+from conftest import illustration
 from PIL import Image
-from test_ray_engine import (BAD, N_GOOD, assert_same_embeddings, data, local_store, models,  # noqa: F401
-                             ray_address, run, shard_paths)
+from test_ray_engine import (BAD, N_GOOD, assert_same_embeddings, data, kill_after_first_shard,  # noqa: F401
+                             local_store, models, ray_address, run, shard_paths)
 
 from cityclf_core.store import EmbeddingStore
 
@@ -114,22 +109,7 @@ def test_workers_write_into_shard_dir_and_a_killed_driver_resumes(ray_address, l
     db, shards = tmp_path / "k.db", tmp_path / "elsewhere" / "shards"
     argv = ["embed", str(data), "--store", str(db), *models, "--engine", "ray", "--files-per-shard", "1",
             "--shard-dir", str(shards), "--no-progress"]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    driver = subprocess.Popen([sys.executable, "-m", "cityclf_core", *argv, "--address", ray_address], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=tmp_path)
-    try:
-        deadline = time.monotonic() + 240  # a bound on a hang only; the kill waits for the first shard
-        while not any(shards.glob("*.parquet")):
-            assert driver.poll() is None, driver.stderr.read().decode()[-3000:]
-            assert time.monotonic() < deadline, "no shard written in time"
-            time.sleep(0.02)
-        running = driver.poll() is None
-        driver.send_signal(signal.SIGKILL)
-    finally:
-        driver.kill()
-        driver.wait()
-        said = driver.stderr.read().decode()
-        driver.stderr.close()
+    running, said = kill_after_first_shard(argv, ray_address, shards, tmp_path)
     assert running, "the driver finished before it could be killed"
     assert "Traceback" not in said, said
     assert not db.with_name("k.db.shards").exists()  # the shards went where --shard-dir said
