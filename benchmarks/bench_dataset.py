@@ -28,7 +28,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(Path(__file__).resolve().parent)]
 
-from bench_pipeline import build_clip, machine, matmul_rate  # noqa: E402
+from bench_pipeline import build_clip, machine  # noqa: E402
 
 from cityclf_core import CropPolicy, ScoringModel, load_head  # noqa: E402
 from cityclf_core.dataset import clip_passes, embed_files, score_store  # noqa: E402
@@ -37,6 +37,25 @@ from cityclf_core.samples import build_head, draw_illustration  # noqa: E402
 from cityclf_core.scoring.pipeline import head_scores  # noqa: E402
 from cityclf_core.store import EmbeddingStore, StoredEncoder  # noqa: E402
 
+
+
+def matmul_rate(dtype, device, n=4096, reps=5, rounds=3) -> float:
+    """GFLOP/s of an n x n x n matrix multiply: the best of `rounds` timings (the machine's peak)."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(2):
+        a @ b
+    best = 0.0
+    for _ in range(rounds):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        for _ in range(reps):
+            a @ b
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        best = max(best, 2 * n**3 * reps / (time.perf_counter() - t) / 1e9)
+    return best
 
 def head_flops(features=768, hidden=1024, outputs=1) -> float:
     return 2 * (features * hidden + 3 * hidden * hidden + hidden * 128 + 128 * 64 + 64 * 32 + 32 * outputs)
