@@ -533,11 +533,11 @@ def two_nodes():
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def clip_worker_nodes(cluster) -> set:
-    """The nodes of `cluster` where a CLIP worker (Ray Data's actor for ClipWorker) runs now: a worker process is
-    a child of its node's raylet, and Ray titles an actor's process after its class."""
+def clip_workers(cluster) -> dict[int, str]:
+    """The CLIP workers (Ray Data's actors for ClipWorker) of `cluster` running now, as {pid: node id}: a worker
+    process is a child of its node's raylet, and Ray titles an actor's process after its class."""
     raylets = {n.all_processes["raylet"][0].process.pid: n for n in cluster.list_all_nodes()}
-    found = set()
+    found = {}
     for proc in Path("/proc").iterdir():
         try:
             ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
@@ -545,7 +545,7 @@ def clip_worker_nodes(cluster) -> set:
         except (OSError, ValueError, IndexError):
             continue
         if ppid in raylets and b"ClipWorker" in title:
-            found.add(raylets[ppid].node_id)
+            found[int(proc.name)] = raylets[ppid].node_id
     return found
 
 
@@ -584,6 +584,9 @@ def test_a_gpu_node_that_joins_mid_run_gets_the_clip_workers(two_nodes, data, mo
     reader = threading.Thread(target=lambda: lines.extend(driver.stderr), daemon=True)
     reader.start()
     seen: set = set()
+    # the cluster is the module's: the workers of an earlier test's job may still be ending (Ray stops them after
+    # their driver leaves); only processes that were not there at the start are this run's
+    earlier = set(clip_workers(two_nodes))
     try:
         deadline = time.monotonic() + 300  # a guard against a hang, not a measure
         while not any("wait for an autoscaler" in line for line in lines):  # the run has started, without workers
@@ -595,7 +598,7 @@ def test_a_gpu_node_that_joins_mid_run_gets_the_clip_workers(two_nodes, data, mo
             mp.setenv("CUDA_VISIBLE_DEVICES", "0")
             gpu_node = two_nodes.add_node(num_cpus=1, num_gpus=1)
         while driver.poll() is None:
-            seen |= clip_worker_nodes(two_nodes)
+            seen |= {node for pid, node in clip_workers(two_nodes).items() if pid not in earlier}
             assert time.monotonic() < deadline, "the run did not finish once a GPU node joined"
             time.sleep(0.05)
     finally:
