@@ -558,3 +558,32 @@ def test_linked_widget_hides_and_language_switches_in_the_browser(browser_page):
     ja = json.loads((ROOT / "locales" / "ja" / "nodeDefs.json").read_text(encoding="utf-8"))
     assert out == {"before": False, "linked": True, "unlinked": False, "title": ja["CityClfGate"]["display_name"]}
     assert not [e for e in errors if "cityclf" in e.lower()]
+
+
+def test_node_library_shows_our_help_page_in_the_browser(browser_page):
+    """In the node library side panel, a node's help button ("?") opens the help panel, which fetches
+    web/docs/<NodeId>.md and renders it (not the frontend's fallback made from the node's description)."""
+    page, errors = browser_page
+    md = (ROOT / "web" / "docs" / "CityClfGate.md").read_text(encoding="utf-8").splitlines()
+    heading = md[0].removeprefix("# ").strip()
+    paragraph = next(line for line in md[1:] if line.strip())
+    name = json.loads((ROOT / "locales" / "en" / "nodeDefs.json").read_text(encoding="utf-8"))["CityClfGate"][
+        "display_name"]
+    page.locator(".node-library-tab-button").click()
+    page.locator(".node-lib-search-box input").fill(name)
+    entry = page.locator(".node-lib-tree-explorer .node-lib-node-container").filter(
+        has=page.get_by_text(name, exact=True)).first
+    entry.hover()
+    with page.expect_response(lambda r: r.url.endswith("/extensions/cityclf/docs/CityClfGate.md")) as doc:
+        entry.locator(".help-button").click()
+    assert doc.value.status == 200
+    shown = page.locator(".node-help-content .markdown-content")
+    shown.locator("h1", has_text=heading).wait_for()
+    assert shown.locator("h1").first.inner_text().strip() == heading
+    assert paragraph in shown.inner_text()
+    assert shown.locator("h2", has_text="Inputs").count() == 1  # the page's own sections, not the fallback's
+    assert page.locator(".node-help-content .fallback-content").count() == 0
+    page.locator("div:has(> .node-help-content) button:has(.pi-arrow-left)").click()  # back to the library
+    page.locator(".node-help-content").wait_for(state="detached")
+    page.locator(".node-library-tab-button").click()  # and close the side panel
+    assert not [e for e in errors if "cityclf" in e.lower()]
