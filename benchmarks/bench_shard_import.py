@@ -41,7 +41,7 @@ from cityclf_core.engines import parquet  # noqa: E402
 from cityclf_core.store import EmbeddingStore  # noqa: E402
 
 DIM = 768
-PART = 16  # files per part: the CLIP stage's batch (ray_data.ACTOR_BATCH)
+PART = 64  # files per part: the CLIP stage's batch (ray_data.ACTOR_BATCH)
 ENCODER = {"identity": "bench-vit-l-14-336", "name": "vit-l-14-336", "source": "/models/clip-vit-large-patch14-336",
            "image_size": 336, "embed_dim": DIM}
 

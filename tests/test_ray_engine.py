@@ -6,6 +6,7 @@ conftest; a few dozen small images. The test without Ray runs everywhere.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -25,6 +26,7 @@ from cityclf_core.cli import main
 from cityclf_core.store import EmbeddingStore
 
 N_GOOD = 40
+MANY = 3000  # files of the test where a node joins: blocks enough to leave a queue behind a stopped worker
 BAD = {"corrupt.png": "not an image", "text.jpg": "not an image", "cut.png": "truncated or corrupt"}
 
 
@@ -348,8 +350,11 @@ def test_clip_workers_are_an_elastic_pool_that_leaves_decoding_a_cpu(monkeypatch
 
     monkeypatch.setattr(ray_cluster, "node_types", lambda: {})
     cpu2, cpu8 = FakeRay(CPU=2.0), FakeRay(CPU=8.0)
-    assert actor_pool(cpu8, None, None) == Pool(1, 7, 0.0, 1.0)  # CPU-only: as many as fit, one CPU kept
-    assert actor_pool(cpu2, None, None) == Pool(1, 1, 0.0, 1.0)
+    # CPU-only, no MAX: grows as nodes join (Ray Data's reservation keeps decoding a CPU); MIN cut to what fits now
+    assert actor_pool(cpu8, None, None) == Pool(1, None, 0.0, 1.0)
+    assert actor_pool(cpu2, None, None) == Pool(1, None, 0.0, 1.0)
+    many = actor_pool(cpu2, (3, None), None)
+    assert (many.min_size, many.max_size) == (1, None) and "more as nodes join" in many.note
     clamped = actor_pool(cpu2, 2, None)  # --workers equal to the CPUs: decoding keeps one
     assert (clamped.min_size, clamped.max_size) == (1, 1) and "one kept for decoding" in clamped.note
     assert actor_pool(cpu8, (2, 4), None) == Pool(2, 4, 0.0, 1.0)
@@ -480,6 +485,10 @@ def test_known_contents_are_one_sorted_array():
     blocks = file_blocks(shards, [True] * 13)
     assert sum(b.num_rows for b in blocks) == 13 and all(b.num_rows <= 4 for b in blocks)
     assert [s for b in blocks for s in b.column("shard").to_pylist()] == [0] * 10 + [1] * 3
+    # a block is a decoding task: few enough to cost Ray little, enough for every CPU to have four
+    for n, cpus, want in ((30, 2, 8), (2_000, 2, 16), (2_000, 64, 250), (20_000, 2, 157), (1_000_000, 2, 1000)):
+        sizes = [b.num_rows for b in file_blocks({"s": [f"/x/{i}" for i in range(n)]}, [True] * n, cpus)]
+        assert sum(sizes) == n and len(sizes) == want, (n, cpus, len(sizes))
 
 
 def test_a_file_a_node_cannot_see_stops_the_run_and_stores_no_failure(ray_address, tmp_path, tiny_clip_dir,
@@ -568,6 +577,59 @@ def test_two_nodes_workers_equal_to_the_cpus_finishes(two_nodes, data, models, t
     assert "one kept for decoding" in said and f"{N_GOOD + 1} embedded" in said and " ERROR " not in said, said
     with EmbeddingStore(db) as store:
         assert store.stats()["files"] == N_GOOD + 1
+
+
+def test_a_cpu_node_that_joins_mid_run_gets_a_clip_worker(two_nodes, models, tmp_path):
+    # a CPU-only cluster (1 CPU on each of 2 nodes: one CLIP worker, decoding on the other CPU); the CLIP stage falls
+    # behind (its worker is stopped with SIGSTOP, as a slow CLIP would), a node with 2 CPUs joins: the pool grows
+    # onto it, and once the first worker goes on the run finishes with everything stored once
+    import threading
+
+    many = tmp_path / "many"  # enough files that the CLIP stage still has a queue when the node joins
+    many.mkdir()
+    for i in range(MANY):
+        Image.fromarray(illustration(32 + i % 11, 32 + i % 7, 1000 + i)).save(many / f"m{i:04d}.png")
+    db = tmp_path / "c.db"
+    earlier = set(clip_workers(two_nodes))  # an earlier test's workers may still be ending
+    driver = cluster_driver(["embed", str(many), "--store", str(db), *models, "--engine", "ray", "--address",
+                             two_nodes.address, "--files-per-shard", "4", "--no-progress"], tmp_path)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(driver.stderr), daemon=True)
+    reader.start()
+    stopped, joined, grown = None, None, set()
+    try:
+        deadline = time.monotonic() + 300  # a guard against a hang, not a measure
+        while stopped is None:
+            assert driver.poll() is None, "".join(lines)
+            assert time.monotonic() < deadline, "no CLIP worker started"
+            new = [pid for pid in clip_workers(two_nodes) if pid not in earlier]
+            written = Path(f"{db}.shards").exists() and any(Path(f"{db}.shards").rglob("*.parquet"))
+            if new and written:  # a part written: the worker runs (stopped while starting, Ray Data waits on it)
+                stopped = new[0]
+                os.kill(stopped, signal.SIGSTOP)
+            time.sleep(0.02)
+        joined = two_nodes.add_node(num_cpus=2)
+        while not grown:
+            assert driver.poll() is None, "".join(lines)
+            assert time.monotonic() < deadline, "the pool did not grow onto the node that joined"
+            grown = {pid for pid, node in clip_workers(two_nodes).items() if node == joined.node_id}
+            time.sleep(0.05)
+        os.kill(stopped, signal.SIGCONT)
+        driver.wait(timeout=max(1.0, deadline - time.monotonic()))
+    finally:
+        if stopped is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(stopped, signal.SIGCONT)
+        driver.kill()
+        driver.wait()
+        reader.join(timeout=10)
+        if joined is not None:
+            two_nodes.remove_node(joined)
+    said = "".join(lines)
+    assert driver.returncode == 0, said
+    assert f"{MANY} embedded" in said and " ERROR " not in said and "Traceback" not in said, said
+    with EmbeddingStore(db) as store:
+        assert store.stats()["files"] == MANY
 
 
 def test_a_gpu_node_that_joins_mid_run_gets_the_clip_workers(two_nodes, data, models, tmp_path):

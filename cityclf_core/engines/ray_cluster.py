@@ -4,8 +4,9 @@
                    TCP connection first (a few seconds), so a wrong one fails before Ray waits minutes on it;
                    an authentication refusal says so
     actor_pool     (min, max) CLIP workers and the GPUs and CPUs each asks for: elastic, sized by what the
-                   cluster can place (its node types included, so GPU nodes with min_workers: 0 count), never
-                   every CPU of a CPU-only cluster (decoding keeps at least one)
+                   cluster can place (its node types included, so GPU nodes with min_workers: 0 count; CPU
+                   workers without a MAX grow onto CPU nodes that join), never every CPU of a CPU-only
+                   cluster (decoding keeps at least one)
     worker_errors  in a worker: any failure becomes a ClusterError naming the node (out of memory, no CUDA,
                    a CLIP that differs from the driver's)
     cluster_error  on the driver: the error a failed Ray run raised, as the one-line CityClfError inside it
@@ -142,11 +143,19 @@ def _most(ray) -> dict[str, float]:
     return most
 
 
+def cluster_cpus(ray) -> float:
+    """The CPUs of the cluster, now or once its autoscaler has started every node it may."""
+    return _most(ray).get("CPU", 1.0)
+
+
 def actor_pool(ray, workers: int | tuple[int, int | None] | None, gpus_per_worker: float | None) -> Pool:
     """The CLIP workers: `workers` N (exactly N), (MIN, MAX) or (MIN, None) (MAX: as many as fit), None: (1,
     as many as fit). GPU workers when told (--num-gpus-per-worker G > 0) or when the cluster has or can start
     GPU nodes; the GPUs are asked of Ray, not checked against what is present now (an autoscaler starts the
-    nodes; the note says when none is there now). CPU workers on a CPU-only cluster leave decoding at least one CPU."""
+    nodes; the note says when none is there now). CPU workers on a CPU-only cluster leave decoding at least one CPU:
+    a MAX is cut to the CPUs there are less one; without a MAX the pool grows as CPU nodes join (Ray Data reserves
+    resources for each stage, so the CLIP workers never take the decoding tasks' last CPU), and a MIN is cut to
+    what fits now."""
     lo, hi = (1, None) if workers is None else (workers, workers) if isinstance(workers, int) else workers
     if lo < 1 or (hi is not None and hi < lo):
         raise ConfigError(f"--workers {lo}:{hi}: need at least one CLIP worker, and MIN at most MAX")
@@ -166,11 +175,14 @@ def actor_pool(ray, workers: int | tuple[int, int | None] | None, gpus_per_worke
     if cpus < 2:  # one CPU in all: the worker shares it with decoding
         return Pool(1, 1, 0.0, 0.0, f"the Ray cluster has {cpus:g} CPU" if (hi or 1) > 1 else None)
     room = int(cpus) - 1  # one CPU, at least, for decoding
+    if hi is None:  # grows as nodes join; Ray Data's reservation for the decoding stage keeps it a CPU
+        note = None if lo <= room else f"--workers {lo}: asks for at least {lo} CPU workers; the Ray cluster has " \
+            f"{cpus:g} CPUs, one kept for decoding: {room} to start with, more as nodes join"
+        return Pool(min(lo, room), None, 0.0, 1.0, note)
     note = None
-    if hi is None or hi > room:
-        if hi is not None:
-            note = f"--workers {lo}:{hi} asks for {hi} CPU workers; the Ray cluster has {cpus:g} CPUs, one " \
-                      f"kept for decoding: {min(lo, room)}:{room}"
+    if hi > room:
+        note = f"--workers {lo}:{hi} asks for {hi} CPU workers; the Ray cluster has {cpus:g} CPUs, one " \
+               f"kept for decoding: {min(lo, room)}:{room}"
         hi = room
     return Pool(min(lo, room), hi, 0.0, 1.0, note)
 
@@ -263,5 +275,5 @@ _KINDS = {c.__name__: c for c in (ClusterError, *(getattr(errors, n) for n in di
           if isinstance(c, type) and issubclass(c, CityClfError)}
 
 
-__all__ = ["ClusterError", "Pool", "actor_pool", "address_of", "cluster_error", "connect", "node_name", "probe",
-           "session", "worker_errors"]
+__all__ = ["ClusterError", "Pool", "actor_pool", "address_of", "cluster_cpus", "cluster_error", "connect",
+           "node_name", "probe", "session", "worker_errors"]

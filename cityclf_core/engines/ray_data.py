@@ -60,13 +60,16 @@ from ..scoring.images import DEFAULT_MAX_PIXELS
 from ..scoring.pipeline import Group, ScoringModel, head_scores
 from ..store import Store
 from . import parquet, require_ray
-from .ray_cluster import ClusterError, actor_pool, cluster_error, connect, node_name, worker_errors
+from .ray_cluster import ClusterError, actor_pool, cluster_cpus, cluster_error, connect, node_name, worker_errors
 
 #: files per CPU task call, and per CLIP actor call
-PREPARE_BATCH = 4
-ACTOR_BATCH = 16
-#: the most blocks the file list is cut into (each becomes at least one decoding task)
+PREPARE_BATCH = 16
+ACTOR_BATCH = 64
+#: the most blocks the file list is cut into (each becomes a decoding task), and the files a block holds when
+#: the cluster's CPUs get four blocks each without it: a task costs Ray milliseconds, so on one machine
+#: 4-file blocks spent more time scheduling than decoding small images
 MAX_BLOCKS = 1000
+BLOCK_FILES = 128
 #: what an actor returns to the driver per file: no embeddings, no views
 MANIFEST = ("path", "shard", "error", "notes", "views", "scored")
 #: memory a decoding task reserves (bytes): its worker (Python, torch) and one large image decoded and cropped
@@ -220,7 +223,7 @@ def _stream(spec: ModelSpec, targets: list[Group], known: list[set[str]], shards
             on_note(pool.note)
         device = options.device if options.device != "auto" else ("cuda" if pool.gpus else "cpu")
         names = list(shards)
-        ds = ray.data.from_arrow(file_blocks(shards, seen))
+        ds = ray.data.from_arrow(file_blocks(shards, seen, cluster_cpus(ray)))
         # a decoding task reserves memory for a large image and its views; as Ray Data fuses stages with
         # equal resources, this also keeps decoding in its own CPU tasks when the CLIP workers are CPU
         # actors (fused, it would run serially inside them)
@@ -228,8 +231,11 @@ def _stream(spec: ModelSpec, targets: list[Group], known: list[set[str]], shards
                             memory=DECODE_MEMORY, fn_kwargs={"views": [(t.policy, t.encoder.image_size) for t in targets],
                                        "known_ref": ray.put([known_array(k) for k in known]),
                                        "max_pixels": options.max_pixels, "driver_host": socket.gethostname()})
-        ds = ds.map_batches(ClipWorker, batch_format="pyarrow", batch_size=ACTOR_BATCH,
-                            compute=ray.data.ActorPoolStrategy(min_size=pool.min_size, max_size=pool.max_size),
+        # a batch no larger than a shard: a shard is stored as soon as its files are; a worker is handed two tasks at
+        # most (one running, one arriving), so the rest waits in Ray Data's queue for workers that start later
+        ds = ds.map_batches(ClipWorker, batch_format="pyarrow", batch_size=min(ACTOR_BATCH, options.files_per_shard),
+                            compute=ray.data.ActorPoolStrategy(min_size=pool.min_size, max_size=pool.max_size,
+                                                               max_tasks_in_flight_per_actor=2),
                             num_gpus=pool.gpus or None, num_cpus=pool.cpus,
                             fn_constructor_kwargs={"spec": spec, "device": device, "batch_size": options.batch_size,
                                                    "expected": [(t.encoder.identity, t.clip.key) for t in targets],
@@ -276,15 +282,16 @@ def _quiet_ray_data() -> Iterator[None]:
             logging.getLogger(name).setLevel(level)
 
 
-def file_blocks(shards: dict[str, list[str]], seen: list[bool]) -> list:
-    """The files as at most MAX_BLOCKS Arrow tables (path, shard index, seen by the driver), PREPARE_BATCH
-    files a block or more: a few Ray objects whatever the number of files."""
+def file_blocks(shards: dict[str, list[str]], seen: list[bool], cpus: float = 1.0) -> list:
+    """The files as Arrow tables (path, shard index, seen by the driver): at most MAX_BLOCKS of them (a few Ray
+    objects whatever the number of files), of BLOCK_FILES files or fewer when that leaves `cpus` (the cluster's)
+    four blocks each."""
     import pyarrow as pa
 
     paths = [p for files in shards.values() for p in files]
     index = np.repeat(np.arange(len(shards), dtype=np.int32), [len(f) for f in shards.values()])
     n = len(paths)
-    step = max(PREPARE_BATCH, -(-n // MAX_BLOCKS))
+    step = max(1, -(-n // MAX_BLOCKS), min(BLOCK_FILES, -(-n // int(4 * max(cpus, 1)))))
     return [pa.table({"path": pa.array(paths[i:i + step], pa.string()), "shard": pa.array(index[i:i + step]),
                       "seen": pa.array(seen[i:i + step], pa.bool_())}) for i in range(0, n, step)]
 
