@@ -257,7 +257,8 @@ def scored_store(images, tiny_clip_dir, score_head_path, class_head_path, tmp_pa
     ["prune", "--store", "{db}", "--dry-run"],
     ["models", "--models-dir", "{tmp}"],
     ["models", "--json", "--models-dir", "{tmp}"],
-], ids=["query-csv", "query-jsonl", "store-info", "export", "prune", "models", "models-json"])
+    ["import-shards", "{tmp}", "--store", "{tmp}/i.db"],
+], ids=["query-csv", "query-jsonl", "store-info", "export", "prune", "models", "models-json", "import-shards"])
 def test_commands_that_need_no_model_import_neither_torch_nor_transformers(argv, scored_store, tmp_path):
     args = [a.format(db=scored_store, tmp=tmp_path) for a in argv]
     done = subprocess.run([sys.executable, "-c", NO_MODEL_PROBE, *args], capture_output=True, text=True, cwd=ROOT,

@@ -274,13 +274,14 @@ def test_engine_ray_without_ray_says_how_to_get_it(tmp_path, data, tiny_clip_dir
         assert not (tmp_path / "x.db").exists()
 
 
-def test_shard_import_is_whole_idempotent_and_recorded(tmp_path):
-    pytest.importorskip("pyarrow")
+SHARD_ENCODERS = [{"identity": "clip-a", "name": "a", "source": "/clips/a", "image_size": 32, "embed_dim": 4}]
+
+
+def shard_rows(emb: np.ndarray) -> list[dict]:
+    """A shard's rows as a worker writes them: a file with its embeddings and a score, and a failed file."""
     from cityclf_core.engines import parquet
 
-    encoders = [{"identity": "clip-a", "name": "a", "source": "/clips/a", "image_size": 32, "embed_dim": 4}]
-    emb = np.arange(8, dtype=np.float32).reshape(2, 4)
-    rows = [
+    return [
         {"path": "/d/x.png", "size": 10, "mtime_ns": 5, "content": "c1", "width": 3, "height": 2, "status": "ok",
          "error": None, "notes": ["animated: first of 2 frames scored"],
          "embeddings": [parquet.embedding_cell("clip-a", "tiles:64:1536:up", emb)],
@@ -289,7 +290,14 @@ def test_shard_import_is_whole_idempotent_and_recorded(tmp_path):
          "status": "failed", "error": "not an image, or a format Pillow cannot read", "notes": [], "embeddings": [],
          "scores": []},
     ]
-    shard = parquet.write_shard(tmp_path / "shards", "shard-1", rows, encoders)
+
+
+def test_shard_import_is_whole_idempotent_and_recorded(tmp_path):
+    pytest.importorskip("pyarrow")
+    from cityclf_core.engines import parquet
+
+    emb = np.arange(8, dtype=np.float32).reshape(2, 4)
+    shard = parquet.write_shard(tmp_path / "shards", "shard-1", shard_rows(emb), SHARD_ENCODERS)
     assert [p.name for p in (tmp_path / "shards").iterdir()] == ["shard-1.parquet"]  # no temporary left
     with EmbeddingStore(tmp_path / "s.db") as store:
         assert parquet.pending_shards(store, tmp_path / "shards") == [shard]
@@ -308,6 +316,28 @@ def test_shard_import_is_whole_idempotent_and_recorded(tmp_path):
         with pytest.raises(Exception, match="shard-2.parquet is not a cityclf shard"):
             parquet.import_shard(store, tmp_path / "shards" / "shard-2.parquet")
         assert store.imported_shards() == {"shard-1"}
+
+
+def test_import_shards_imports_whole_shards_once_and_leaves_parts_alone(tmp_path, capsys):
+    pytest.importorskip("pyarrow")
+    from cityclf_core.engines import parquet
+
+    shards, db = tmp_path / "shards", tmp_path / "elsewhere" / "s.db"
+    db.parent.mkdir()
+    parquet.write_shard(shards, "shard-1", shard_rows(np.ones((2, 4), np.float32)), SHARD_ENCODERS)
+    running = parquet.parts_folder(shards, "run")  # the parts of a run still going on
+    running.mkdir()
+    (running / "part-0.parquet").write_bytes(b"half written")
+    code, _, err = run(["import-shards", str(shards), "--store", str(db)], capsys)
+    assert code == 0 and "imported 1 shard(s) (2 file(s))" in err and "0 already imported" in err, err
+    with EmbeddingStore(db) as store:
+        assert (store.stats()["files"], store.stats()["failed"], store.imported_shards()) == (1, 1, {"shard-1"})
+    code, _, err = run(["import-shards", str(shards), "--store", str(db)], capsys)
+    assert code == 0 and "imported 0 shard(s) (0 file(s))" in err and "1 already imported" in err, err
+    assert (running / "part-0.parquet").read_bytes() == b"half written"
+    code, _, err = run(["import-shards", str(tmp_path / "nowhere"), "--store", str(tmp_path / "new.db")], capsys)
+    assert code == 2 and "nowhere: not a folder" in err and "--shard-dir" in err, err
+    assert not (tmp_path / "new.db").exists()  # refused before any store is made
 
 
 def test_a_rerun_with_nothing_to_embed_loads_no_clip_and_starts_no_workers(tmp_path, tiny_clip_dir, score_head_path,

@@ -141,3 +141,11 @@ def test_workers_write_into_shard_dir_and_a_killed_driver_resumes(ray_address, l
         assert len(store.imported_shards()) == total
     assert_same_embeddings(local_store[0], db, tmp_path, capsys)
     assert not list(shards.glob(".partial-*"))
+    # the same shards imported elsewhere (another store, as on another machine): the same store, and once
+    other = tmp_path / "other" / "copy.db"
+    other.parent.mkdir()
+    code, _, err = run(["import-shards", str(shards), "--store", str(other)], capsys)
+    assert code == 0 and f"imported {total} shard(s) ({total} file(s))" in err and "0 already imported" in err, err
+    assert_same_embeddings(local_store[0], other, tmp_path, capsys)
+    code, _, err = run(["import-shards", str(shards), "--store", str(other)], capsys)
+    assert code == 0 and f"imported 0 shard(s) (0 file(s))" in err and f"{total} already imported" in err, err

@@ -1,4 +1,5 @@
-"""cityclf score / embed / merge: images to scores, images to stored embeddings, stores into one."""
+"""cityclf score / embed / merge / import-shards: images to scores, images to stored embeddings, stores into one,
+shards a Ray run wrote into a store."""
 
 from __future__ import annotations
 
@@ -149,6 +150,33 @@ def cmd_merge(args) -> int:
     return 0
 
 
+def cmd_import_shards(args) -> int:
+    import os
+
+    from ..engines import parquet
+    from ..store import EmbeddingStore
+
+    for folder in args.folders:
+        if not os.path.isdir(folder):
+            raise ConfigError(f"{folder}: not a folder; give the shard folder an --engine ray run wrote into "
+                              "(DB.shards beside its store, or its --shard-dir)")
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError:
+        raise ConfigError('import-shards reads Parquet, which needs pyarrow: pip install -e ".[ray]" (or pyarrow)') \
+            from None
+    imported = files = whole = 0
+    with EmbeddingStore(args.store) as store, store_writer(args.store):
+        for folder in args.folders:  # whole shards only: the parts of a run still going on are left alone
+            whole += len(parquet.whole_shards(folder))
+            for shard in parquet.pending_shards(store, folder):
+                files += len(parquet.import_shard(store, shard).rows)
+                imported += 1
+    print(f"cityclf: imported {imported} shard(s) ({files} file(s)) into {shown(args.store)}; "
+          f"{whole - imported} already imported", file=sys.stderr)
+    return 0
+
+
 def register(sub) -> None:
     p = sub.add_parser("score", help="score image files and folders (walked recursively), or a store",
                        description="Score images with one or more heads. Folders are walked recursively. With "
@@ -185,3 +213,13 @@ def register(sub) -> None:
     p.add_argument("sources", nargs="+", metavar="DB", help="the stores to merge in")
     p.add_argument("--store", required=True, metavar="DB", help="the store to merge into (created if missing)")
     p.set_defaults(func=cmd_merge)
+
+    p = sub.add_parser("import-shards", help="import the Parquet shards of --engine ray runs into a store",
+                       description="Import the whole shards in shard folders (written by --engine ray workers: "
+                                   "DB.shards, or --shard-dir) into a store, each shard in one transaction and "
+                                   "recorded, so a shard is imported once however often this runs. Runs anywhere "
+                                   "the folder is readable, e.g. into a copy of the store on another machine; the "
+                                   "parts of a run still going on are left alone. Needs pyarrow (the ray extra), not Ray.")
+    p.add_argument("folders", nargs="+", metavar="DIR", help="shard folders")
+    p.add_argument("--store", required=True, metavar="DB", help="the store to import into (created if missing)")
+    p.set_defaults(func=cmd_import_shards)

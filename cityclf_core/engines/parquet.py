@@ -174,14 +174,18 @@ def import_shard(store: Store, path: str | os.PathLike) -> Imported:
     return Imported(name, rows)
 
 
-def pending_shards(store: Store, folder: str | os.PathLike) -> list[Path]:
-    """Whole shards in `folder` not yet imported into `store` (a run killed between writing and importing)."""
+def whole_shards(folder: str | os.PathLike) -> list[Path]:
+    """The whole shards in `folder` (not a run's parts, nor a shard being renamed into place), by name."""
     folder = Path(folder)
     if not folder.is_dir():
         return []
+    return sorted(p for p in folder.glob(f"*{SUFFIX}") if not p.name.startswith(TEMP_PREFIX))
+
+
+def pending_shards(store: Store, folder: str | os.PathLike) -> list[Path]:
+    """Whole shards in `folder` not yet imported into `store` (a run killed between writing and importing)."""
     done = store.imported_shards()
-    return sorted(p for p in folder.glob(f"*{SUFFIX}")
-                  if not p.name.startswith(TEMP_PREFIX) and p.name[: -len(SUFFIX)] not in done)
+    return [p for p in whole_shards(folder) if p.name[: -len(SUFFIX)] not in done]
 
 
 def remove_partial(folder: str | os.PathLike) -> int:
@@ -208,5 +212,5 @@ def stored_score(s: dict) -> StoredScore:
 
 
 __all__ = ["Imported", "SHARD_VERSION", "embedding_cell", "finish_shard", "import_shard", "parts_folder",
-           "pending_shards", "read_shard", "remove_partial", "shard_name", "shard_schema", "write_part",
-           "write_shard"]
+           "pending_shards", "read_shard", "remove_partial", "shard_name", "shard_schema", "whole_shards",
+           "write_part", "write_shard"]
