@@ -8,7 +8,7 @@ per file (a whole-image policy) and six (five-crop tiling and the whole image), 
 paths and sha256 contents like a real dataset's. Two layouts of the same rows:
 
 * file:  one Parquet file per shard (parquet.write_shard);
-* parts: a folder of 16-file parts per shard, as the workers write them (parquet.write_part,
+* parts: a folder of 64-file parts per shard, as the workers write them (parquet.write_part,
          one part per CLIP batch), renamed into the shard (parquet.finish_shard).
 
 Writing the shards is not timed (the workers do it, in parallel). For comparison,

@@ -44,7 +44,7 @@ def add_engine_options(p: argparse.ArgumentParser) -> None:
             action.type, action.metavar = workers_arg, "N|MIN:MAX"
             action.help = ("local engine: image decoding threads (default 2). --engine ray: CLIP workers, N or "
                            "MIN:MAX, an elastic pool (default 1:, from one up to as many as the cluster can place; "
-                           "on a cluster without GPUs at most its CPUs less one, which decoding keeps)")
+                           "on a cluster without GPUs, decoding always keeps a CPU)")
     p.set_defaults(workers=None)  # given or not: decode threads locally (2 if not), CLIP workers on Ray
 
 
