@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from .lazy import lazy_exports
 
-__version__ = "0.2.0"
+__version__ = "0.2.1"
 
 #: where each public name lives; imported on first use, so that `import cityclf_core` (and the commands
 #: that need no model) stay light: torch and transformers load only when something needs them

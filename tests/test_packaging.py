@@ -40,6 +40,12 @@ def test_registry_metadata_and_console_script():
     assert data["project"]["scripts"]["cityclf"] == "cityclf_core.cli:main"
 
 
+def test_one_version_in_pyproject_the_package_and_the_changelog():
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert re.search(r'^__version__ = "(.+)"$', (ROOT / "cityclf_core" / "__init__.py").read_text(), re.M)[1] == version
+    assert re.search(r"^## (\S+)$", (ROOT / "CHANGELOG.md").read_text(), re.M)[1] == version  # the newest release first
+
+
 def test_no_eval_exec_or_runtime_pip():
     for path in list((ROOT / "cityclf_core").glob("*.py")) + list((ROOT / "nodes").glob("*.py")) + [ROOT / "__init__.py"]:
         text = path.read_text()
