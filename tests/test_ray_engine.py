@@ -340,6 +340,14 @@ def test_import_shards_imports_whole_shards_once_and_leaves_parts_alone(tmp_path
     assert not (tmp_path / "new.db").exists()  # refused before any store is made
 
 
+def test_import_shards_without_pyarrow_says_how_to_get_it(tmp_path, monkeypatch, capsys):
+    (tmp_path / "shards").mkdir()
+    monkeypatch.setitem(sys.modules, "pyarrow", None)  # import pyarrow: ImportError, as where it is not installed
+    code, _, err = run(["import-shards", str(tmp_path / "shards"), "--store", str(tmp_path / "s.db")], capsys)
+    assert code == 2 and "needs pyarrow" in err and 'pip install -e ".[ray]"' in err, err
+    assert not (tmp_path / "s.db").exists()
+
+
 def test_a_rerun_with_nothing_to_embed_loads_no_clip_and_starts_no_workers(tmp_path, tiny_clip_dir, score_head_path,
                                                                            monkeypatch):
     pytest.importorskip("ray.data")
@@ -594,6 +602,24 @@ def cluster_driver(argv: list[str], tmp_path: Path) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True, cwd=tmp_path)
 
 
+@contextlib.contextmanager
+def watched_driver(argv: list[str], tmp_path: Path):
+    """(driver, its stderr lines so far): a cluster_driver whose stderr is read into the list while it runs;
+    killed and reaped when the block ends."""
+    import threading
+
+    driver = cluster_driver(argv, tmp_path)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(driver.stderr), daemon=True)
+    reader.start()
+    try:
+        yield driver, lines
+    finally:
+        driver.kill()
+        driver.wait()
+        reader.join(timeout=10)
+
+
 def test_two_nodes_workers_equal_to_the_cpus_finishes(two_nodes, data, models, tmp_path):
     # 2 CPUs on 2 nodes, --workers 2: one CLIP worker, decoding keeps the other CPU, and the run ends
     db = tmp_path / "w.db"
@@ -613,48 +639,39 @@ def test_a_cpu_node_that_joins_mid_run_gets_a_clip_worker(two_nodes, models, tmp
     # a CPU-only cluster (1 CPU on each of 2 nodes: one CLIP worker, decoding on the other CPU); the CLIP stage falls
     # behind (its worker is stopped with SIGSTOP, as a slow CLIP would), a node with 2 CPUs joins: the pool grows
     # onto it, and once the first worker goes on the run finishes with everything stored once
-    import threading
-
     many = tmp_path / "many"  # enough files that the CLIP stage still has a queue when the node joins
     many.mkdir()
     for i in range(MANY):
         Image.fromarray(illustration(32 + i % 11, 32 + i % 7, 1000 + i)).save(many / f"m{i:04d}.png")
-    db = tmp_path / "c.db"
+    db, shards = tmp_path / "c.db", tmp_path / "c.db.shards"
     earlier = set(clip_workers(two_nodes))  # an earlier test's workers may still be ending
-    driver = cluster_driver(["embed", str(many), "--store", str(db), *models, "--engine", "ray", "--address",
-                             two_nodes.address, "--files-per-shard", "4", "--no-progress"], tmp_path)
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(driver.stderr), daemon=True)
-    reader.start()
     stopped, joined, grown = None, None, set()
-    try:
-        deadline = time.monotonic() + 300  # a guard against a hang, not a measure
-        while stopped is None:
-            assert driver.poll() is None, "".join(lines)
-            assert time.monotonic() < deadline, "no CLIP worker started"
-            new = [pid for pid in clip_workers(two_nodes) if pid not in earlier]
-            written = Path(f"{db}.shards").exists() and any(Path(f"{db}.shards").rglob("*.parquet"))
-            if new and written:  # a part written: the worker runs (stopped while starting, Ray Data waits on it)
-                stopped = new[0]
-                os.kill(stopped, signal.SIGSTOP)
-            time.sleep(0.02)
-        joined = two_nodes.add_node(num_cpus=2)
-        while not grown:
-            assert driver.poll() is None, "".join(lines)
-            assert time.monotonic() < deadline, "the pool did not grow onto the node that joined"
-            grown = {pid for pid, node in clip_workers(two_nodes).items() if node == joined.node_id}
-            time.sleep(0.05)
-        os.kill(stopped, signal.SIGCONT)
-        driver.wait(timeout=max(1.0, deadline - time.monotonic()))
-    finally:
-        if stopped is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(stopped, signal.SIGCONT)
-        driver.kill()
-        driver.wait()
-        reader.join(timeout=10)
-        if joined is not None:
-            two_nodes.remove_node(joined)
+    with watched_driver(["embed", str(many), "--store", str(db), *models, "--engine", "ray", "--address",
+                         two_nodes.address, "--files-per-shard", "4", "--no-progress"], tmp_path) as (driver, lines):
+        try:
+            deadline = time.monotonic() + 300  # a guard against a hang, not a measure
+            while stopped is None:
+                assert driver.poll() is None, "".join(lines)
+                assert time.monotonic() < deadline, "no CLIP worker started"
+                new = [pid for pid in clip_workers(two_nodes) if pid not in earlier]
+                if new and any(shards.rglob("*.parquet")):  # a part written: the worker runs (stopped while
+                    stopped = new[0]                        # starting, Ray Data would wait on it)
+                    os.kill(stopped, signal.SIGSTOP)
+                time.sleep(0.02)
+            joined = two_nodes.add_node(num_cpus=2)
+            while not grown:
+                assert driver.poll() is None, "".join(lines)
+                assert time.monotonic() < deadline, "the pool did not grow onto the node that joined"
+                grown = {pid for pid, node in clip_workers(two_nodes).items() if node == joined.node_id}
+                time.sleep(0.05)
+            os.kill(stopped, signal.SIGCONT)
+            driver.wait(timeout=max(1.0, deadline - time.monotonic()))
+        finally:
+            if stopped is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(stopped, signal.SIGCONT)
+            if joined is not None:
+                two_nodes.remove_node(joined)
     said = "".join(lines)
     assert driver.returncode == 0, said
     assert f"{MANY} embedded" in said and " ERROR " not in said and "Traceback" not in said, said
@@ -666,20 +683,14 @@ def test_a_gpu_node_that_joins_mid_run_gets_the_clip_workers(two_nodes, data, mo
     # the README's autoscaling shape: the job asks for GPU workers on a cluster with none; the CLIP stage waits,
     # decoding runs; a node with a GPU joins (Ray counts a declared GPU; the worker runs on its CPU) and the
     # workers start there, on it alone, and the run finishes
-    import threading
-
     db, shards = tmp_path / "g.db", tmp_path / "g.db.shards"
-    driver = cluster_driver(["embed", str(data), "--store", str(db), *models, "--engine", "ray", "--address",
-                             two_nodes.address, "--num-gpus-per-worker", "1", "--device", "cpu", "--workers", "1:2",
-                             "--files-per-shard", "7", "--no-progress"], tmp_path)
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(driver.stderr), daemon=True)
-    reader.start()
     seen: set = set()
     # the cluster is the module's: the workers of an earlier test's job may still be ending (Ray stops them after
     # their driver leaves); only processes that were not there at the start are this run's
     earlier = set(clip_workers(two_nodes))
-    try:
+    with watched_driver(["embed", str(data), "--store", str(db), *models, "--engine", "ray", "--address",
+                         two_nodes.address, "--num-gpus-per-worker", "1", "--device", "cpu", "--workers", "1:2",
+                         "--files-per-shard", "7", "--no-progress"], tmp_path) as (driver, lines):
         deadline = time.monotonic() + 300  # a guard against a hang, not a measure
         while not any("wait for an autoscaler" in line for line in lines):  # the run has started, without workers
             assert driver.poll() is None, "".join(lines)
@@ -693,10 +704,6 @@ def test_a_gpu_node_that_joins_mid_run_gets_the_clip_workers(two_nodes, data, mo
             seen |= {node for pid, node in clip_workers(two_nodes).items() if pid not in earlier}
             assert time.monotonic() < deadline, "the run did not finish once a GPU node joined"
             time.sleep(0.05)
-    finally:
-        driver.kill()
-        driver.wait()
-        reader.join(timeout=10)
     said = "".join(lines)
     assert driver.returncode == 1, said  # the bad files
     assert f"{N_GOOD + 1} embedded" in said and " ERROR " not in said and "Traceback" not in said, said
