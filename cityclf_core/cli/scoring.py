@@ -160,11 +160,7 @@ def cmd_import_shards(args) -> int:
         if not os.path.isdir(folder):
             raise ConfigError(f"{folder}: not a folder; give the shard folder an --engine ray run wrote into "
                               "(DB.shards beside its store, or its --shard-dir)")
-    try:
-        import pyarrow  # noqa: F401
-    except ImportError:
-        raise ConfigError('import-shards reads Parquet, which needs pyarrow: pip install -e ".[ray]" (or pyarrow)') \
-            from None
+    parquet.require_pyarrow()  # before the store is made
     imported = files = whole = 0
     with EmbeddingStore(args.store) as store, store_writer(args.store):
         for folder in args.folders:  # whole shards only: the parts of a run still going on are left alone

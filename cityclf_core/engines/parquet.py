@@ -32,7 +32,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from ..confined import naming
-from ..errors import StoreError
+from ..errors import ConfigError, StoreError
 from ..store import Store, StoredScore
 
 SHARD_VERSION = 1
@@ -41,15 +41,19 @@ TEMP_PREFIX = ".partial-"
 PARTS_SUFFIX = ".parts"  # a run's parts folder: TEMP_PREFIX + run + PARTS_SUFFIX, removed by remove_partial
 
 
-def _pa():
-    import pyarrow as pa
-
+def require_pyarrow():
+    """The `pyarrow` module, or a ConfigError saying how to get it (the CLI exits 2 on it)."""
+    try:
+        import pyarrow as pa
+    except ImportError:
+        raise ConfigError('reading and writing Parquet shards needs pyarrow, which is not installed here; from a '
+                          'checkout: pip install -e ".[ray]" (or pip install pyarrow)') from None
     return pa
 
 
 def shard_schema(encoders: Sequence[dict]):
     """The Arrow schema of a shard; `encoders` as in the metadata (identity, name, source, image_size, embed_dim)."""
-    pa = _pa()
+    pa = require_pyarrow()
     embedding = pa.struct([("clip", pa.string()), ("policy", pa.string()), ("views", pa.int32()),
                            ("dim", pa.int32()), ("data", pa.binary())])
     score = pa.struct([("head", pa.string()), ("combine", pa.string()), ("score", pa.float64()),
@@ -82,7 +86,7 @@ def write_shard(folder: str | os.PathLike, name: str, rows: list[dict], encoders
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    table = _pa().Table.from_pylist(rows, schema=shard_schema(encoders))
+    table = require_pyarrow().Table.from_pylist(rows, schema=shard_schema(encoders))
     final = folder / f"{name}{SUFFIX}"
     tmp = folder / f"{TEMP_PREFIX}{name}.{os.getpid()}.tmp"  # never *.parquet until whole
     try:
@@ -212,5 +216,5 @@ def stored_score(s: dict) -> StoredScore:
 
 
 __all__ = ["Imported", "SHARD_VERSION", "embedding_cell", "finish_shard", "import_shard", "parts_folder",
-           "pending_shards", "read_shard", "remove_partial", "shard_name", "shard_schema", "whole_shards",
-           "write_part", "write_shard"]
+           "pending_shards", "read_shard", "remove_partial", "require_pyarrow", "shard_name", "shard_schema",
+           "whole_shards", "write_part", "write_shard"]
