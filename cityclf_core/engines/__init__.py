@@ -15,7 +15,7 @@ from ..errors import ConfigError
 
 ENGINES = ("local", "ray")
 
-RAY_EXTRA_HINT = ('install it with: pip install "cityclf[ray]" (from a checkout: pip install -e ".[ray]"), '
+RAY_EXTRA_HINT = ('install it from a checkout of cityclf (it is not published on PyPI): pip install -e ".[ray]", '
                   "or run with --engine local")
 
 
