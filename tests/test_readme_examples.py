@@ -105,7 +105,7 @@ def git_status() -> str:
 def test_the_docs_have_runnable_blocks_and_the_expected_skips():
     blocks = {page.name: runnable(page) for page in PAGES}
     commands = {argv[0] for b in sum(blocks.values(), []) for argv in simple_cityclf_lines(b) or []}
-    assert {"demo", "embed", "score", "train", "review", "query", "prune", "export", "grid"} <= commands
+    assert {"demo", "embed", "score", "train", "review", "query", "prune", "export", "grid", "import-shards"} <= commands
     # the README's two commands are installs (run by tests/test_newcomer.py, not here)
     readme = [b for b, _ in code_blocks((ROOT / "README.md").read_text(encoding="utf-8"))]
     assert any(".ci/run" not in b and "python -m pytest" in b for b in readme)
